@@ -1,0 +1,221 @@
+"""Frozen configurations for models, data and training (stdlib only).
+
+Each config validates itself in ``__post_init__`` and raises ``ValueError`` with a
+message a person can act on; the CLI prints that message and the app shows it.
+Configs round-trip through plain dicts (``to_dict`` / ``from_dict``) so a run folder's
+``config.json`` is the whole truth about a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+SHORTCUTS: tuple[str, ...] = ("none", "A", "B", "C")
+SHORTCUT_HELP: dict[str, str] = {
+    "none": "plain net: the same layers with no identity path",
+    "A": "identity; zero-padded channels and stride-2 subsampling where the shape changes (no parameters)",
+    "B": "identity; a 1x1 conv + BN projection only where the shape changes",
+    "C": "a 1x1 conv + BN projection on every block",
+}
+BLOCKS: tuple[str, ...] = ("basic", "bottleneck")
+# Layers per block: a basic block has two 3x3 convs, a bottleneck three (1x1, 3x3, 1x1).
+LAYERS_PER_BLOCK: dict[str, int] = {"basic": 2, "bottleneck": 3}
+MAX_BLOCKS_PER_STAGE = 200
+SCHEDULES: tuple[str, ...] = ("onecycle", "cosine", "paper", "constant")
+SOURCES: tuple[str, ...] = ("synthetic", "cifar10", "folder")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+
+
+def depth_for(blocks_per_stage: int, block: str = "basic") -> int:
+    """Depth of a CIFAR ResNet with n blocks per stage: 6n+2 (basic) or 9n+2 (bottleneck)."""
+    if block not in BLOCKS:
+        raise ValueError(f"unknown block type {block!r}; choose one of {', '.join(BLOCKS)}")
+    return 3 * LAYERS_PER_BLOCK[block] * blocks_per_stage + 2
+
+
+def valid_depths(block: str = "basic") -> list[int]:
+    return [depth_for(n, block) for n in range(1, MAX_BLOCKS_PER_STAGE + 1)]
+
+
+def blocks_for_depth(depth: int, block: str = "basic") -> int:
+    """The n of depth = 3*L*n + 2, or a ValueError naming the nearest valid depths."""
+    if block not in BLOCKS:
+        raise ValueError(f"unknown block type {block!r}; choose one of {', '.join(BLOCKS)}")
+    per = 3 * LAYERS_PER_BLOCK[block]
+    n, rem = divmod(depth - 2, per)
+    if rem == 0 and 1 <= n <= MAX_BLOCKS_PER_STAGE:
+        return n
+    lo = max(1, min(MAX_BLOCKS_PER_STAGE, (depth - 2) // per))
+    near = sorted({depth_for(lo, block), depth_for(min(lo + 1, MAX_BLOCKS_PER_STAGE), block)})
+    near = [d for d in near if d != depth] or [depth_for(1, block)]
+    formula = f"{per}n+2" if block == "basic" else f"{per}n+2 (bottleneck)"
+    raise ValueError(
+        f"depth {depth} is not {formula} with 1 <= n <= {MAX_BLOCKS_PER_STAGE}; "
+        f"nearest valid: {' or '.join(map(str, near))}"
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A CIFAR ResNet (He et al. 2015, section 4.2)."""
+
+    depth: int = 20
+    shortcut: str = "A"  # one of SHORTCUTS
+    block: str = "basic"  # one of BLOCKS
+    width: int = 1  # multiplies the 16/32/64 filters of the three stages
+    num_classes: int = 10
+    zero_init_residual: bool = False  # zero the last BN of each residual branch
+
+    def __post_init__(self) -> None:
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut {self.shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"unknown block type {self.block!r}; choose one of {', '.join(BLOCKS)}")
+        if not isinstance(self.depth, int) or isinstance(self.depth, bool):
+            raise ValueError(f"depth must be an integer, got {self.depth!r}")
+        blocks_for_depth(self.depth, self.block)
+        if not 1 <= self.width <= 16:
+            raise ValueError(f"width multiplier must be between 1 and 16, got {self.width}")
+        if not 2 <= self.num_classes <= 100_000:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return blocks_for_depth(self.depth, self.block)
+
+    @property
+    def stage_widths(self) -> tuple[int, int, int]:
+        return (16 * self.width, 32 * self.width, 64 * self.width)
+
+    @property
+    def label(self) -> str:
+        kind = "plain" if self.shortcut == "none" else f"ResNet({self.shortcut})"
+        extra = "" if self.block == "basic" else "-bottleneck"
+        extra += "" if self.width == 1 else f"-x{self.width}"
+        return f"{kind}-{self.depth}{extra}"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from. ``path`` is the folder tree for ``folder`` and the
+    download/cache root for ``cifar10``; ``None`` means the default data folder."""
+
+    source: str = "synthetic"  # one of SOURCES
+    path: str | None = None
+    download: bool = True  # cifar10 only: fetch the official archive when missing
+    holdout_fraction: float = 0.1  # folder only: test share when there is no test/ folder
+    synthetic_train: int = 10_000
+    synthetic_test: int = 2_000
+    seed: int = 0  # synthetic generation and folder hold-out split
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown data source {self.source!r}; choose one of {', '.join(SOURCES)}")
+        if self.source == "folder" and not self.path:
+            raise ValueError("the folder data source needs a path to a folder of class folders")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be between 0 and 1, got {self.holdout_fraction}")
+        if self.synthetic_train < 10 or self.synthetic_test < 10:
+            raise ValueError("the synthetic data set needs at least 10 training and 10 test images")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Exactly one of ``epochs`` and ``steps`` sets the budget."""
+
+    epochs: float | None = 10.0
+    steps: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1  # peak learning rate (the paper's 0.1)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # one of SCHEDULES
+    warmup_fraction: float = 0.15  # onecycle: share of the budget spent rising to lr
+    paper_warmup: bool | None = None  # paper: 0.01 for the first 400 steps; None = only for depth >= 110
+    label_smoothing: float = 0.0
+    augment: bool = True  # random crop (4 px zero padding) + horizontal flip
+    seed: int = 0
+    eval_every: int = 0  # steps between test evaluations; 0 = once per epoch
+    probe_every: int = 10  # steps between per-block probes; 0 = never
+    log_every: int = 10  # steps per flushed batch of per-step records
+    eval_tta: bool = True  # evaluate with horizontal-flip test-time augmentation
+    device: str = "auto"  # one of DEVICES
+    threads: int | None = None  # torch intra-op threads; None = all cores
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give exactly one budget: epochs or steps")
+        if self.epochs is not None and not (0 < self.epochs <= 10_000):
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if self.steps is not None and not (isinstance(self.steps, int) and 0 < self.steps <= 10_000_000):
+            raise ValueError(f"steps must be a positive integer, got {self.steps}")
+        if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65_536):
+            raise ValueError(f"batch size must be a positive integer, got {self.batch_size}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= 100):
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown LR schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not 0 < self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be between 0 and 1, got {self.warmup_fraction}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("eval_every", "probe_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.log_every < 1:
+            raise ValueError("log_every must be >= 1")
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be >= 1")
+
+    def total_steps(self, train_size: int) -> int:
+        """The step budget for a training set of ``train_size`` images (last partial batch dropped)."""
+        if self.steps is not None:
+            return self.steps
+        per_epoch = max(1, train_size // self.batch_size)
+        return max(1, round(float(self.epochs or 0) * per_epoch))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; written whole to ``config.json``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        return cls(
+            model=_build(ModelConfig, d.get("model", {})),
+            data=_build(DataConfig, d.get("data", {})),
+            train=_build(TrainConfig, d.get("train", {})),
+            name=str(d.get("name", "")),
+        )
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], d: Mapping[str, Any]) -> T:
+    """Build a dataclass from a dict, ignoring keys a newer or older version added."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{cls.__name__} must be a JSON object")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in d.items() if k in names})

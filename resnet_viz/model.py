@@ -1,0 +1,257 @@
+"""CIFAR ResNets of He et al. 2015, section 4.2, in torch only.
+
+A 3x3 conv with 16 filters, three stages of n blocks with 16, 32 and 64 filters (times
+``width``), stride 2 at the first block of stages 2 and 3, global average pooling and a
+linear head. Basic blocks give depth 6n+2; bottleneck blocks (1x1, 3x3, 1x1, expansion 4)
+give 9n+2. The shortcut is built in ``_make_stage`` and handed to the block, so the
+shortcut option always reaches the block (akamaster's version silently dropped it).
+
+Every block is reachable by a stable dotted name (``stage1.block0`` ...) for hooks and
+the UI, and every module is a named class: the model pickles and its state_dict
+round-trips. Each use of ReLU is its own module because Captum's DeepLift and Guided
+Backprop attach hooks per module and break when one ReLU is reused.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "CifarResNet",
+    "PadShortcut",
+    "Projection",
+    "build_model",
+    "block_names",
+    "get_block",
+    "MODELS",
+]
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+
+
+class PadShortcut(nn.Module):
+    """Option A: identity with stride-2 subsampling and zero-padded extra channels.
+
+    No parameters. The new channels are appended after the existing ones (zeros), so
+    channel c of the output is channel c of the (subsampled) input for c < in_ch.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        if out_ch < in_ch:
+            raise ValueError(f"option A cannot shrink channels ({in_ch} -> {out_ch})")
+        self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]  # (B, C, H/s, W/s)
+        # F.pad pads the last dims first: (W left, W right, H top, H bottom, C front, C back)
+        return F.pad(x, (0, 0, 0, 0, 0, self.out_ch - self.in_ch))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_ch}, {self.out_ch}, stride={self.stride}"
+
+
+class Projection(nn.Sequential):
+    """Options B and C: a 1x1 conv (with the block's stride) followed by BN."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__(OrderedDict(conv=conv1x1(in_ch, out_ch, stride), bn=nn.BatchNorm2d(out_ch)))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; y = relu(F(x) + shortcut(x)), or relu(F(x)) when shortcut is None."""
+
+    expansion = 1
+    kernel_sizes = (3, 3)
+
+    def __init__(self, in_ch: int, planes: int, stride: int, shortcut: nn.Module | None) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv1 = conv3x3(in_ch, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = shortcut
+        self.relu_out = nn.ReLU()
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def branch(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch(x)  # F(x): (B, planes, H/stride, W/stride)
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return self.relu_out(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 (reduce), 3x3 (with the stride), 1x1 (expand by 4), as in the paper's deeper nets."""
+
+    expansion = 4
+    kernel_sizes = (1, 3, 1)
+
+    def __init__(self, in_ch: int, planes: int, stride: int, shortcut: nn.Module | None) -> None:
+        super().__init__()
+        self.stride = stride
+        out_ch = planes * self.expansion
+        self.conv1 = conv1x1(in_ch, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.conv3 = conv1x1(planes, out_ch)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.shortcut = shortcut
+        self.relu_out = nn.ReLU()
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def branch(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch(x)
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return self.relu_out(out)
+
+
+Block = BasicBlock | Bottleneck
+
+
+def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
+    """The skip path of one block for shortcut option ``kind``."""
+    changes = stride != 1 or in_ch != out_ch
+    if kind == "none":
+        return None
+    if kind == "C" or (kind == "B" and changes):
+        return Projection(in_ch, out_ch, stride)
+    if kind == "A" and changes:
+        return PadShortcut(in_ch, out_ch, stride)
+    if kind in ("A", "B"):
+        return nn.Identity()
+    raise ValueError(f"unknown shortcut {kind!r}")
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        block_cls: type[Block] = BasicBlock if config.block == "basic" else Bottleneck
+        w1, w2, w3 = config.stage_widths
+        self.conv1 = conv3x3(3, w1)
+        self.bn1 = nn.BatchNorm2d(w1)
+        self.relu = nn.ReLU()
+        self._in_ch = w1
+        n = config.blocks_per_stage
+        self.stage1 = self._make_stage(block_cls, w1, n, stride=1)
+        self.stage2 = self._make_stage(block_cls, w2, n, stride=2)
+        self.stage3 = self._make_stage(block_cls, w3, n, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(self._in_ch, config.num_classes)
+        self._init_weights()
+
+    def _make_stage(self, block_cls: type[Block], planes: int, n: int, stride: int) -> nn.Sequential:
+        blocks: OrderedDict[str, nn.Module] = OrderedDict()
+        for i in range(n):
+            s = stride if i == 0 else 1
+            out_ch = planes * block_cls.expansion
+            shortcut = make_shortcut(self.config.shortcut, self._in_ch, out_ch, s)
+            blocks[f"block{i}"] = block_cls(self._in_ch, planes, s, shortcut)
+            self._in_ch = out_ch
+        return nn.Sequential(blocks)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.config.zero_init_residual and self.config.shortcut != "none":
+            # Each residual block then starts as its shortcut: the net behaves like a
+            # shallower one at step 0 (Goyal et al. 2017). Meaningless for a plain net.
+            for _, blk in iter_blocks(self):
+                nn.init.zeros_(blk.last_bn.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))  # (B, 16w, 32, 32)
+        x = self.stage1(x)  # (B, 16w*e, 32, 32)
+        x = self.stage2(x)  # (B, 32w*e, 16, 16)
+        x = self.stage3(x)  # (B, 64w*e, 8, 8)
+        return self.fc(self.flatten(self.pool(x)))  # (B, classes)
+
+
+def iter_blocks(model: nn.Module) -> list[tuple[str, Block]]:
+    """(name, block) for every residual/plain block in forward order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (BasicBlock, Bottleneck))]
+
+
+def block_names(model_or_config: nn.Module | ModelConfig) -> list[str]:
+    """Stable block names, ``stage1.block0`` ... ``stage3.block{n-1}``."""
+    if isinstance(model_or_config, ModelConfig):
+        n = model_or_config.blocks_per_stage
+        return [f"stage{s}.block{i}" for s in (1, 2, 3) for i in range(n)]
+    return [n for n, _ in iter_blocks(model_or_config)]
+
+
+def get_block(model: nn.Module, name: str) -> Block:
+    try:
+        m = model.get_submodule(name)
+    except AttributeError as e:
+        raise ValueError(f"the model has no block named {name!r}") from e
+    if not isinstance(m, (BasicBlock, Bottleneck)):
+        raise ValueError(f"{name!r} is not a block")
+    return m
+
+
+def build_model(config: ModelConfig | str) -> CifarResNet:
+    """A model from a config or a registry name (``resnet20``, ``plain56`` ...)."""
+    if isinstance(config, str):
+        if config not in MODELS:
+            raise ValueError(f"unknown model {config!r}; known: {', '.join(MODELS)}")
+        config = MODELS[config]
+    return CifarResNet(config)
+
+
+# The paper's CIFAR nets (Table 6 and Fig. 6); tests loop over this registry.
+MODELS: dict[str, ModelConfig] = {
+    **{f"resnet{d}": ModelConfig(depth=d, shortcut="A") for d in (20, 32, 44, 56, 110, 1202)},
+    **{f"plain{d}": ModelConfig(depth=d, shortcut="none") for d in (20, 32, 44, 56, 110)},
+    "resnet164-bottleneck": ModelConfig(depth=164, shortcut="B", block="bottleneck"),
+}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def param_norms_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
