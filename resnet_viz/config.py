@@ -74,8 +74,9 @@ class ModelConfig:
             raise ValueError(f"unknown shortcut {self.shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
         if self.block not in BLOCKS:
             raise ValueError(f"unknown block type {self.block!r}; choose one of {', '.join(BLOCKS)}")
-        if not isinstance(self.depth, int) or isinstance(self.depth, bool):
-            raise ValueError(f"depth must be an integer, got {self.depth!r}")
+        for name in ("depth", "width", "num_classes"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         blocks_for_depth(self.depth, self.block)
         if not 1 <= self.width <= 16:
             raise ValueError(f"width multiplier must be between 1 and 16, got {self.width}")
@@ -152,9 +153,12 @@ class TrainConfig:
             raise ValueError("give exactly one budget: epochs or steps")
         if self.epochs is not None and not (0 < self.epochs <= 10_000):
             raise ValueError(f"epochs must be positive, got {self.epochs}")
-        if self.steps is not None and not (isinstance(self.steps, int) and 0 < self.steps <= 10_000_000):
+        if self.steps is not None and not (_is_int(self.steps) and 0 < self.steps <= 10_000_000):
             raise ValueError(f"steps must be a positive integer, got {self.steps}")
-        if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65_536):
+        for name in ("batch_size", "seed", "eval_every", "probe_every", "log_every"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if not 1 <= self.batch_size <= 65_536:
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= 100):
             raise ValueError(f"learning rate must be positive, got {self.lr}")
@@ -218,4 +222,11 @@ def _build(cls: type[T], d: Mapping[str, Any]) -> T:
     if not isinstance(d, Mapping):
         raise ValueError(f"{cls.__name__} must be a JSON object")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in d.items() if k in names})
+    try:
+        return cls(**{k: v for k, v in d.items() if k in names})
+    except TypeError as e:  # e.g. a string where a number belongs, in a hand-edited config.json
+        raise ValueError(f"{cls.__name__}: {e}") from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

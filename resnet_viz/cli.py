@@ -1,0 +1,217 @@
+"""``python -m resnet_viz``: summary, train and runs over the same functions the app uses.
+
+Bad arguments give one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import BLOCKS, SCHEDULES, SHORTCUTS, DataConfig, ModelConfig, RunConfig, TrainConfig
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line instead of usage + error
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m resnet_viz", description="ResNet Lab: CIFAR ResNets you can train and look inside.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--depth", type=int, default=20, help="6n+2 for basic blocks, 9n+2 for bottleneck")
+        sp.add_argument("--shortcut", default="A", choices=SHORTCUTS)
+        sp.add_argument("--block", default="basic", choices=BLOCKS)
+        sp.add_argument("--width", type=int, default=1, help="multiplies the 16/32/64 filters")
+
+    s = sub.add_parser("summary", help="parameters, FLOPs and per-block shapes of a model")
+    model_args(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    t = sub.add_parser("train", help="train a model and save the run folder")
+    model_args(t)
+    t.add_argument("--zero-init-residual", action="store_true")
+    t.add_argument("--data", default="synthetic", help="cifar10, synthetic, or a folder of class folders")
+    t.add_argument("--data-dir", default=None, help="where cifar10 is downloaded/cached (env RESNET_VIZ_DATA)")
+    t.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, default=None)
+    budget.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1; 0.2 for onecycle)")
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--no-nesterov", action="store_true")
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--schedule", default="onecycle", choices=SCHEDULES)
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-tta", action="store_true", help="evaluate without flip test-time augmentation")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (0: each epoch)")
+    t.add_argument("--probe-every", type=int, default=10)
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--out", default=None, help="runs folder (default ./runs or env RESNET_VIZ_RUNS)")
+    t.add_argument("--name", default=None)
+    t.add_argument("--resume", default=None, metavar="RUN_ID", help="continue a run from its checkpoint")
+
+    r = sub.add_parser("runs", help="list runs with status and final figures")
+    r.add_argument("--out", default=None, help="runs folder")
+    r.add_argument("--json", action="store_true")
+    return p
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    if args.data in ("synthetic", "cifar10"):
+        return DataConfig(source=args.data, path=args.data_dir, download=not args.no_download, seed=args.seed)
+    path = Path(args.data).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"--data {args.data}: not cifar10, synthetic, or an existing folder")
+    return DataConfig(source="folder", path=str(path.resolve()), seed=args.seed)
+
+
+def _run_config(args: argparse.Namespace, num_classes: int) -> RunConfig:
+    budget = {"epochs": args.epochs, "steps": None} if args.steps is None else {"epochs": None, "steps": args.steps}
+    if budget["epochs"] is None and budget["steps"] is None:
+        budget["epochs"] = 10.0
+    return RunConfig(
+        model=ModelConfig(depth=args.depth, shortcut=args.shortcut, block=args.block, width=args.width,
+                          num_classes=num_classes, zero_init_residual=args.zero_init_residual),
+        data=_data_config(args),
+        train=TrainConfig(
+            **budget, batch_size=args.batch_size, lr=args.lr if args.lr is not None else 0.1,
+            momentum=args.momentum, nesterov=not args.no_nesterov and args.momentum > 0,
+            weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
+            augment=not args.no_augment, eval_tta=not args.no_tta, seed=args.seed, eval_every=args.eval_every,
+            probe_every=args.probe_every, device=args.device, threads=args.threads,
+        ),
+        name=args.name or "",
+    )
+
+
+class _Progress:
+    """A one-line progress bar with ETA on stderr (a line every 10 s when not a terminal)."""
+
+    def __init__(self, total: int, batch_size: int) -> None:
+        self.total, self.batch_size = total, batch_size
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            if r["kind"] == "eval":
+                self._print(f"step {r['step']}: test accuracy {r['test_acc']:.2%}, test loss {r['test_loss']:.3f}", True)
+        steps = [r for r in records if r["kind"] == "step"]
+        if not steps:
+            return
+        r = steps[-1]
+        now = time.monotonic()
+        if now - self.last < (0.5 if self.tty else 10.0) and r["step"] != self.total:
+            return
+        self.last = now
+        frac = r["step"] / self.total
+        eta = (self.total - r["step"]) * self.batch_size / r["ips"] if r["ips"] > 0 else 0
+        bar = "#" * int(frac * 30)
+        self._print(f"[{bar:<30}] {frac:4.0%} step {r['step']}/{self.total} loss {r['loss']:.3f} "
+                    f"acc {r['acc']:.2f} {r['ips']:,.0f} img/s ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+
+    def _print(self, text: str, newline: bool = False) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text + ("\n" if newline else ""))
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .summary import format_summary, summarize
+
+    s = summarize(ModelConfig(depth=args.depth, shortcut=args.shortcut, block=args.block, width=args.width))
+    print(json.dumps(s.to_dict()) if args.json else format_summary(s))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import load_data
+    from .runs import RunDir, default_runs_dir
+    from .train import Control, fit
+
+    root = Path(args.out) if args.out else default_runs_dir()
+    if args.resume:
+        run = RunDir.open(root, args.resume)
+        config = run.config()
+    else:
+        _run_config(args, 10)  # validate every argument before the (slow) data load
+        data_cfg = _data_config(args)
+    data = load_data(config.data if args.resume else data_cfg)
+    if not args.resume:
+        config = _run_config(args, len(data.classes))
+        run = RunDir.create(root, config, args.name)
+    control = Control()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if control.stop.is_set():  # a second Ctrl-C: give up on a clean stop
+            raise KeyboardInterrupt
+        control.request_stop("interrupted")
+        sys.stderr.write("\nstopping after this batch (Ctrl-C again to abort)...\n")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    total = config.train.total_steps(len(data.train_y))
+    print(f"training {config.model.label} on {data.name} ({len(data.train_y):,} images) for {total} steps "
+          f"-> {run.path}", file=sys.stderr)
+    result = fit(config, data=data, run=run, control=control, on_records=_Progress(total, config.train.batch_size),
+                 resume=bool(args.resume))
+    print(json.dumps({"run_dir": str(run.path), "run_id": run.id, "status": result.status,
+                      "message": result.message, "steps": result.steps, "test_accuracy": result.test_acc,
+                      "test_loss": result.test_loss, "images_per_second": round(result.images_per_second, 1),
+                      "elapsed_s": round(result.elapsed, 1), "data": data.name}))
+    return 0 if result.status in ("finished", "stopped", "interrupted") else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import default_runs_dir, list_runs
+
+    runs = list_runs(Path(args.out) if args.out else default_runs_dir())
+    if args.json:
+        print(json.dumps([{"id": r.id, "status": r.status, "label": r.label, "steps": r.steps,
+                           "test_accuracy": r.test_accuracy, "damaged": r.damaged} for r in runs]))
+        return 0
+    if not runs:
+        print("no runs yet: python -m resnet_viz train --steps 200")
+    for r in runs:
+        fig = "" if r.test_accuracy is None else f" test acc {r.test_accuracy:.2%}"
+        dmg = f"  DAMAGED: {r.damaged}" if r.damaged else ""
+        print(f"{r.id:<44} {r.status:<12} {r.label:<16} steps {r.steps or 0:>6}{fig}{dmg}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"summary": cmd_summary, "train": cmd_train, "runs": cmd_runs}[args.command](args)
+    except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person
+        print(f"python -m resnet_viz {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130

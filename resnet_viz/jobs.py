@@ -1,0 +1,221 @@
+"""Background training: a job is ``fit`` in a thread with stop/pause events and a
+lock-guarded copy of its records that a UI polls.
+
+No Streamlit here: the app keeps one ``JobRegistry`` in ``st.cache_resource`` and reads
+``job.snapshot()`` from its script thread. The worker thread never touches the UI; it
+appends records under a lock and ``fit`` writes them to the run folder as it goes, so a
+page reload (or a second tab) re-attaches through the registry, and a server restart
+still finds every run on disk.
+
+The registry trains one job at a time (two trainings on two cores would each run at
+half speed and finish no sooner); later submissions wait in a queue.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import DataConfig, RunConfig
+from .data import ImageData, load_data
+from .runs import RunDir
+from .train import Control, FitResult, fit
+
+FINAL_STATES = ("finished", "stopped", "interrupted", "diverged", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    run_id: str
+    label: str
+    state: str  # queued, loading, running, paused, or one of FINAL_STATES
+    message: str
+    step: int
+    total_steps: int
+    elapsed: float
+    images_per_second: float
+    eta_s: float | None
+    records: tuple[dict[str, Any], ...]
+
+    @property
+    def progress(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+class TrainingJob:
+    """One training run in the background; create through ``JobRegistry.submit``."""
+
+    def __init__(self, config: RunConfig, run: RunDir, resume: bool = False) -> None:
+        self.config, self.run, self.resume = config, run, resume
+        self.control = Control()
+        self._lock = threading.Lock()
+        self._records: list[dict[str, Any]] = []
+        self._state, self._message = "queued", "waiting for the trainer"
+        self._total_steps = 0
+        self.result: FitResult | None = None
+        self._done = threading.Event()
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    # -- control, from any thread ------------------------------------------------------
+    def stop(self) -> None:
+        with self._lock:
+            if self._state == "queued":
+                self._state, self._message = "cancelled", "cancelled before it started"
+                self.run.set_status("stopped", "cancelled before it started")
+                self._done.set()
+        self.control.request_stop("stopped")
+        self.control.pause.clear()
+
+    def pause(self) -> None:
+        self.control.pause.set()
+        self._set_state_if("running", "paused", "paused")
+
+    def resume_training(self) -> None:
+        self.control.pause.clear()
+        self._set_state_if("paused", "running", "training")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def _set_state_if(self, current: str, new: str, message: str) -> None:
+        with self._lock:
+            if self._state == current:
+                self._state, self._message = new, message
+
+    # -- the worker thread -----------------------------------------------------------
+    def _on_records(self, records: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._records.extend(records)
+
+    def execute(self, get_data: Callable[[DataConfig], ImageData]) -> None:
+        """Run the job to its end in the calling thread (the registry's worker)."""
+        with self._lock:
+            if self._state == "cancelled":
+                return
+            self._state, self._message = "loading", "loading the data set"
+        try:
+            data = get_data(self.config.data)
+            self._total_steps = self.config.train.total_steps(len(data.train_y))
+            if self.resume:
+                with self._lock:
+                    self._records = self.run.read_metrics()
+            self._set_state_if("loading", "paused" if self.control.pause.is_set() else "running", "training")
+            result = fit(self.config, data=data, run=self.run, control=self.control,
+                         on_records=self._on_records, resume=self.resume)
+            with self._lock:
+                self.result = result
+                self._state, self._message = result.status, result.message
+        except Exception as e:  # noqa: BLE001 - a job must end with a message, whatever broke
+            msg = str(e) or type(e).__name__
+            with self._lock:
+                self._state, self._message = "failed", msg
+            try:
+                self.run.set_status("failed", msg, detail=traceback.format_exc(limit=5))
+            except OSError:
+                pass
+        finally:
+            self._done.set()
+
+    # -- for the UI --------------------------------------------------------------------
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            records = tuple(self._records)
+            state, message = self._state, self._message
+        steps = [r for r in records if r.get("kind") == "step"]
+        last = steps[-1] if steps else {}
+        step = int(last.get("step", 0))
+        ips = float(last.get("ips", 0.0))
+        total = self._total_steps
+        eta = (total - step) * self.config.train.batch_size / ips if ips > 0 and total else None
+        return JobSnapshot(
+            run_id=self.run_id, label=self.config.model.label, state=state, message=message, step=step,
+            total_steps=total, elapsed=float(last.get("elapsed", 0.0)), images_per_second=ips,
+            eta_s=eta if state in ("running", "paused") else None, records=records,
+        )
+
+
+class JobRegistry:
+    """Owns the training queue and its single worker thread. One per app process."""
+
+    def __init__(self, runs_root: Path) -> None:
+        self.runs_root = Path(runs_root)
+        self._jobs: dict[str, TrainingJob] = {}
+        self._queue: queue.Queue[TrainingJob | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._data_lock = threading.Lock()
+        self._data: tuple[DataConfig, ImageData] | None = None  # the last data set, reused
+        self._worker = threading.Thread(target=self._work, name="resnet-viz-trainer", daemon=True)
+        self._worker.start()
+
+    def submit(self, config: RunConfig, name: str | None = None, data: ImageData | None = None) -> TrainingJob:
+        """Create a run folder and queue its training; returns at once."""
+        run = RunDir.create(self.runs_root, config, name or config.name or None)
+        return self._enqueue(TrainingJob(config, run), data)
+
+    def resume(self, run_id: str) -> TrainingJob:
+        """Continue a stopped or interrupted run from its checkpoint."""
+        with self._lock:
+            live = self._jobs.get(run_id)
+        if live is not None and not live.snapshot().done:
+            raise ValueError(f"run {run_id} is still {live.snapshot().state}")
+        run = RunDir.open(self.runs_root, run_id)
+        if not run.has_checkpoint():
+            raise ValueError(f"run {run_id} has no checkpoint to resume from")
+        return self._enqueue(TrainingJob(run.config(), run, resume=True), None)
+
+    def _enqueue(self, job: TrainingJob, data: ImageData | None) -> TrainingJob:
+        if data is not None:
+            with self._data_lock:
+                self._data = (job.config.data, data)
+        with self._lock:
+            self._jobs[job.run_id] = job
+        self._queue.put(job)
+        return job
+
+    def get(self, run_id: str) -> TrainingJob | None:
+        with self._lock:
+            return self._jobs.get(run_id)
+
+    def jobs(self) -> list[TrainingJob]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def active(self) -> TrainingJob | None:
+        """The job training now, or the next queued one."""
+        live = [j for j in self.jobs() if not j.snapshot().done]
+        return live[0] if live else None
+
+    def load_data(self, cfg: DataConfig) -> ImageData:
+        with self._data_lock:
+            if self._data is not None and self._data[0] == cfg:
+                return self._data[1]
+            data = load_data(cfg)
+            self._data = (cfg, data)
+            return data
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            job.execute(self.load_data)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop every job and the worker (for tests and clean exits)."""
+        for job in self.jobs():
+            job.stop()
+        self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        self._worker.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,473 @@
+"""Run folders: the files on disk are the whole truth about a run.
+
+``runs/<run-id>/`` holds ``config.json`` (``RunConfig.to_dict()``), ``metrics.jsonl``
+(append-only, one JSON object per line), ``checkpoint.safetensors`` (written
+atomically), ``status.json`` and TensorBoard event files (written into the run folder
+itself so ``tensorboard --logdir runs`` shows every run). Nothing is cached in memory
+across calls, so the app, the CLI and a trainer in another process always agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import re
+import socket
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .checkpoint import Checkpoint, CheckpointError, checkpoint_problem, load_checkpoint_file, save_checkpoint_file
+from .config import RunConfig
+from .fsutil import count_lines, iter_jsonl_reversed, read_jsonl, truncate_lines, write_text_atomic
+
+if TYPE_CHECKING:  # torch is only needed once a checkpoint or TensorBoard is touched
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+STATUSES = ("queued", "running", "paused", "finished", "stopped", "diverged", "failed", "interrupted")
+# Statuses only a live process may hold; if its pid is gone the run was interrupted.
+_LIVE = ("queued", "running", "paused")
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+STATUS_FILE = "status.json"
+# Strict on purpose: ids come from URLs and the CLI and are joined to paths, so only
+# characters that can never spell "..", a separator or a hidden file are allowed.
+_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}")
+_STAMP_RE = re.compile(r"(\d{8}-\d{6})-")
+_SLUG_MAX = 40
+_FINAL_STEPS = 50  # final train loss/acc average this many step records
+
+
+class RunError(ValueError):
+    """A run is missing or damaged (the message says why), or a run id is invalid."""
+
+
+def default_runs_dir() -> Path:
+    """``$RESNET_VIZ_RUNS`` if set, else ``runs/`` at the repository root."""
+    env = os.environ.get("RESNET_VIZ_RUNS")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / "runs"
+
+
+def validate_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is safe to join to a path, else raise RunError."""
+    if not isinstance(run_id, str) or not _ID_RE.fullmatch(run_id):
+        raise RunError(
+            f"invalid run id {run_id!r}: use 1-100 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit (e.g. 20261126-193501-resnet20-a)"
+        )
+    return run_id
+
+
+def _slug(name: str | None) -> str:
+    # Fold accents to ASCII first so "Résumé" becomes "resume", not "r-sum".
+    ascii_name = unicodedata.normalize("NFKD", name or "").encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+    return slug[:_SLUG_MAX].strip("-") or "run"
+
+
+def make_run_id(name: str | None, root: Path | None = None, now: _dt.datetime | None = None) -> str:
+    """``<UTC yyyymmdd-hhmmss>-<slug of name>``; sorts by creation time.
+
+    With ``root``, an id already taken there gets a ``-2``, ``-3``, ... suffix.
+    ``RunDir.create`` still claims the folder with an exclusive mkdir, so two processes
+    racing for the same id cannot both get it.
+    """
+    stamp = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{_slug(name)}"
+    if root is None:
+        return base
+    run_id, n = base, 1
+    while (Path(root) / run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would send CTRL_C on Windows; we cannot tell, so trust the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        # A killed child the app has not reaped yet is a zombie: kill(pid, 0) succeeds
+        # but it will never write again.
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(pid, 0) succeeding is the best we know
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    nums = [v for v in map(_num, values) if v is not None]
+    return sum(nums) / len(nums) if nums else None  # NaN stays NaN: a diverged run shows it
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise RunError(f"{what} is missing") from None
+    except OSError as e:
+        raise RunError(f"{what} cannot be read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise RunError(f"{what} is damaged: not valid JSON ({e})") from None
+
+
+class RunDir:
+    """One run folder. Cheap to construct; holds open files only while writing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.id = validate_run_id(self.path.name)
+        # Per instance, not per module: the app serves many users from one process.
+        self._lock = threading.Lock()
+        self._metrics_fh: Any = None
+        self._writer: Any = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @classmethod
+    def create(cls, root: Path, config: RunConfig, name: str | None = None) -> "RunDir":
+        """Make a new run folder with ``config.json`` and status "queued".
+
+        ``name`` (else ``config.name``, else the model label) names the id; a given
+        ``name`` is also stored as the config's name so listings show it.
+        """
+        if not isinstance(config, RunConfig):
+            raise RunError(f"config must be a RunConfig, got {type(config).__name__}")
+        if name:
+            config = dataclasses.replace(config, name=name)
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(1000):
+            run_id = make_run_id(config.name or config.model.label, root=root)
+            try:
+                (root / run_id).mkdir()  # exclusive: the id is ours only if we created it
+            except FileExistsError:
+                continue
+            break
+        else:
+            raise RunError(f"could not find a free run id in {root}; remove old runs or retry")
+        run = cls(root / run_id)
+        write_text_atomic(run.path / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+        run.set_status("queued")
+        return run
+
+    @classmethod
+    def open(cls, root: Path, run_id: str) -> "RunDir":
+        """Open an existing run. Only checks that the folder exists: a damaged run can
+        still be opened (to show or delete it); reading a damaged file raises RunError."""
+        path = Path(root) / validate_run_id(run_id)
+        if not path.is_dir():
+            raise RunError(f"there is no run {run_id!r} in {root}")
+        return cls(path)
+
+    def config(self) -> RunConfig:
+        data = _read_json(self.path / CONFIG_FILE, f"{CONFIG_FILE} of run {self.id}")
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("it is not a JSON object")
+            return RunConfig.from_dict(data)
+        except (ValueError, TypeError, AttributeError) as e:
+            # TypeError/AttributeError: a field of the wrong JSON type (e.g. "depth": "x").
+            raise RunError(f"{CONFIG_FILE} of run {self.id} is damaged: {e}") from None
+
+    def append_metrics(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append records as JSON lines and flush, so readers see them right away."""
+        lines = []
+        for rec in records:
+            if not isinstance(rec, Mapping):
+                raise RunError(f"a metrics record must be a dict, got {type(rec).__name__}")
+            try:
+                lines.append(json.dumps(dict(rec), separators=(",", ":")) + "\n")
+            except (TypeError, ValueError) as e:
+                raise RunError(f"metrics record is not JSON-serialisable ({e}); convert tensors with .item()") from None
+        if not lines:
+            return
+        blob = "".join(lines).encode("utf-8")  # one write per batch: fewer torn lines on a crash
+        with self._lock:
+            if self._metrics_fh is None or self._metrics_fh.closed:
+                self._metrics_fh = self._open_metrics()
+            self._metrics_fh.write(blob)
+            self._metrics_fh.flush()
+
+    def _open_metrics(self) -> Any:
+        # A writer that died mid-line left a fragment with no newline; cut it off, or
+        # our first record would be glued onto it and both lost. Only one process
+        # appends to a run, so a fragment found at open time is not still growing.
+        truncate_lines(self.path / METRICS_FILE)
+        return open(self.path / METRICS_FILE, "ab")
+
+    def metrics_line_count(self) -> int:
+        """Complete lines in metrics.jsonl: the position to store in a checkpoint's meta."""
+        return count_lines(self.path / METRICS_FILE)
+
+    def truncate_metrics(self, n_lines: int) -> None:
+        """Keep the first ``n_lines`` lines: a resumed run rewinds its history to the
+        checkpoint, or the records written after it would appear twice."""
+        if n_lines < 0:
+            raise RunError(f"cannot keep {n_lines} metrics lines; give a count >= 0")
+        with self._lock:
+            if self._metrics_fh is not None:
+                self._metrics_fh.close()
+                self._metrics_fh = None
+            truncate_lines(self.path / METRICS_FILE, n_lines)
+
+    def read_metrics(self) -> list[dict]:
+        return self.read_metrics_report()[0]
+
+    def read_metrics_report(self) -> tuple[list[dict], int]:
+        """All readable records and the number of bad lines. A bad *last* line is a
+        write cut short by a crash (or in flight) and is dropped without being counted."""
+        try:
+            return read_jsonl(self.path / METRICS_FILE)
+        except OSError as e:
+            raise RunError(f"{METRICS_FILE} of run {self.id} cannot be read ({e.strerror or e})") from None
+
+    def save_checkpoint(
+        self,
+        model_state: Mapping[str, "torch.Tensor"],
+        optimizer_state: Mapping[str, Any] | None,
+        meta: Mapping[str, Any],
+    ) -> None:
+        """Atomically replace the checkpoint (see ``resnet_viz.checkpoint`` for the layout)."""
+        try:
+            save_checkpoint_file(self.path / CHECKPOINT_FILE, model_state, optimizer_state, meta)
+        except CheckpointError as e:
+            raise RunError(f"cannot save the checkpoint of run {self.id}: {e}") from None
+
+    def load_checkpoint(self, map_location: "str | torch.device" = "cpu") -> Checkpoint:
+        try:
+            return load_checkpoint_file(self.path / CHECKPOINT_FILE, map_location)
+        except CheckpointError as e:
+            raise RunError(f"checkpoint of run {self.id} is damaged: {e}") from None
+
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT_FILE).is_file()
+
+    def set_status(self, status: str, message: str = "", **extra: Any) -> None:
+        """Atomically record the status, with the time, pid and host of the writer."""
+        if status not in STATUSES:
+            raise RunError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        now = time.time()
+        payload = {
+            "status": status,
+            "message": str(message),
+            "time": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="seconds"),
+            "unix_time": now,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+        }
+        clash = sorted(payload.keys() & extra.keys())
+        if clash:
+            raise RunError(f"status extras may not override {', '.join(clash)}")
+        try:
+            text = json.dumps({**payload, **extra}, indent=2)
+        except (TypeError, ValueError) as e:
+            raise RunError(f"status extras must be JSON-serialisable ({e})") from None
+        write_text_atomic(self.path / STATUS_FILE, text + "\n")
+
+    def status(self) -> dict:
+        """The recorded status. A queued/running/paused run whose process no longer
+        exists on this host reads as "interrupted" (it crashed or was killed)."""
+        st = _read_json(self.path / STATUS_FILE, f"{STATUS_FILE} of run {self.id}")
+        if not isinstance(st, dict) or st.get("status") not in STATUSES:
+            raise RunError(f"{STATUS_FILE} of run {self.id} is damaged: no valid 'status' field")
+        pid = st.get("pid")
+        if (
+            st["status"] in _LIVE
+            and st.get("hostname") == socket.gethostname()
+            and isinstance(pid, int)
+            and not _pid_alive(pid)
+        ):
+            st = {
+                **st,
+                "status": "interrupted",
+                "message": f"the process (pid {pid}) that had this run {st['status']} is gone: it crashed or was killed",
+                "recorded_status": st["status"],
+                "recorded_message": st.get("message", ""),
+            }
+        return st
+
+    def tensorboard(self) -> "SummaryWriter":
+        """A SummaryWriter logging into the run folder, created on first use."""
+        with self._lock:
+            if self._writer is None:
+                # Imported lazily: it pulls in tensorboard, which listings never need.
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.path))
+            return self._writer
+
+    def close(self) -> None:
+        with self._lock:
+            if self._metrics_fh is not None:
+                self._metrics_fh.close()
+                self._metrics_fh = None
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of a run listing. ``status`` is "unknown" when status.json is unreadable."""
+
+    id: str
+    path: Path
+    status: str
+    message: str = ""
+    name: str = ""
+    label: str = ""
+    config: RunConfig | None = None
+    steps: int | None = None
+    final_train_loss: float | None = None
+    final_train_acc: float | None = None
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    elapsed_s: float | None = None
+    images_per_second: float | None = None
+    damaged: str | None = None  # why the run is damaged, or None
+
+
+@dataclass
+class _Tail:
+    steps: list[dict] = dataclasses.field(default_factory=list)  # newest first
+    last_eval: dict | None = None
+    end: dict | None = None
+    elapsed: float | None = None
+    bad: int = 0
+
+
+def _scan_tail(path: Path) -> _Tail:
+    """Final figures from the end of metrics.jsonl: listing 100 runs with long
+    histories then reads kilobytes per run, not whole files."""
+    tail = _Tail()
+    if not path.is_file():
+        return tail
+    for rec in iter_jsonl_reversed(path):
+        if rec is None:
+            tail.bad += 1
+            continue
+        kind = rec.get("kind")
+        if kind == "step" and len(tail.steps) < _FINAL_STEPS:
+            tail.steps.append(rec)
+        elif kind == "eval" and tail.last_eval is None:
+            tail.last_eval = rec
+        elif kind == "end" and tail.end is None:
+            tail.end = rec
+        if tail.elapsed is None:
+            tail.elapsed = _num(rec.get("elapsed"))
+        if len(tail.steps) >= _FINAL_STEPS and (tail.last_eval or tail.end):
+            break
+    return tail
+
+
+def _run_info(path: Path) -> RunInfo:
+    run = RunDir(path)
+    reasons: list[str] = []
+    config = status = None
+    try:
+        config = run.config()
+    except RunError as e:
+        reasons.append(str(e).replace(f" of run {run.id}", ""))
+    try:
+        status = run.status()
+    except RunError as e:
+        reasons.append(str(e).replace(f" of run {run.id}", ""))
+    ckpt = path / CHECKPOINT_FILE
+    if ckpt.exists():
+        problem = checkpoint_problem(ckpt)
+        if problem:
+            reasons.append(problem)
+    elif status is not None and status["status"] == "finished":
+        reasons.append(f"status is finished but {CHECKPOINT_FILE} is missing")
+    tail = _scan_tail(path / METRICS_FILE)
+    if tail.bad:
+        reasons.append(f"{METRICS_FILE} has {tail.bad} unreadable line(s), skipped")
+    end, last_eval = tail.end or {}, tail.last_eval or {}
+    steps = end.get("steps", tail.steps[0].get("step") if tail.steps else None)
+    return RunInfo(
+        id=run.id,
+        path=path,
+        status=status["status"] if status else "unknown",
+        message=str(status.get("message", "")) if status else "",
+        name=config.name if config else "",
+        label=config.model.label if config else "",
+        config=config,
+        steps=int(steps) if _num(steps) is not None and math.isfinite(steps) else None,
+        final_train_loss=_mean([r.get("loss") for r in tail.steps]),
+        final_train_acc=_mean([r.get("acc") for r in tail.steps]),
+        test_accuracy=_num(last_eval.get("test_acc", end.get("test_acc"))),
+        test_loss=_num(last_eval.get("test_loss", end.get("test_loss"))),
+        elapsed_s=_num(end.get("elapsed", tail.elapsed)),
+        images_per_second=_num(end.get("images_per_second")) or _mean([r.get("ips") for r in tail.steps]),
+        damaged="; ".join(reasons) or None,
+    )
+
+
+def _sort_key(info: RunInfo) -> tuple[float, str]:
+    m = _STAMP_RE.match(info.id)
+    if m:
+        stamp = _dt.datetime.strptime(m.group(1), "%Y%m%d-%H%M%S").replace(tzinfo=_dt.timezone.utc)
+        return stamp.timestamp(), info.id
+    try:
+        return info.path.stat().st_mtime, info.id  # a hand-named folder: its age is the best guess
+    except OSError:
+        return 0.0, info.id
+
+
+def list_runs(root: Path) -> list[RunInfo]:
+    """Every run under ``root``, newest first. A damaged run is listed with the reason
+    rather than raising; hidden entries, files and folders not named like a run id are
+    not runs and are skipped. A missing ``root`` has no runs."""
+    root = Path(root)
+    try:
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise RunError(f"cannot read the runs folder {root}: {e.strerror or e}") from None
+    infos = []
+    for entry in entries:
+        try:
+            if not _ID_RE.fullmatch(entry.name) or not entry.is_dir():
+                continue
+        except OSError:
+            continue
+        path = Path(entry.path)
+        try:
+            infos.append(_run_info(path))
+        except Exception as e:  # noqa: BLE001 - one unreadable run must never hide the others
+            infos.append(RunInfo(id=entry.name, path=path, status="unknown", damaged=f"cannot be read: {e!r}"))
+    return sorted(infos, key=_sort_key, reverse=True)

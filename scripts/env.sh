@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment in .venv when the
+# requirements changed since it was last built; sourced by scripts/app and scripts/test.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${RESNET_VIZ_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+stamp="$VENV/.requirements.sha"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "Setting up $VENV (first time: torch is large, this takes a few minutes)..." >&2
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2 || true
+  "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt" >&2
+  echo "$want" > "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
+cd "$ROOT"

@@ -1,0 +1,176 @@
+"""The trainer and background jobs on tiny synthetic runs (a few seconds each on 2 cores)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import resnet_viz.train as train_mod
+from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from resnet_viz.data import make_synthetic
+from resnet_viz.jobs import JobRegistry
+from resnet_viz.model import build_model
+from resnet_viz.runs import RunDir, list_runs
+from resnet_viz.train import Control, evaluate, fit
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return make_synthetic(640, 160, seed=0)
+
+
+def tiny_config(steps: int = 30, **train) -> RunConfig:
+    t = dict(steps=steps, epochs=None, batch_size=32, lr=0.05, probe_every=5, log_every=5, eval_every=0)
+    t.update(train)
+    return RunConfig(model=ModelConfig(depth=8, shortcut="A"), data=DataConfig(source="synthetic"), train=TrainConfig(**t))
+
+
+def step_losses(records) -> list[float]:
+    return [r["loss"] for r in records if r["kind"] == "step"]
+
+
+def test_fit_records_evaluates_and_writes_the_run(tmp_path: Path, tiny_data) -> None:
+    cfg = tiny_config(steps=40)
+    run = RunDir.create(tmp_path, cfg, "tiny")
+    seen: list[dict] = []
+    result = fit(cfg, data=tiny_data, run=run, on_records=seen.extend)
+    assert result.status == "finished" and result.steps == 40
+    steps = [r for r in seen if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 41))
+    assert all(set(r) >= {"loss", "acc", "lr", "ips", "elapsed", "epoch"} for r in steps)
+    probes = [r for r in seen if r["kind"] == "probe"]
+    assert [p["step"] for p in probes] == [1, 6, 11, 16, 21, 26, 31, 36]
+    assert set(probes[0]["blocks"]) == {"stage1.block0", "stage2.block0", "stage3.block0"}
+    evals = [r for r in seen if r["kind"] == "eval"]
+    assert evals and 0 <= evals[-1]["test_acc"] <= 1 and result.test_acc == evals[-1]["test_acc"]
+    assert seen[-1]["kind"] == "end"
+    # Everything the callback saw is on disk, and the run lists as finished with its figures.
+    assert RunDir.open(tmp_path, run.id).read_metrics() == seen
+    info = list_runs(tmp_path)[0]
+    assert info.status == "finished" and info.test_accuracy == pytest.approx(result.test_acc)
+    assert any(p.name.startswith("events.out.tfevents") for p in run.path.iterdir())
+    ckpt = run.load_checkpoint()
+    model = build_model(cfg.model)
+    model.load_state_dict(ckpt.model_state)
+    assert evaluate(model, tiny_data.test_x, tiny_data.test_y, tta=True)[1] == pytest.approx(result.test_acc)
+
+
+def test_same_seed_same_losses_different_seed_differs(tiny_data) -> None:
+    runs = []
+    for seed in (0, 0, 1):
+        recs: list[dict] = []
+        fit(tiny_config(steps=50, seed=seed), data=tiny_data, on_records=recs.extend)
+        runs.append(step_losses(recs))
+    assert len(runs[0]) == 50 and runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_stop_within_one_batch_then_resume_matches_an_uninterrupted_run(tmp_path: Path, tiny_data) -> None:
+    cfg = tiny_config(steps=40, eval_every=1000)
+    full: list[dict] = []
+    fit(cfg, data=tiny_data, on_records=full.extend)
+
+    control = Control()
+
+    def stop_at_20(records):
+        if any(r["kind"] == "step" and r["step"] == 20 for r in records):
+            control.request_stop()
+
+    run = RunDir.create(tmp_path, cfg, "stopped")
+    first = fit(cfg, data=tiny_data, run=run, control=control, on_records=stop_at_20)
+    assert first.status == "stopped" and first.steps == 20  # the stop took effect before batch 21
+    assert run.status()["status"] == "stopped" and run.has_checkpoint()
+
+    rest: list[dict] = []
+    second = fit(cfg, data=tiny_data, run=RunDir.open(tmp_path, run.id), on_records=rest.extend, resume=True)
+    assert second.status == "finished" and second.steps == 40
+    assert [r["step"] for r in rest if r["kind"] == "step"] == list(range(21, 41))
+    # Data order and augmentation depend only on (seed, step), so the resumed run is exact.
+    assert step_losses(rest) == pytest.approx(step_losses(full)[20:], rel=1e-5)
+    on_disk = [r["step"] for r in RunDir.open(tmp_path, run.id).read_metrics() if r["kind"] == "step"]
+    assert on_disk == list(range(1, 41))  # no duplicated or missing steps
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, tiny_data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_lr_at = train_mod.lr_at
+    monkeypatch.setattr(train_mod, "lr_at", lambda step, *a: 1e30 if step >= 12 else real_lr_at(step, *a))
+    cfg = tiny_config(steps=40, eval_every=10)
+    run = RunDir.create(tmp_path, cfg, "diverges")
+    result = fit(cfg, data=tiny_data, run=run)
+    assert result.status == "diverged" and "learning rate" in result.message
+    assert run.status()["status"] == "diverged"
+    ckpt = run.load_checkpoint()  # raises if any tensor is non-finite
+    assert ckpt.meta["step"] == 10
+    assert all(torch.isfinite(t).all() for t in ckpt.model_state.values())
+
+
+def test_pause_holds_training_and_resume_continues(tiny_data) -> None:
+    control = Control()
+    hits = []
+
+    def pause_at_10(records):
+        for r in records:
+            if r["kind"] == "step" and r["step"] == 10:
+                control.pause.set()
+                hits.append(r["step"])
+                # A real UI un-pauses from another thread; here un-pause on a timer.
+                import threading
+
+                threading.Timer(0.3, control.pause.clear).start()
+
+    result = fit(tiny_config(steps=20), data=tiny_data, control=control, on_records=pause_at_10)
+    assert hits == [10] and result.status == "finished" and result.steps == 20
+
+
+def test_job_registry_queues_runs_and_snapshots(tmp_path: Path, tiny_data) -> None:
+    reg = JobRegistry(tmp_path)
+    try:
+        a = reg.submit(tiny_config(steps=60), name="a", data=tiny_data)
+        b = reg.submit(tiny_config(steps=20), name="b", data=tiny_data)
+        assert b.snapshot().state == "queued"  # one training at a time
+        assert a.wait(60) and b.wait(60)
+        sa, sb = a.snapshot(), b.snapshot()
+        assert sa.state == sb.state == "finished"
+        assert sa.step == 60 and sa.progress == 1.0 and sa.done
+        assert len([r for r in sb.records if r["kind"] == "step"]) == 20
+        statuses = {i.name: i.status for i in list_runs(tmp_path)}
+        assert statuses == {"a": "finished", "b": "finished"}
+    finally:
+        reg.shutdown()
+
+
+def test_job_stop_saves_and_a_failing_job_reports(tmp_path: Path, tiny_data) -> None:
+    reg = JobRegistry(tmp_path)
+    try:
+        job = reg.submit(tiny_config(steps=100_000), name="long", data=tiny_data)
+        for _ in range(200):
+            if job.snapshot().step >= 10:
+                break
+            job.wait(0.05)
+        job.stop()
+        assert job.wait(30)
+        snap = job.snapshot()
+        assert snap.state == "stopped" and 10 <= snap.step < 100_000
+        assert RunDir.open(tmp_path, job.run_id).has_checkpoint()
+        resumed = reg.resume(job.run_id)
+        resumed.stop()
+        assert resumed.wait(30)
+        # A data set whose classes do not fit the model: the job fails with a message, no traceback.
+        bad = RunConfig(model=ModelConfig(depth=8, num_classes=5), train=TrainConfig(steps=5, epochs=None))
+        failed = reg.submit(bad, data=tiny_data)
+        assert failed.wait(30)
+        assert failed.snapshot().state == "failed" and "classes" in failed.snapshot().message
+    finally:
+        reg.shutdown()
+
+
+def test_eta_and_ips_are_finite_while_running(tiny_data) -> None:
+    recs: list[dict] = []
+    result = fit(tiny_config(steps=20), data=tiny_data, on_records=recs.extend)
+    assert result.images_per_second > 0 and math.isfinite(result.images_per_second)
+    assert all(r["ips"] > 0 for r in recs if r["kind"] == "step")
