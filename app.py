@@ -5,6 +5,15 @@ import streamlit as st
 from resnet_viz import ui
 
 st.set_page_config(page_title="ResNet Lab", page_icon=":material/account_tree:", layout="wide")
+pages = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/build.py", title="Build", icon=":material/construction:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/inspect.py", title="Inspect", icon=":material/visibility:"),
+    st.Page("pages/explain.py", title="Explain", icon=":material/lightbulb:"),
+]
+nav = st.navigation(pages)
 ui.sidebar()
-nav = st.navigation([st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)])
+ui.show_flash()
 nav.run()

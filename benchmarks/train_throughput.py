@@ -51,10 +51,10 @@ def bare_loop(depth: int, steps: int, batch: int, device: torch.device) -> float
     return steps * batch / (time.perf_counter() - t0)
 
 
-def trainer(depth: int, steps: int, batch: int, data: ImageData, root: Path) -> float:
+def trainer(depth: int, steps: int, batch: int, data: ImageData, src: DataConfig, root: Path) -> float:
     cfg = RunConfig(
         model=ModelConfig(depth=depth, num_classes=len(data.classes)),
-        data=DataConfig(source=data.source),
+        data=src,
         train=TrainConfig(steps=steps + WARMUP, epochs=None, batch_size=batch, lr=0.05, probe_every=10,
                           log_every=WARMUP, eval_every=10**6),
     )
@@ -88,7 +88,7 @@ def main() -> None:
             bare, ours = [], []
             for r in range(args.rounds):
                 bare.append(bare_loop(depth, args.steps, args.batch_size, device))
-                ours.append(trainer(depth, args.steps, args.batch_size, data, Path(tmp)))
+                ours.append(trainer(depth, args.steps, args.batch_size, data, src, Path(tmp)))
                 print(f"  ResNet-{depth} round {r + 1}: bare {bare[-1]:7.0f} img/s   trainer {ours[-1]:7.0f} img/s")
             b, o = sorted(bare)[len(bare) // 2], sorted(ours)[len(ours) // 2]  # medians
             ratio = o / b

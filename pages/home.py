@@ -1,21 +1,36 @@
-"""Home: what ResNet Lab is, and the model the sliders build."""
+"""Home: the story of residual learning in six steps, each a page."""
 
 import streamlit as st
 
-from resnet_viz.config import SHORTCUT_HELP, SHORTCUTS, ModelConfig
-from resnet_viz.summary import summarize
-
 st.title("ResNet Lab")
 st.markdown(
-    "Deeper plain networks train **worse** than shallow ones: the *degradation problem* of "
-    "He et al. (2015). Residual networks add an identity path around every block, "
-    "y = F(x) + x, and the problem goes away. Build one, train it on CIFAR-10 and look inside."
+    "#### Why can a 56-layer network train *worse* than a 20-layer one, and how do skip connections fix it?\n"
+    "Here you build the networks of He et al. (2015), train them on CIFAR-10 on your own machine, "
+    "and look inside them while they learn."
 )
-n = st.slider("Blocks per stage (n)", 1, 18, 3, help="depth = 6n + 2")
-shortcut = st.radio("Shortcut", SHORTCUTS, index=1, horizontal=True, format_func=lambda s: s)
-st.caption(SHORTCUT_HELP[shortcut])
-s = summarize(ModelConfig(depth=6 * n + 2, shortcut=shortcut))
-c1, c2, c3 = st.columns(3)
-c1.metric("Layers", s.depth)
-c2.metric("Parameters", f"{s.params:,}")
-c3.metric("MFLOPs per image", f"{s.flops / 1e6:.1f}")
+STEPS = [
+    ("1. The degradation problem", "pages/compare.py", ":material/trending_down:",
+     "A deeper **plain** net ends with a *higher training error* than a shallower one: not overfitting, "
+     "but an optimization failure. Run the four-network experiment and see it in your own numbers."),
+    ("2. The residual idea", "pages/build.py", ":material/alt_route:",
+     "Let each block learn a change F(x) and add it to its input: y = F(x) + x. If the best thing a block can "
+     "do is nothing, it only has to push F(x) to zero."),
+    ("3. Build", "pages/build.py", ":material/construction:",
+     "Pick depth (6n+2), shortcut type (none, A, B, C), block type and width; see the architecture, "
+     "parameters and FLOPs of every block."),
+    ("4. Train", "pages/train.py", ":material/model_training:",
+     "Train in the background with live loss and error curves; pause, stop, resume; reloading the page "
+     "does not stop it."),
+    ("5. Compare", "pages/compare.py", ":material/compare_arrows:",
+     "Overlay runs as in the paper's Fig. 6: training error solid, test error dashed."),
+    ("6. Look inside", "pages/inspect.py", ":material/visibility:",
+     "Feature maps of every block, activation and gradient norms against depth for a plain and a residual "
+     "net, and the trainer's per-block records over time. Then **Explain** a prediction with saliency maps."),
+]
+cols = st.columns(3)
+for i, (title, page, icon, text) in enumerate(STEPS):
+    with cols[i % 3].container(border=True, height=220):
+        st.page_link(page, label=title, icon=icon)
+        st.markdown(text)
+st.caption("Start with step 1 if you are new to ResNets; step 3 if you want to build your own. "
+           "The sidebar says which data set and device are in use.")

@@ -69,10 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (0: each epoch)")
     t.add_argument("--probe-every", type=int, default=10)
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--out", default=None, help="runs folder (default ./runs or env RESNET_VIZ_RUNS)")
     t.add_argument("--name", default=None)
     t.add_argument("--resume", default=None, metavar="RUN_ID", help="continue a run from its checkpoint")
+
+    e = sub.add_parser("export", help="write a run's trained model (weights only) to a safetensors file")
+    e.add_argument("run_id")
+    e.add_argument("path")
+    e.add_argument("--out", default=None, help="runs folder")
+    e.add_argument("--note", default="", help="stored in the file, e.g. the command that trained it")
 
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
@@ -102,7 +110,7 @@ def _run_config(args: argparse.Namespace, num_classes: int) -> RunConfig:
             momentum=args.momentum, nesterov=not args.no_nesterov and args.momentum > 0,
             weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
             augment=not args.no_augment, eval_tta=not args.no_tta, seed=args.seed, eval_every=args.eval_every,
-            probe_every=args.probe_every, device=args.device, threads=args.threads,
+            probe_every=args.probe_every, device=args.device, precision=args.precision, threads=args.threads,
         ),
         name=args.name or "",
     )
@@ -189,7 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .runs import default_runs_dir, list_runs
+    from .runlist import list_runs
+    from .runs import default_runs_dir
 
     runs = list_runs(Path(args.out) if args.out else default_runs_dir())
     if args.json:
@@ -205,10 +214,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .modelio import export_model
+    from .runs import RunDir, default_runs_dir
+
+    run = RunDir.open(Path(args.out) if args.out else default_runs_dir(), args.run_id)
+    path = export_model(run, Path(args.path), {"note": args.note} if args.note else None)
+    print(json.dumps({"path": str(path), "bytes": path.stat().st_size, "run_id": run.id}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"summary": cmd_summary, "train": cmd_train, "runs": cmd_runs}[args.command](args)
+        return {"summary": cmd_summary, "train": cmd_train, "export": cmd_export, "runs": cmd_runs}[args.command](args)
     except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person
         print(f"python -m resnet_viz {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

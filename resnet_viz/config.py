@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
+IMAGE_SIZE = 32  # CIFAR images are 32x32; every source is brought to this size
 SHORTCUTS: tuple[str, ...] = ("none", "A", "B", "C")
 SHORTCUT_HELP: dict[str, str] = {
     "none": "plain net: the same layers with no identity path",
@@ -27,6 +28,7 @@ MAX_BLOCKS_PER_STAGE = 200
 SCHEDULES: tuple[str, ...] = ("onecycle", "cosine", "paper", "constant")
 SOURCES: tuple[str, ...] = ("synthetic", "cifar10", "folder")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 
 def depth_for(blocks_per_stage: int, block: str = "basic") -> int:
@@ -145,6 +147,7 @@ class TrainConfig:
     log_every: int = 10  # steps per flushed batch of per-step records
     eval_tta: bool = True  # evaluate with horizontal-flip test-time augmentation
     device: str = "auto"  # one of DEVICES
+    precision: str = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16; fp32 elsewhere
     threads: int | None = None  # torch intra-op threads; None = all cores
     channels_last: bool = True
 
@@ -181,6 +184,8 @@ class TrainConfig:
             raise ValueError("log_every must be >= 1")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
 

@@ -9,7 +9,6 @@ is built from file names, sizes and modification times, so editing the data rebu
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -23,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DataConfig
-from .fsutil import atomic_path
+from .config import IMAGE_SIZE, DataConfig
+from .datacache import cache_file, cache_load, cache_save, check_payload, digest, stat_key
+from .synthetic import generate
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,8 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 )
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-IMAGE_SIZE = 32
 # torchvision.datasets.ImageFolder's list: other files (README, .DS_Store) are skipped as it does.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-CACHE_VERSION = 1  # bump when the cached payload's layout or the decoding changes
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _DECODE_CHUNK = 500  # images per thread-pool task: few tasks, yet frequent progress reports
 
@@ -102,8 +100,8 @@ def load_cifar10(root: Path, download: bool, cache_dir: Path | None = None) -> I
     from torchvision.datasets.utils import check_integrity, extract_archive
 
     root = Path(root).expanduser()
-    cache = _cache_file(cache_dir, "cifar10", root, _stat_key(root / _CIFAR_DIR, _CIFAR_FILES))
-    payload = _cache_load(cache) if cache else None
+    cache = _cache_file(cache_dir, "cifar10", root, stat_key(root / _CIFAR_DIR, _CIFAR_FILES))
+    payload = cache_load(cache) if cache else None
     if payload is None:
         try:
             archive = root / _CIFAR_ARCHIVE
@@ -126,10 +124,10 @@ def load_cifar10(root: Path, download: bool, cache_dir: Path | None = None) -> I
             "test_y": torch.tensor(test.targets, dtype=torch.int64),
             "classes": [str(c) for c in train.classes],
         }
-        _check_payload(payload)
-        cache = _cache_file(cache_dir, "cifar10", root, _stat_key(root / _CIFAR_DIR, _CIFAR_FILES))
+        check_payload(payload)
+        cache = _cache_file(cache_dir, "cifar10", root, stat_key(root / _CIFAR_DIR, _CIFAR_FILES))
         if cache:
-            _cache_save(cache, payload)
+            cache_save(cache, payload)
     return _image_data(payload, name="CIFAR-10", source="cifar10")
 
 
@@ -192,7 +190,7 @@ def load_folder(
         test_files = []
     key = _files_key([("split" if split else "tree", classes)], train_files + test_files)
     cache = _cache_file(cache_dir, "folder", root, key)
-    payload = _cache_load(cache) if cache else None
+    payload = cache_load(cache) if cache else None
     if payload is None:
         everything = _decode_files(root, train_files + test_files, progress)  # (N, 3, 32, 32)
         n_train = len(train_files)
@@ -203,9 +201,9 @@ def load_folder(
             "test_y": torch.tensor([f.label for f in test_files], dtype=torch.int64),
             "classes": list(classes),
         }
-        _check_payload(payload)
+        check_payload(payload)
         if cache:
-            _cache_save(cache, payload)
+            cache_save(cache, payload)
     if not split:
         # The split is cheap and not cached, so changing the seed or fraction needs no decode.
         train_idx, test_idx = _stratified_split(payload["train_y"], holdout_fraction, seed, root)
@@ -321,102 +319,11 @@ def _stratified_split(y: torch.Tensor, fraction: float, seed: int, root: Path) -
 # ---------------------------------------------------------------------------- synthetic
 
 
-SYNTHETIC_CLASSES: tuple[str, ...] = (
-    "disc", "square", "triangle", "ring", "cross", "h-stripes", "v-stripes", "d-stripes", "checkerboard", "dots",
-)
-_SYNTH_CHUNK = 2048  # images generated per vectorized pass: bounds memory for big sets
-
-
-def _frac(a: np.ndarray) -> np.ndarray:
-    return a - np.floor(a)
-
-
-# Each shape gets (u, v): pixel offsets from the shape's centre, rotated and divided by its
-# half-size (so the shape spans [-1, 1]), p: texture period in those units, ph: phase.
-_SHAPES: tuple[Callable[..., np.ndarray], ...] = (
-    lambda u, v, p, ph: u * u + v * v < 1.0,  # disc
-    lambda u, v, p, ph: np.maximum(abs(u), abs(v)) < 0.85,  # square
-    lambda u, v, p, ph: (v < 0.75) & (abs(u) < (v + 0.95) * 0.6),  # triangle, apex up
-    lambda u, v, p, ph: (u * u + v * v < 1.0) & (u * u + v * v > 0.36),  # ring
-    lambda u, v, p, ph: ((abs(u) < 0.3) & (abs(v) < 1)) | ((abs(v) < 0.3) & (abs(u) < 1)),  # cross
-    lambda u, v, p, ph: _frac(v / p + ph) < 0.5,  # horizontal stripes
-    lambda u, v, p, ph: _frac(u / p + ph) < 0.5,  # vertical stripes
-    lambda u, v, p, ph: _frac((u + v) / (p * 1.4142) + ph) < 0.5,  # diagonal stripes
-    lambda u, v, p, ph: (np.floor(u / p + ph) + np.floor(v / p + ph)) % 2 == 0,  # checkerboard
-    lambda u, v, p, ph: (_frac(u / p + ph) - 0.5) ** 2 + (_frac(v / p + ph) - 0.5) ** 2 < 0.09,  # dots
-)
-_TEXTURES = frozenset(range(5, 10))  # confined to a square patch so their extent varies too
-
-
-def _shape_masks(kind: np.ndarray, rng: np.random.Generator, scale: tuple[float, float]) -> np.ndarray:
-    """(n, H, W) bool: one shape of class ``kind[i]`` per image, at a random place, size and tilt."""
-    n, s = len(kind), IMAGE_SIZE
-    centre = rng.uniform(0.3 * s, 0.7 * s, (n, 2)).astype(np.float32)
-    half = (rng.uniform(*scale, n) * s).astype(np.float32)  # half the shape's width, in pixels
-    angle = rng.uniform(-0.35, 0.35, n).astype(np.float32)  # +-20 degrees: stripes keep their class
-    period = (rng.uniform(2.5, 6.0, n) / half).astype(np.float32)  # texture period in pixels / half
-    phase = rng.uniform(0.0, 1.0, n).astype(np.float32)
-    grid = np.arange(s, dtype=np.float32) + 0.5
-    mask = np.empty((n, s, s), dtype=bool)
-    for c in np.unique(kind):
-        i = np.flatnonzero(kind == c)
-        dx = grid[None, None, :] - centre[i, 0, None, None]  # (k, 1, W)
-        dy = grid[None, :, None] - centre[i, 1, None, None]  # (k, H, 1)
-        cos, sin, h = np.cos(angle[i])[:, None, None], np.sin(angle[i])[:, None, None], half[i, None, None]
-        u, v = (cos * dx + sin * dy) / h, (cos * dy - sin * dx) / h  # (k, H, W)
-        m = _SHAPES[c](u, v, period[i, None, None], phase[i, None, None])
-        if c in _TEXTURES:
-            m &= (abs(u) < 1) & (abs(v) < 1)
-        mask[i] = m
-    return mask
-
-
-def _synthetic_chunk(y: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-    """Images of labels ``y`` as (n, 3, 32, 32) uint8.
-
-    The labelled shape is drawn over a smaller distractor of a random class, on a background
-    with a light gradient and pixel noise, all in random colours: a net must look at shape,
-    not colour or position. A ResNet-20 passes 50% within a minute of CPU training and ~90%
-    after five epochs; faint shapes and distractors keep the last few percent hard.
-    """
-    n, s = len(y), IMAGE_SIZE
-    main = torch.from_numpy(_shape_masks(y, rng, (0.16, 0.38)))[:, None]  # (n, 1, H, W)
-    other = torch.from_numpy(_shape_masks(rng.integers(0, len(_SHAPES), n), rng, (0.08, 0.16)))[:, None]
-    bg = torch.from_numpy(rng.uniform(0.0, 1.0, (n, 3)).astype(np.float32))
-    # Shape and distractor differ from the background by 0.12 to 0.42 per channel, up or down
-    # (whichever stays in [0, 1]): sometimes faint under the noise, never invisible.
-    step = rng.uniform(0.12, 0.42, (2, n, 3)) * rng.choice([-1.0, 1.0], (2, n, 3))
-    step = torch.from_numpy(step.astype(np.float32))  # (2, n, 3): shape, distractor
-    fg, dc = torch.where(((bg + step) >= 0) & ((bg + step) <= 1), bg + step, bg - step)  # (n, 3) each
-    tilt = torch.from_numpy(rng.uniform(-0.25, 0.25, (n, 2)).astype(np.float32))  # uneven lighting
-    noise_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))  # torch's rand is much faster
-
-    ramp = (torch.arange(s, dtype=torch.float32) + 0.5 - s / 2) / (s / 2)  # (W,) in [-1, 1]
-    light = tilt[:, 0, None, None] * ramp[None, None, :] + tilt[:, 1, None, None] * ramp[None, :, None]
-    bg, fg, dc = (c[:, :, None, None] for c in (bg, fg, dc))  # (n, 3, 1, 1) each
-    img = torch.where(main, fg, torch.where(other, dc, bg))  # (n, 3, H, W)
-    noise = torch.rand((n, 3, s, s), generator=noise_gen).sub_(0.5).mul_(0.4)  # +-0.2 per pixel
-    img = (img + light[:, None] + noise).mul_(255.0).add_(0.5)
-    return img.clamp_(0, 255).to(torch.uint8)
-
-
-def _synthetic_split(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    y = rng.permutation(np.arange(n) % len(SYNTHETIC_CLASSES))  # balanced to within one image
-    x = torch.cat([_synthetic_chunk(y[lo : lo + _SYNTH_CHUNK], rng) for lo in range(0, n, _SYNTH_CHUNK)])
-    return x, torch.from_numpy(y.astype(np.int64))
-
-
 def make_synthetic(n_train: int, n_test: int, seed: int) -> ImageData:
     """Ten classes of random coloured shapes and textures; the same seed gives the same tensors."""
     if n_train < 1 or n_test < 1:
         raise DataError(f"the synthetic set needs at least one training and one test image, got {n_train}/{n_test}")
-    # Independent streams: the test set does not change when n_train does.
-    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed & (2**64 - 1)).spawn(2))
-    train_x, train_y = _synthetic_split(n_train, train_rng)
-    test_x, test_y = _synthetic_split(n_test, test_rng)
-    payload = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
-               "classes": list(SYNTHETIC_CLASSES)}  # fmt: skip
-    return _image_data(payload, name="Synthetic shapes (not CIFAR-10)", source="synthetic")
+    return _image_data(generate(n_train, n_test, seed), name="Synthetic shapes (not CIFAR-10)", source="synthetic")
 
 
 # ---------------------------------------------------------------------------- defaults
@@ -450,84 +357,15 @@ def describe_default_source() -> str:
     return _default()[1]
 
 
-# ---------------------------------------------------------------------------- cache
-
-
-def _stat_key(folder: Path, names: tuple[str, ...]) -> str | None:
-    try:
-        stats = [(n, (folder / n).stat()) for n in names]
-    except OSError:
-        return None  # not all there (yet): nothing to key a cache on
-    return _digest([("files", [(n, s.st_size, s.st_mtime_ns) for n, s in stats])])
-
-
-def _files_key(extra: list[Any], files: list[_File]) -> str:
-    return _digest(extra + [(f.rel, f.size, f.mtime_ns, f.label) for f in files])
-
-
-def _digest(items: list[Any]) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}/{IMAGE_SIZE}".encode())
-    for item in items:
-        h.update(repr(item).encode())
-        h.update(b"\n")
-    return h.hexdigest()
+# ---------------------------------------------------------------------------- cache keys
 
 
 def _cache_file(cache_dir: Path | None, kind: str, root: Path, key: str | None) -> Path | None:
-    if key is None:
-        return None
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    # One file per data folder: the path hash tells two folders of the same name apart.
-    where = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
-    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in root.resolve().name)[:40] or "root"
-    return cache_dir / f"{kind}-{slug}-{where}-{key[:20]}.pt"
+    return cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), kind, root, key)
 
 
-def _check_payload(p: dict[str, Any]) -> None:
-    """Raise ValueError unless ``p`` is a well-formed set of tensors (guards against damaged caches)."""
-    classes = p["classes"]
-    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
-        raise ValueError("bad class list")
-    for split in ("train", "test"):
-        x, y = p[f"{split}_x"], p[f"{split}_y"]
-        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)):
-            raise ValueError(f"bad {split} images")
-        if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (len(x),)):
-            raise ValueError(f"bad {split} labels")
-        if len(y) and not (0 <= int(y.min()) and int(y.max()) < len(classes)):
-            raise ValueError(f"{split} labels out of range")
-
-
-def _cache_load(path: Path) -> dict[str, Any] | None:
-    """The payload in ``path``, or None when it is missing or damaged (then it gets rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("version") != CACHE_VERSION:
-            raise ValueError("unexpected content")
-        _check_payload(payload)
-        return payload
-    except Exception as exc:  # a truncated or foreign file must never stop training
-        log.warning("ignoring damaged data cache %s (%s); decoding the images again", path, exc)
-        return None
-
-
-def _cache_save(path: Path, payload: dict[str, Any]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save({**payload, "version": CACHE_VERSION}, tmp)
-    except OSError as exc:  # read-only or full disk: training still works, only slower next time
-        log.warning("could not write the data cache %s (%s); images will be decoded again next time", path, exc)
-        return
-    # Earlier versions of the same folder's cache are dead weight (hundreds of MB each).
-    for old in path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.pt"):
-        if old != path:
-            try:
-                old.unlink()
-            except OSError:
-                pass
+def _files_key(extra: list[Any], files: list[_File]) -> str:
+    return digest(extra + [(f.rel, f.size, f.mtime_ns, f.label) for f in files])
 
 
 def _image_data(p: dict[str, Any], name: str, source: str) -> ImageData:

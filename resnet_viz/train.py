@@ -21,7 +21,7 @@ from torch import nn
 from .augment import BatchStream, eval_batches
 from .config import RunConfig
 from .data import ImageData, load_data
-from .device import pick_device
+from .device import autocast, pick_device, resolve_precision
 from .model import build_model, param_norms_finite
 from .probes import probe_blocks
 from .runs import RunDir
@@ -59,7 +59,7 @@ class FitResult:
 @torch.no_grad()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500,
-    tta: bool = True, channels_last: bool = True,
+    tta: bool = True, channels_last: bool = True, precision: str = "fp32",
 ) -> tuple[float, float]:
     """(test loss, test accuracy); with ``tta`` the logits of the image and its mirror are averaged."""
     was_training = model.training
@@ -68,7 +68,7 @@ def evaluate(
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     try:
         for xb, yb in eval_batches(x, y, batch_size, device, channels_last):
-            with _autocast(device):
+            with autocast(device, precision):
                 logits = model(xb)
                 if tta:
                     logits = (logits + model(xb.flip(3))) / 2
@@ -79,11 +79,6 @@ def evaluate(
         model.train(was_training)
     n = max(len(y), 1)
     return loss_sum.item() / n, correct.item() / n
-
-
-def _autocast(device: torch.device):
-    # bf16 autocast pays off on CUDA tensor cores; on CPU it was slower here, so fp32.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def fit(
@@ -99,6 +94,7 @@ def fit(
     tc = config.train
     control = control or Control()
     device = pick_device(tc.device)
+    precision = resolve_precision(tc.precision, device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if data is None:
@@ -195,7 +191,7 @@ def fit(
             xb, yb = stream.batch(step)
             probing = tc.probe_every > 0 and step % tc.probe_every == 0
             with probe_blocks(model) if probing else nullcontext() as probe:
-                with _autocast(device):
+                with autocast(device, precision):
                     logits = model(xb)
                     loss = criterion(logits.float(), yb)
                 optimizer.zero_grad(set_to_none=True)
@@ -215,7 +211,8 @@ def fit(
             if step % eval_every == 0 or step == total:
                 flush()
                 t0 = time.perf_counter()
-                last_eval = evaluate(model, data.test_x, data.test_y, tta=tc.eval_tta, channels_last=tc.channels_last)
+                last_eval = evaluate(model, data.test_x, data.test_y, tta=tc.eval_tta,
+                                     channels_last=tc.channels_last, precision=precision)
                 eval_s += time.perf_counter() - t0
                 sink.emit([{"kind": "eval", "step": step, "epoch": step / per_epoch, "test_loss": last_eval[0],
                             "test_acc": last_eval[1], "elapsed": now()}])

@@ -1,19 +1,34 @@
 """The only library module that imports Streamlit: session keys, shared resources, widgets.
 
-Per-user state lives in ``st.session_state`` under the keys defined here, never in
-module globals (Streamlit shares imported modules across every user). The job registry
-is one per server process through ``st.cache_resource``, so a reloaded page or a second
-tab finds the training that is still going.
+Per-user state lives in ``st.session_state`` under the keys of ``Keys``, never in module
+globals (Streamlit shares imported modules between every user). The job registry is one
+per server process through ``st.cache_resource``, so a reloaded page or a second tab
+finds the training that is still going; the run folders on disk are the source of truth.
+Models are cached as weights and rebuilt per use, so two users never share a module that
+Captum is hooking.
 """
 
 from __future__ import annotations
 
-import streamlit as st
+import csv
+import io
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
 
-from .data import describe_default_source, default_source
+import streamlit as st
+import torch
+
+from .config import DataConfig, ModelConfig, RunConfig
+from .data import ImageData, default_source, describe_default_source, load_data
 from .device import describe_device, pick_device
-from .jobs import JobRegistry
-from .runs import default_runs_dir
+from .jobs import JobRegistry, JobSnapshot
+from .model import CifarResNet, build_model
+from .modelio import ModelRef, class_names, load_model_file, load_run_model, shipped_models
+from .runlist import RunInfo, list_runs
+from .runs import RunDir, RunError, default_runs_dir
+
+UNTRAINED = ModelRef("untrained", "build", "Untrained model from the Build page")
 
 
 class Keys:
@@ -21,6 +36,11 @@ class Keys:
 
     WATCHED_RUN = "watched_run_id"
     DATA_CONFIG = "data_config"
+    BUILD_CONFIG = "build_config"
+    MESSAGE = "flash_message"
+
+
+# ------------------------------------------------------------------ shared resources
 
 
 @st.cache_resource(show_spinner=False)
@@ -28,23 +48,216 @@ def job_registry() -> JobRegistry:
     return JobRegistry(default_runs_dir())
 
 
-def data_config():
+def runs_root() -> Path:
+    return job_registry().runs_root
+
+
+@st.cache_resource(show_spinner="Loading the data set (the first time decodes it; later starts take a second)...")
+def _data(cfg: DataConfig) -> ImageData:
+    return load_data(cfg)
+
+
+def data() -> ImageData | None:
+    """The data set in use, or None after showing why it cannot be loaded."""
+    try:
+        return _data(data_config())
+    except ValueError as e:
+        st.error(f"The data set cannot be loaded: {e}")
+        return None
+
+
+def data_config() -> DataConfig:
     if Keys.DATA_CONFIG not in st.session_state:
         st.session_state[Keys.DATA_CONFIG] = default_source()
     return st.session_state[Keys.DATA_CONFIG]
+
+
+def data_label(cfg: DataConfig) -> str:
+    if cfg == default_source():
+        return describe_default_source()
+    return {"synthetic": "Synthetic shapes (not CIFAR-10)", "cifar10": "CIFAR-10"}.get(cfg.source, f"Folder {cfg.path}")
+
+
+def build_config() -> ModelConfig:
+    return st.session_state.get(Keys.BUILD_CONFIG) or ModelConfig()
+
+
+# ------------------------------------------------------------------ models
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _weights(kind: str, key: str, stamp: float) -> tuple[dict[str, torch.Tensor], RunConfig]:
+    if kind == "file":
+        model, cfg, _ = load_model_file(Path(key))
+    else:
+        model, cfg = load_run_model(RunDir.open(runs_root(), key))
+    return {k: v.clone() for k, v in model.state_dict().items()}, cfg
+
+
+def load_model(ref: ModelRef) -> tuple[CifarResNet, ModelConfig, tuple[str, ...]]:
+    """(a fresh model, its config, its class names) for ``ref``; weights are cached, the
+    module is this caller's own."""
+    if ref.kind == "untrained":
+        ds = data()
+        classes = ds.classes if ds is not None else tuple(f"class {i}" for i in range(10))
+        cfg = replace(build_config(), num_classes=len(classes))
+        torch.manual_seed(0)
+        return build_model(cfg).eval(), cfg, classes
+    path = Path(ref.key) if ref.kind == "file" else runs_root() / ref.key / "checkpoint.safetensors"
+    stamp = path.stat().st_mtime if path.exists() else 0.0
+    state, cfg = _weights(ref.kind, ref.key, stamp)
+    model = build_model(cfg.model)
+    model.load_state_dict(state)
+    return model.eval(), cfg.model, class_names(cfg)
+
+
+def model_refs(include_untrained: bool = True) -> list[ModelRef]:
+    """Shipped models, then runs with a checkpoint (newest first), then the Build model."""
+    refs = list(shipped_models())
+    for info in list_runs(runs_root()):
+        if info.damaged is None and (info.path / "checkpoint.safetensors").is_file() and info.config is not None:
+            acc = f" · {info.test_accuracy:.1%}" if info.test_accuracy is not None else ""
+            refs.append(ModelRef("run", info.id, f"{info.label} · run {info.name or info.id}{acc} ({info.status})"))
+    if include_untrained:
+        refs.append(UNTRAINED)
+    return refs
+
+
+def pick_model(label: str, key: str, default_index: int = 0, refs: list[ModelRef] | None = None) -> ModelRef | None:
+    refs = refs if refs is not None else model_refs()
+    if not refs:
+        st.info("No models yet: train one on the Train page.")
+        return None
+    return st.selectbox(label, refs, index=min(default_index, len(refs) - 1), format_func=lambda r: r.label, key=key)
+
+
+# ------------------------------------------------------------------ runs
+
+
+def runs() -> list[RunInfo]:
+    try:
+        return list_runs(runs_root())
+    except RunError as e:
+        st.error(str(e))
+        return []
+
+
+def run_records(run_id: str) -> list[dict[str, Any]]:
+    """Live records from the registry when the run trains in this server, else from disk."""
+    job = job_registry().get(run_id)
+    if job is not None:
+        return list(job.snapshot().records)
+    try:
+        return RunDir.open(runs_root(), run_id).read_metrics()
+    except RunError as e:
+        st.warning(str(e))
+        return []
+
+
+def metrics_csv(records: list[dict[str, Any]]) -> bytes:
+    """Step and eval records as CSV (probe records are nested and left out)."""
+    cols = ["kind", "step", "epoch", "loss", "acc", "lr", "ips", "test_loss", "test_acc", "elapsed"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(r for r in records if r.get("kind") in ("step", "eval"))
+    return buf.getvalue().encode()
+
+
+def snapshot(run_id: str) -> JobSnapshot | None:
+    job = job_registry().get(run_id)
+    return job.snapshot() if job is not None else None
+
+
+# ------------------------------------------------------------------ chrome
+
+
+def flash(message: str) -> None:
+    """Show ``message`` once on the next rerun (e.g. after a button that reruns)."""
+    st.session_state[Keys.MESSAGE] = message
+
+
+def show_flash() -> None:
+    msg = st.session_state.pop(Keys.MESSAGE, None)
+    if msg:
+        st.toast(msg)
 
 
 def sidebar() -> None:
     """What every page shows: the data set in use, the device, the run being watched."""
     with st.sidebar:
         cfg = data_config()
-        label = describe_default_source() if cfg == default_source() else f"{cfg.source}: {cfg.path or ''}"
+        label = data_label(cfg)
         if cfg.source == "synthetic":
-            st.warning(f"Data: {label}", icon=":material/science:")
+            st.warning(f"**Data:** {label}", icon=":material/science:")
         else:
-            st.info(f"Data: {label}", icon=":material/dataset:")
-        st.caption(f"Device: {describe_device(pick_device('auto'))}")
-        job = job_registry().active()
-        if job is not None:
-            snap = job.snapshot()
-            st.caption(f"Training: {snap.label} ({snap.state}, {snap.progress:.0%})")
+            st.info(f"**Data:** {label}", icon=":material/dataset:")
+        st.caption(f"**Device:** {describe_device(pick_device('auto'))}")
+        watched = st.session_state.get(Keys.WATCHED_RUN)
+        snap = snapshot(watched) if watched else None
+        if snap is not None:
+            st.caption(f"**Watching:** {snap.label} · {snap.state} · {snap.progress:.0%}")
+        elif watched:
+            st.caption(f"**Watching:** run {watched}")
+        active = job_registry().active()
+        if active is not None and active.run_id != watched:
+            s = active.snapshot()
+            st.caption(f"**Training now:** {s.label} · {s.state} · {s.progress:.0%}")
+
+
+def guarded(fn: Callable[[], None]) -> None:
+    """Run a page body; an unexpected error becomes a message, never a traceback."""
+    try:
+        fn()
+    except ValueError as e:
+        st.error(str(e))
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def upload_images(label: str, key: str, multiple: bool = False) -> list[tuple[str, Any]]:
+    """Uploaded images as (display name, RGB PIL image); bad files get a message each.
+
+    Files are checked by content (``images.open_upload``); the name is only displayed,
+    never used as a path.
+    """
+    from .images import ImageError, open_upload
+
+    files = st.file_uploader(label, type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
+                             accept_multiple_files=multiple, key=key)
+    files = files if isinstance(files, list) else [files] if files else []
+    out = []
+    for f in files:
+        try:
+            out.append((f.name, open_upload(f.getvalue())))
+        except ImageError as e:
+            st.error(f"{f.name}: {e}")
+    return out
+
+
+def test_image_picker(key: str) -> tuple[str, Any] | None:
+    """A test-set image picked by class and index: (caption, (3, 32, 32) uint8 tensor)."""
+    ds = data()
+    if ds is None:
+        return None
+    c1, c2 = st.columns(2)
+    cls = c1.selectbox("Class", range(len(ds.classes)), format_func=lambda i: ds.classes[i], key=f"{key}_cls")
+    idx = (ds.test_y == cls).nonzero().flatten()
+    i = c2.number_input(f"Index (0-{len(idx) - 1})", 0, max(0, len(idx) - 1), 0, key=f"{key}_idx")
+    if len(idx) == 0:
+        st.warning("This class has no test images.")
+        return None
+    return f"{ds.classes[cls]} #{int(i)} ({ds.name})", ds.test_x[idx[int(i)]]
+
+
+def input_images(key: str, multiple: bool = False) -> list[tuple[str, Any]]:
+    """The inputs the user chose: a test image, or uploads (as (3, 32, 32) uint8 tensors)."""
+    from .images import to_input_tensor
+
+    mode = st.radio("Input", ["A test image", "Upload"], horizontal=True, key=f"{key}_mode")
+    if mode == "A test image":
+        picked = test_image_picker(key)
+        return [picked] if picked else []
+    return [(name, to_input_tensor(img)) for name, img in upload_images(
+        "Images (PNG, JPEG, WebP, BMP or GIF; up to 10 MB)", key=f"{key}_upload", multiple=multiple)]

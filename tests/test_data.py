@@ -170,7 +170,7 @@ def test_damaged_cache_is_rebuilt(tree: Path, tmp_path: Path, caplog: pytest.Log
         again = data.load_folder(tree, 0.2, 0, cache_dir=cache)
     assert "damaged data cache" in caplog.text
     assert torch.equal(again.train_x, first.train_x)
-    assert data._cache_load(cache_file) is not None  # rewritten whole
+    assert data.cache_load(cache_file) is not None  # rewritten whole
 
 
 # ---------------------------------------------------------------------------- synthetic

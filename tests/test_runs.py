@@ -14,6 +14,7 @@ from torch import nn
 
 from resnet_viz.config import ModelConfig, RunConfig, TrainConfig
 from resnet_viz.fsutil import write_text_atomic
+from resnet_viz.runlist import list_runs
 from resnet_viz.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -21,7 +22,6 @@ from resnet_viz.runs import (
     RunDir,
     RunError,
     default_runs_dir,
-    list_runs,
     make_run_id,
     validate_run_id,
 )

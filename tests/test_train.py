@@ -13,7 +13,8 @@ from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from resnet_viz.data import make_synthetic
 from resnet_viz.jobs import JobRegistry
 from resnet_viz.model import build_model
-from resnet_viz.runs import RunDir, list_runs
+from resnet_viz.runlist import list_runs
+from resnet_viz.runs import RunDir
 from resnet_viz.train import Control, evaluate, fit
 
 

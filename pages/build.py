@@ -1,0 +1,45 @@
+"""Build: choose depth, shortcut, block type and width; see the network it makes."""
+
+import streamlit as st
+
+from resnet_viz import plots, ui
+from resnet_viz.config import BLOCKS, LAYERS_PER_BLOCK, SHORTCUT_HELP, SHORTCUTS, ModelConfig, depth_for
+from resnet_viz.summary import summarize
+
+st.title("Build a CIFAR ResNet")
+st.caption("He et al. (2015), section 4.2: a 3x3 conv, three stages of n blocks with 16, 32 and 64 filters, "
+           "global average pooling and a linear layer. Moving these controls never starts training.")
+current = ui.build_config()
+left, right = st.columns([1, 2])
+with left:
+    block = st.radio("Block type", BLOCKS, index=BLOCKS.index(current.block), horizontal=True,
+                     help="basic: two 3x3 convs (depth 6n+2); bottleneck: 1x1, 3x3, 1x1 with 4x expansion (depth 9n+2)")
+    n = st.slider("Blocks per stage (n)", 1, 36, value=min(current.blocks_per_stage, 36),
+                  help="ResNet-20: n=3; ResNet-56: n=9; ResNet-110: n=18")
+    depth = depth_for(n, block)
+    st.markdown(f"**{depth} layers** = {3 * LAYERS_PER_BLOCK[block]} x {n} + 2")
+    shortcut = st.radio("Shortcut", SHORTCUTS, index=SHORTCUTS.index(current.shortcut),
+                        format_func=lambda s: "none (plain net)" if s == "none" else s)
+    st.caption(SHORTCUT_HELP[shortcut])
+    width = st.select_slider("Width multiplier", [1, 2, 4], value=current.width)
+    zero_init = st.toggle("Zero-init the last BN of each residual branch", value=current.zero_init_residual,
+                          disabled=shortcut == "none", help="each block starts as its shortcut (Goyal et al. 2017)")
+cfg = ModelConfig(depth=depth, shortcut=shortcut, block=block, width=width,
+                  zero_init_residual=zero_init and shortcut != "none")
+st.session_state[ui.Keys.BUILD_CONFIG] = cfg
+summary = summarize(cfg)
+with right:
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Layers", summary.depth)
+    c2.metric("Parameters", f"{summary.params:,}")
+    c3.metric("MFLOPs / image", f"{summary.flops / 1e6:,.1f}")
+    c4.metric("Receptive field", f"{summary.blocks[-1].receptive_field} px")
+    st.plotly_chart(plots.architecture_diagram(summary), width="stretch")
+st.subheader("Per block")
+st.dataframe(
+    [{"block": b.name, "in": "x".join(map(str, b.in_shape)), "out": "x".join(map(str, b.out_shape)),
+      "params": b.params, "MFLOPs": round(b.flops / 1e6, 2), "receptive field": b.receptive_field,
+      "shortcut": b.shortcut + (" (shape changes)" if b.shape_changes else "")} for b in summary.blocks],
+    width="stretch", hide_index=True,
+)
+st.page_link("pages/train.py", label=f"Train this {cfg.label}", icon=":material/play_arrow:")

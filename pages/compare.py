@@ -1,0 +1,60 @@
+"""Compare: runs side by side (the paper's Fig. 6), and the degradation experiment."""
+
+import time
+from dataclasses import replace
+
+import streamlit as st
+
+from resnet_viz import compare, plots, ui
+from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+st.title("Compare runs")
+registry = ui.job_registry()
+all_runs = [r for r in ui.runs() if r.config is not None]
+groups = compare.degradation_groups(all_runs)
+
+with st.container(border=True):
+    st.subheader("The degradation experiment")
+    st.markdown(
+        "Trains **plain-20, plain-56, ResNet-20 and ResNet-56** (shortcut A) with the same seed, data order and "
+        f"budget ({compare.DEFAULT_STEPS:,} steps of batch 128, about 15 minutes on a 2-core CPU with CIFAR-10), "
+        "one after another in the background. When they are done this page says what *their* numbers show."
+    )
+    if st.button("Run the degradation experiment", type="primary", icon=":material/science:"):
+        data = ui.data()
+        if data is not None:
+            base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=ui.data_config(),
+                             train=compare.default_train_config())
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for cfg in compare.degradation_configs(base):
+                registry.submit(replace(cfg, name=f"{cfg.name} #{stamp}"), data=data)
+            st.success(f"Queued 4 runs on {data.name}. Leave this page open or come back later: they keep training.")
+            st.rerun()
+    if groups:
+        stamp, members = groups[0]
+        results = {key: ui.run_records(info.id) for key, info in members.items()}
+        verdict = compare.degradation_verdict(results)
+        live = [ui.snapshot(i.id) for i in members.values()]
+        pending = [s for s in live if s is not None and not s.done]
+        if pending:
+            done = sum(s.step for s in live if s) / max(1, sum(s.total_steps for s in live if s))
+            st.progress(done, text=f"Experiment #{stamp}: {len(pending)} run(s) still training or queued")
+        (st.success if not pending and verdict.plain_degrades is not None else st.info)(verdict.text)
+        st.plotly_chart(plots.compare_curves([(k, v) for k, v in results.items()], x_axis="iterations"),
+                        width="stretch", key="degradation_curves")
+
+st.subheader("Any runs")
+if not all_runs:
+    st.info("No runs yet: start one on the Train page, or run the degradation experiment above.")
+    st.stop()
+labels = {r.id: f"{r.label} · {r.name or r.id} · {r.status}" for r in all_runs}
+default = [r.id for r in all_runs[:4]]
+chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get)
+c1, c2 = st.columns(2)
+x_axis = c1.radio("x-axis", ["iterations", "epochs"], horizontal=True)
+metric = c2.radio("Show", ["error", "loss"], horizontal=True)
+picked = [r for r in all_runs if r.id in chosen]
+series = [(f"{r.label} · {r.name or r.id}", ui.run_records(r.id)) for r in picked]
+st.plotly_chart(plots.compare_curves(series, x_axis=x_axis, metric=metric), width="stretch", key="any_curves")
+st.caption("Training error solid, test error dashed, as in the paper's Fig. 6.")
+st.dataframe(plots.error_table_rows(picked), width="stretch", hide_index=True)

@@ -1,0 +1,43 @@
+"""Explain: saliency maps (Captum) for uploaded or test images, under two models side by side."""
+
+import streamlit as st
+
+from resnet_viz import attribution, plots, ui
+from resnet_viz.augment import normalize
+from resnet_viz.model import block_names
+
+st.title("Explain a prediction")
+c1, c2 = st.columns(2)
+with c1:
+    ref_a = ui.pick_model("Model", key="explain_model_a")
+with c2:
+    ref_b = ui.pick_model("Side by side with", key="explain_model_b", default_index=1)
+c1, c2 = st.columns([2, 1])
+method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title())
+c1.caption(attribution.METHODS[method])
+inputs = ui.input_images("explain", multiple=True)
+if ref_a is None or not inputs:
+    st.info("Pick a model and one or more images.")
+    st.stop()
+models = [ui.load_model(ref_a) + (ref_a,)]
+if ref_b is not None and ref_b != ref_a:
+    models.append(ui.load_model(ref_b) + (ref_b,))
+block = None
+if method == "gradcam":
+    names = block_names(models[0][0])
+    block = c2.selectbox("Grad-CAM at block", names, index=len(names) - 1)
+
+for caption, image in inputs:
+    st.markdown(f"**{caption}**")
+    x = normalize(image[None], channels_last=False)  # (1, 3, 32, 32)
+    rgb = image.permute(1, 2, 0).numpy()
+    cols = st.columns(len(models))
+    for col, (model, cfg, classes, ref) in zip(cols, models):
+        with col:
+            probs = attribution.predict(model, x)[0]
+            top = attribution.top_k(probs, classes, k=5)
+            b = block if block in block_names(model) else None
+            amap = attribution.normalize_map(attribution.attribute(model, x, method, block=b))
+            st.plotly_chart(plots.attribution_overlay(rgb, amap.numpy(), title=f"{ref.label}"), width="stretch",
+                            key=f"overlay_{caption}_{ref.key}")
+            st.plotly_chart(plots.top_k_bar(top, title="Top-5"), width="stretch", key=f"top_{caption}_{ref.key}")

@@ -1,0 +1,57 @@
+"""Inspect: feature maps, per-block activation and gradient norms, and the trainer's probes."""
+
+import streamlit as st
+
+from resnet_viz import attribution, plots, ui
+from resnet_viz.augment import normalize
+from resnet_viz.model import block_names
+
+st.title("Look inside")
+refs = ui.model_refs()
+c1, c2 = st.columns(2)
+with c1:
+    ref_a = ui.pick_model("Model", key="inspect_model_a")
+with c2:
+    ref_b = ui.pick_model("Compare with", key="inspect_model_b", default_index=1)
+inputs = ui.input_images("inspect")
+if ref_a is None or not inputs:
+    st.info("Pick a model and an input image.")
+    st.stop()
+caption, image = inputs[0]
+x = normalize(image[None], channels_last=False)  # (1, 3, 32, 32)
+model_a, cfg_a, _ = ui.load_model(ref_a)
+
+st.subheader("Feature maps")
+c1, c2, c3 = st.columns([1, 2, 1])
+c1.image(image.permute(1, 2, 0).numpy(), caption=caption, width=160)
+names = ["stem"] + block_names(model_a)
+block = c2.select_slider("Block", names, value=names[min(1, len(names) - 1)])
+shared = c3.toggle("Shared colour scale", value=True, help="off: each channel scaled to its own range")
+maps = attribution.feature_maps(model_a, x, block)
+st.plotly_chart(plots.feature_map_grid(maps, shared_scale=shared, title=f"{cfg_a.label}: {block}, "
+                                       f"{maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}"),
+                width="stretch")
+
+st.subheader("Activation and gradient norm per block, for this input")
+st.caption("Captum LayerActivation and layer gradients of the predicted class. In a plain net the gradient "
+           "shrinks (or explodes) on its way back to the first blocks; the identity path of a ResNet carries it.")
+profiles = [(ref_a.label, attribution.block_norms(model_a, x))]
+if ref_b is not None and ref_b != ref_a:
+    model_b, _, _ = ui.load_model(ref_b)
+    profiles.append((ref_b.label, attribution.block_norms(model_b, x)))
+c1, c2 = st.columns(2)
+for col, stat, title in ((c1, "act_norm", "Activation norm"), (c2, "grad_norm", "Gradient norm")):
+    series = [(label, list(norms), [v[stat] for v in norms.values()]) for label, norms in profiles]
+    col.plotly_chart(plots.depth_profile(series, y_title=title, title=title), width="stretch", key=f"profile_{stat}")
+
+st.subheader("What the trainer recorded, block by block over training")
+run_refs = [r for r in refs if r.kind == "run"]
+if not run_refs:
+    st.info("Train a run to see its per-block norms over time (the trainer probes every 10th step).")
+else:
+    c1, c2 = st.columns([2, 1])
+    run_ref = c1.selectbox("Run", run_refs, format_func=lambda r: r.label, key="inspect_probe_run")
+    stat = c2.radio("Statistic", ["grad_norm", "act_norm", "ratio", "cos"], horizontal=True,
+                    format_func={"grad_norm": "gradient norm", "act_norm": "activation norm",
+                                 "ratio": "||F(x)|| / ||x||", "cos": "cos(F(x), x)"}.get)
+    st.plotly_chart(plots.probe_heatmap(ui.run_records(run_ref.key), stat=stat), width="stretch")

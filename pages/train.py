@@ -1,0 +1,137 @@
+"""Train: pick data and hyperparameters, start a background run, watch it live."""
+
+from dataclasses import replace
+
+import streamlit as st
+
+from resnet_viz import plots, ui
+from resnet_viz.config import SCHEDULES, DataConfig, RunConfig, TrainConfig
+from resnet_viz.data import default_source
+
+st.title("Train")
+registry = ui.job_registry()
+model_cfg = ui.build_config()
+
+SOURCES = {"default": "Default", "synthetic": "Synthetic shapes", "cifar10": "CIFAR-10 (official, downloads)",
+           "folder": "A folder of class folders"}
+current = ui.data_config()
+choice = st.selectbox("Data set", list(SOURCES), format_func=lambda k: SOURCES[k] if k != "default"
+                      else f"Default: {ui.data_label(default_source())}",
+                      index=0 if current == default_source() else list(SOURCES).index(current.source))
+try:
+    if choice == "default":
+        new_cfg = default_source()
+    elif choice == "folder":
+        path = st.text_input("Folder (with class folders, or train/ and test/)", value=current.path or "")
+        new_cfg = DataConfig(source="folder", path=path) if path else current
+    else:
+        new_cfg = DataConfig(source=choice)
+    st.session_state[ui.Keys.DATA_CONFIG] = new_cfg
+except ValueError as e:
+    st.error(str(e))
+
+with st.form("train_form"):
+    st.markdown(f"**Model:** {model_cfg.label} ({model_cfg.depth} layers) — change it on the Build page.")
+    c1, c2, c3 = st.columns(3)
+    budget_kind = c1.radio("Budget in", ["epochs", "steps"], horizontal=True)
+    budget = c1.number_input("Budget", min_value=1, max_value=100_000, value=5, step=1)
+    batch = c2.selectbox("Batch size", [32, 64, 128, 256, 512], index=2)
+    schedule = c2.selectbox("LR schedule", SCHEDULES, help="onecycle: warm up, then linear decay (best for brief runs); "
+                            "paper: 0.1, divided by 10 at 50% and 75% of the budget")
+    lr = c3.number_input("Peak learning rate", min_value=0.0001, max_value=10.0, value=0.2, format="%.4f")
+    wd = c3.number_input("Weight decay", min_value=0.0, max_value=0.1, value=5e-4, format="%.5f")
+    c4, c5, c6 = st.columns(3)
+    smoothing = c4.slider("Label smoothing", 0.0, 0.3, 0.1, 0.05)
+    augment = c5.toggle("Augment (crop + flip)", value=True)
+    seed = c6.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0)
+    name = st.text_input("Name (optional)", max_chars=60)
+    start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+
+if start:
+    data = ui.data()
+    if data is not None:
+        try:
+            steps = {"epochs": float(budget), "steps": None} if budget_kind == "epochs" else {"epochs": None, "steps": int(budget)}
+            cfg = RunConfig(
+                model=replace(model_cfg, num_classes=len(data.classes)),
+                data=ui.data_config(),
+                train=TrainConfig(**steps, batch_size=batch, lr=lr, weight_decay=wd, schedule=schedule,
+                                  label_smoothing=smoothing, augment=augment, seed=int(seed)),
+                name=name.strip(),
+            )
+            busy = registry.active()
+            job = registry.submit(cfg, data=data)
+            st.session_state[ui.Keys.WATCHED_RUN] = job.run_id
+            st.success(f"Queued behind {busy.snapshot().label}: it starts when that run ends." if busy
+                       else f"Started {cfg.model.label} on {data.name}.")
+        except ValueError as e:
+            st.error(str(e))
+
+st.divider()
+all_runs = ui.runs()
+ids = [r.id for r in all_runs]
+watched = st.session_state.get(ui.Keys.WATCHED_RUN)
+if watched not in ids:
+    active = registry.active()
+    watched = active.run_id if active else (ids[0] if ids else None)
+if watched is None:
+    st.info("No runs yet. Start one above; it keeps training when you reload or close this page.")
+    st.stop()
+labels = {r.id: f"{r.label} · {r.name or r.id} · {r.status}" for r in all_runs}
+watched = st.selectbox("Run", ids, index=ids.index(watched), format_func=lambda i: labels.get(i, i))
+st.session_state[ui.Keys.WATCHED_RUN] = watched
+
+
+def controls(snap) -> None:
+    c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
+    eta = f" · ETA {int(snap.eta_s) // 60}:{int(snap.eta_s) % 60:02d}" if snap.eta_s else ""
+    c1.progress(snap.progress, text=f"{snap.state} · step {snap.step:,} of {snap.total_steps:,} · "
+                                    f"{snap.images_per_second:,.0f} images/s{eta}")
+    job = registry.get(snap.run_id)
+    if snap.state == "paused":
+        if c2.button("Resume", icon=":material/play_arrow:", key="resume"):
+            job.resume_training()
+    elif c2.button("Pause", icon=":material/pause:", key="pause", disabled=snap.state != "running"):
+        job.pause()
+    if c3.button("Stop", icon=":material/stop:", key="stop"):
+        job.stop()
+        st.toast("Stopping after this batch; the checkpoint is saved.")
+    c4.caption(snap.message)
+
+
+@st.fragment(run_every=1.5)
+def live_view(run_id: str) -> None:
+    snap = ui.snapshot(run_id)
+    if snap is None or snap.done:
+        st.rerun()  # the run ended: redraw the page once without polling
+    controls(snap)
+    st.plotly_chart(plots.training_curves(snap.records, title=snap.label), width="stretch", key="live_curves")
+
+
+snap = ui.snapshot(watched)
+if snap is not None and not snap.done:
+    live_view(watched)
+else:
+    info = next(r for r in all_runs if r.id == watched)
+    records = ui.run_records(watched)
+    msg = f"**{info.label}** · {info.status}"
+    if info.test_accuracy is not None:
+        msg += f" · test accuracy {info.test_accuracy:.1%}"
+    if info.message or (snap and snap.message):
+        msg += f" · {snap.message if snap else info.message}"
+    (st.error if info.status in ("failed", "diverged") or info.damaged else st.markdown)(
+        msg + (f" · damaged: {info.damaged}" if info.damaged else ""))
+    st.plotly_chart(plots.training_curves(records, title=info.label), width="stretch")
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Metrics (CSV)", ui.metrics_csv(records), file_name=f"{watched}-metrics.csv",
+                       mime="text/csv", icon=":material/download:")
+    ckpt = info.path / "checkpoint.safetensors"
+    if ckpt.is_file():
+        c2.download_button("Checkpoint (safetensors)", ckpt.read_bytes(), file_name=f"{watched}.safetensors",
+                           icon=":material/download:")
+        if info.status in ("stopped", "interrupted") and c3.button("Resume training", icon=":material/replay:"):
+            try:
+                registry.resume(watched)
+                st.rerun()
+            except ValueError as e:
+                st.error(str(e))

@@ -1,0 +1,136 @@
+"""Trained models as small files, and the models the app can open.
+
+An exported model is one safetensors file of the model's ``state_dict`` with the whole
+``RunConfig`` and a few facts (data set, test accuracy, how it was made) in its metadata:
+about 1 MB for ResNet-20. ``assets/`` ships two of them so Inspect and Explain work on a
+first start, before anyone has trained anything.
+
+Loading never unpickles anything (safetensors only), checks that the tensors fit the
+architecture (``strict=True``) and are finite.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import RunConfig
+from .fsutil import atomic_path
+from .model import CifarResNet, build_model
+from .runs import RunDir
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+
+class ModelFileError(ValueError):
+    """A model file cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Something the app can load a model from: a shipped/exported file or a run folder."""
+
+    kind: str  # "file" or "run"
+    key: str  # the file path, or the run id
+    label: str  # for menus: "ResNet(A)-20 · shipped · 86.1%"
+
+
+def export_model(run: RunDir, path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the model of ``run``'s checkpoint (weights only) to ``path``."""
+    ckpt = run.load_checkpoint()
+    config = run.config()
+    status = run.status()
+    meta = {"config": json.dumps(config.to_dict()), "run_id": run.id, "status": status.get("status", "")}
+    evals = [r for r in run.read_metrics() if r.get("kind") == "eval"]
+    if evals:
+        meta["test_acc"] = json.dumps(evals[-1]["test_acc"])
+        meta["steps"] = json.dumps(evals[-1]["step"])
+    for k, v in (extra or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt.model_state.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def load_model_file(path: Path) -> tuple[CifarResNet, RunConfig, dict[str, str]]:
+    """(model in eval mode, its config, the file's metadata) from an exported model file."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise ModelFileError(f"{path.name}: no such model file") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{path.name} is not a readable model file ({e})") from None
+    try:
+        config = RunConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{path.name} does not say which architecture it holds ({e})") from None
+    return _model_from_state(state, config, path.name), config, meta
+
+
+def load_run_model(run: RunDir) -> tuple[CifarResNet, RunConfig]:
+    """The model of a run's latest checkpoint, in eval mode."""
+    config = run.config()
+    return _model_from_state(run.load_checkpoint().model_state, config, f"run {run.id}"), config
+
+
+def _model_from_state(state: dict[str, torch.Tensor], config: RunConfig, what: str) -> CifarResNet:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelFileError(f"{what} has non-finite weights (e.g. {bad[0]})")
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ModelFileError(f"{what} does not fit a {config.model.label}: {first}") from None
+    return model.eval()
+
+
+def class_names(config: RunConfig) -> tuple[str, ...]:
+    """The class names a model was trained on, from its data config."""
+    from .data import CIFAR10_CLASSES
+    from .synthetic import SYNTHETIC_CLASSES
+
+    n = config.model.num_classes
+    src = config.data
+    if src.source == "synthetic" and n == len(SYNTHETIC_CLASSES):
+        return SYNTHETIC_CLASSES
+    if src.source == "folder" and src.path:
+        try:  # the class folders, sorted, as ImageFolder numbers them
+            root = Path(src.path) / "train" if (Path(src.path) / "train").is_dir() else Path(src.path)
+            names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if len(names) == n:
+                return tuple(names)
+        except OSError:
+            pass
+    if n == len(CIFAR10_CLASSES):
+        return CIFAR10_CLASSES
+    return tuple(f"class {i}" for i in range(n))
+
+
+def shipped_models(folder: Path = ASSETS_DIR) -> list[ModelRef]:
+    """The exported models in ``folder`` (``*.safetensors``), labelled from their metadata."""
+    refs = []
+    for p in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(p), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+            cfg = RunConfig.from_dict(json.loads(meta["config"]))
+            acc = json.loads(meta["test_acc"]) if "test_acc" in meta else None
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError):
+            continue  # not one of ours: never break the menu
+        tail = f" · {acc:.1%} test accuracy" if isinstance(acc, (int, float)) else ""
+        refs.append(ModelRef("file", str(p), f"{cfg.model.label} · shipped{tail}"))
+    return refs

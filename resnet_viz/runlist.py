@@ -1,0 +1,165 @@
+"""Listing run folders: one row per run with its status and final figures.
+
+A damaged run (corrupt config, garbage metrics, a missing or truncated checkpoint) is
+listed with the reason and never breaks the listing of the runs next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .checkpoint import checkpoint_problem
+from .config import RunConfig
+from .fsutil import iter_jsonl_reversed
+from .runs import ID_RE, STAMP_RE, CHECKPOINT_FILE, METRICS_FILE, RunDir, RunError
+
+_FINAL_STEPS = 50  # final train loss/acc average this many step records
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    nums = [v for v in map(_num, values) if v is not None]
+    return sum(nums) / len(nums) if nums else None  # NaN stays NaN: a diverged run shows it
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of a run listing. ``status`` is "unknown" when status.json is unreadable."""
+
+    id: str
+    path: Path
+    status: str
+    message: str = ""
+    name: str = ""
+    label: str = ""
+    config: RunConfig | None = None
+    steps: int | None = None
+    final_train_loss: float | None = None
+    final_train_acc: float | None = None
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    elapsed_s: float | None = None
+    images_per_second: float | None = None
+    damaged: str | None = None  # why the run is damaged, or None
+
+
+@dataclass
+class _Tail:
+    steps: list[dict] = dataclasses.field(default_factory=list)  # newest first
+    last_eval: dict | None = None
+    end: dict | None = None
+    elapsed: float | None = None
+    bad: int = 0
+
+
+def _scan_tail(path: Path) -> _Tail:
+    """Final figures from the end of metrics.jsonl: listing 100 runs with long
+    histories then reads kilobytes per run, not whole files."""
+    tail = _Tail()
+    if not path.is_file():
+        return tail
+    for rec in iter_jsonl_reversed(path):
+        if rec is None:
+            tail.bad += 1
+            continue
+        kind = rec.get("kind")
+        if kind == "step" and len(tail.steps) < _FINAL_STEPS:
+            tail.steps.append(rec)
+        elif kind == "eval" and tail.last_eval is None:
+            tail.last_eval = rec
+        elif kind == "end" and tail.end is None:
+            tail.end = rec
+        if tail.elapsed is None:
+            tail.elapsed = _num(rec.get("elapsed"))
+        if len(tail.steps) >= _FINAL_STEPS and (tail.last_eval or tail.end):
+            break
+    return tail
+
+
+def _run_info(path: Path) -> RunInfo:
+    run = RunDir(path)
+    reasons: list[str] = []
+    config = status = None
+    try:
+        config = run.config()
+    except RunError as e:
+        reasons.append(str(e).replace(f" of run {run.id}", ""))
+    try:
+        status = run.status()
+    except RunError as e:
+        reasons.append(str(e).replace(f" of run {run.id}", ""))
+    ckpt = path / CHECKPOINT_FILE
+    if ckpt.exists():
+        problem = checkpoint_problem(ckpt)
+        if problem:
+            reasons.append(problem)
+    elif status is not None and status["status"] == "finished":
+        reasons.append(f"status is finished but {CHECKPOINT_FILE} is missing")
+    tail = _scan_tail(path / METRICS_FILE)
+    if tail.bad:
+        reasons.append(f"{METRICS_FILE} has {tail.bad} unreadable line(s), skipped")
+    end, last_eval = tail.end or {}, tail.last_eval or {}
+    steps = end.get("steps", tail.steps[0].get("step") if tail.steps else None)
+    return RunInfo(
+        id=run.id,
+        path=path,
+        status=status["status"] if status else "unknown",
+        message=str(status.get("message", "")) if status else "",
+        name=config.name if config else "",
+        label=config.model.label if config else "",
+        config=config,
+        steps=int(steps) if _num(steps) is not None and math.isfinite(steps) else None,
+        final_train_loss=_mean([r.get("loss") for r in tail.steps]),
+        final_train_acc=_mean([r.get("acc") for r in tail.steps]),
+        test_accuracy=_num(last_eval.get("test_acc", end.get("test_acc"))),
+        test_loss=_num(last_eval.get("test_loss", end.get("test_loss"))),
+        elapsed_s=_num(end.get("elapsed", tail.elapsed)),
+        images_per_second=_num(end.get("images_per_second")) or _mean([r.get("ips") for r in tail.steps]),
+        damaged="; ".join(reasons) or None,
+    )
+
+
+def _sort_key(info: RunInfo) -> tuple[float, str]:
+    m = STAMP_RE.match(info.id)
+    if m:
+        stamp = _dt.datetime.strptime(m.group(1), "%Y%m%d-%H%M%S").replace(tzinfo=_dt.timezone.utc)
+        return stamp.timestamp(), info.id
+    try:
+        return info.path.stat().st_mtime, info.id  # a hand-named folder: its age is the best guess
+    except OSError:
+        return 0.0, info.id
+
+
+def list_runs(root: Path) -> list[RunInfo]:
+    """Every run under ``root``, newest first. A damaged run is listed with the reason
+    rather than raising; hidden entries, files and folders not named like a run id are
+    not runs and are skipped. A missing ``root`` has no runs."""
+    root = Path(root)
+    try:
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise RunError(f"cannot read the runs folder {root}: {e.strerror or e}") from None
+    infos = []
+    for entry in entries:
+        try:
+            if not ID_RE.fullmatch(entry.name) or not entry.is_dir():
+                continue
+        except OSError:
+            continue
+        path = Path(entry.path)
+        try:
+            infos.append(_run_info(path))
+        except Exception as e:  # noqa: BLE001 - one unreadable run must never hide the others
+            infos.append(RunInfo(id=entry.name, path=path, status="unknown", damaged=f"cannot be read: {e!r}"))
+    return sorted(infos, key=_sort_key, reverse=True)
