@@ -34,10 +34,11 @@ for caption, image in inputs:
     cols = st.columns(len(models))
     for col, (model, cfg, classes, ref) in zip(cols, models):
         with col:
-            probs = attribution.predict(model, x)[0]
-            top = attribution.top_k(probs, classes, k=5)
             b = block if block in block_names(model) else None
-            amap = attribution.normalize_map(attribution.attribute(model, x, method, block=b))
+            with ui.inference():
+                probs = attribution.predict(model, x)[0]
+                amap = attribution.normalize_map(attribution.attribute(model, x, method, block=b))
+            top = attribution.top_k(probs, classes, k=5)
             st.plotly_chart(plots.attribution_overlay(rgb, amap.numpy(), title=f"{ref.label}"), width="stretch",
                             key=f"overlay_{caption}_{ref.key}")
             st.plotly_chart(plots.top_k_bar(top, title="Top-5"), width="stretch", key=f"top_{caption}_{ref.key}")

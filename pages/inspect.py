@@ -27,7 +27,8 @@ c1.image(image.permute(1, 2, 0).numpy(), caption=caption, width=160)
 names = ["stem"] + block_names(model_a)
 block = c2.select_slider("Block", names, value=names[min(1, len(names) - 1)])
 shared = c3.toggle("Shared colour scale", value=True, help="off: each channel scaled to its own range")
-maps = attribution.feature_maps(model_a, x, block)
+with ui.inference():
+    maps = attribution.feature_maps(model_a, x, block)
 st.plotly_chart(plots.feature_map_grid(maps, shared_scale=shared, title=f"{cfg_a.label}: {block}, "
                                        f"{maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}"),
                 width="stretch")
@@ -35,10 +36,11 @@ st.plotly_chart(plots.feature_map_grid(maps, shared_scale=shared, title=f"{cfg_a
 st.subheader("Activation and gradient norm per block, for this input")
 st.caption("Captum LayerActivation and layer gradients of the predicted class. In a plain net the gradient "
            "shrinks (or explodes) on its way back to the first blocks; the identity path of a ResNet carries it.")
-profiles = [(ref_a.label, attribution.block_norms(model_a, x))]
-if ref_b is not None and ref_b != ref_a:
-    model_b, _, _ = ui.load_model(ref_b)
-    profiles.append((ref_b.label, attribution.block_norms(model_b, x)))
+with ui.inference():
+    profiles = [(ref_a.label, attribution.block_norms(model_a, x))]
+    if ref_b is not None and ref_b != ref_a:
+        model_b, _, _ = ui.load_model(ref_b)
+        profiles.append((ref_b.label, attribution.block_norms(model_b, x)))
 c1, c2 = st.columns(2)
 for col, stat, title in ((c1, "act_norm", "Activation norm"), (c2, "grad_norm", "Gradient norm")):
     series = [(label, list(norms), [v[stat] for v in norms.values()]) for label, norms in profiles]

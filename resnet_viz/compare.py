@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 
 DEGRADATION_DEPTHS: tuple[int, int] = (20, 56)
 NAME_PREFIX = "degradation "
@@ -27,6 +30,18 @@ SAME_TOLERANCE = 0.01
 MOSTLY_FIXED_SHARE = 0.5
 SLIGHT = 0.05  # a deeper-net gap up to 5 points is called "slightly worse"
 FINISHED_STATUSES = ("finished", "diverged")  # a diverged run is a result, not a missing one
+# The budget the reference numbers were measured at (plain-20 43%, plain-56 72%, ResNet-20
+# 36%, ResNet-56 38% training error): long enough for plain-56 to fall clearly behind,
+# short enough (about 15 minutes for all four on 2 CPU cores) to run while reading.
+DEFAULT_STEPS = 600
+_GROUP_RE = re.compile(r"^degradation (plain|resnet)-(\d+)(?: #(.+))?$")
+
+
+def default_train_config() -> TrainConfig:
+    """The experiment's training settings: ``DEFAULT_STEPS`` of batch 128 and the usual
+    schedule, with three evaluations and no test-time flips: one pass over 10,000 test
+    images costs about 25 training steps (50 with flips), and the verdict reads training error."""
+    return TrainConfig(epochs=None, steps=DEFAULT_STEPS, batch_size=128, eval_every=200, eval_tta=False)
 
 
 def run_key(depth: int, shortcut: str) -> str:
@@ -66,7 +81,28 @@ class Verdict:
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else None
+
+
+def degradation_groups(infos: Sequence[Any],
+                       depths: Sequence[int] = DEGRADATION_DEPTHS) -> list[tuple[str, dict[str, Any]]]:
+    """Experiments found among runs, newest first: (tag, {run key: run}).
+
+    A run belongs to one when its name is "degradation plain-20 #TAG" (as the app names
+    the four it queues together; an untagged name groups under ""). Runs are RunInfo-like
+    (``name`` attribute), newest first as ``list_runs`` gives them, so when a key repeats
+    within a tag the newest run wins. Keys outside ``depths`` are ignored.
+    """
+    shallow, deep = _check_depths(depths)
+    groups: dict[str, dict[str, Any]] = {}
+    for info in infos:
+        m = _GROUP_RE.match(str(getattr(info, "name", "") or ""))
+        if m is None or int(m.group(2)) not in (shallow, deep):
+            continue
+        key = f"{m.group(1)}-{int(m.group(2))}"
+        groups.setdefault(m.group(3) or "", {}).setdefault(key, info)
+    # Tags are timestamps (YYYYmmdd-HHMMSS), so the largest is the newest.
+    return sorted(groups.items(), key=lambda kv: kv[0], reverse=True)
 
 
 def final_errors(records: Sequence[dict], window: int = 50) -> dict[str, float | None]:
@@ -81,8 +117,8 @@ def final_errors(records: Sequence[dict], window: int = 50) -> dict[str, float |
     steps = [r for r in records if isinstance(r, dict) and r.get("kind") == "step"][-window:]
     accs = [a for a in (_num(r.get("acc")) for r in steps) if a is not None and math.isfinite(a)]
     losses = [v for v in (_num(r.get("loss")) for r in steps) if v is not None]
-    evals = [a for a in (_num(r.get("test_acc")) for r in records if isinstance(r, dict) and r.get("kind") == "eval")
-             if a is not None]
+    evals = [a for a in (_num(r.get("test_acc")) for r in records
+                         if isinstance(r, dict) and r.get("kind") == "eval") if a is not None]
     return {
         "train_error": 1.0 - sum(accs) / len(accs) if accs else None,
         "test_error": 1.0 - evals[-1] if evals else None,
@@ -134,7 +170,8 @@ def _pair_sentence(kind: str, shallow: int, deep: int, e_s: float, e_d: float, p
         body = (f"{'slightly worse' if d <= SLIGHT else 'worse'} ({_pts(d)}), far less than the plain nets' "
                 f"{_pts(plain_gap)}, so the shortcuts removed most of the degradation")  # type: ignore[arg-type]
     elif plain_degraded:
-        body = f"worse by {_pts(d)}, close to the plain nets' {_pts(plain_gap)}: the shortcuts did not fix it here"  # type: ignore[arg-type]
+        gap = _pts(plain_gap)  # type: ignore[arg-type]
+        body = f"worse by {_pts(d)}, close to the plain nets' {gap}: the shortcuts did not fix it here"
     else:
         body = f"the deeper net trained worse by {_pts(d)}"
     return (f"The {deep}-layer {what} ended with {_pct(e_d)} training error against {_pct(e_s)} "
@@ -175,10 +212,12 @@ def degradation_verdict(results: Mapping[str, Sequence[dict]], depths: Sequence[
         sentences.append("The plain nets did not degrade in these runs, so they show nothing for the shortcuts to fix.")
     e_pd, e_rd = (numbers.get(k, {}).get("train_error") for k in (f"plain-{deep}", f"resnet-{deep}"))
     if e_pd is not None and e_rd is not None and not {f"plain-{deep}", f"resnet-{deep}"} & missing.keys():
-        sentences.append(f"At {deep} layers, training error was {_pct(e_pd)} without shortcuts and {_pct(e_rd)} with them.")
+        sentences.append(f"At {deep} layers, training error was {_pct(e_pd)} without shortcuts "
+                         f"and {_pct(e_rd)} with them.")
     tests = {k: numbers.get(k, {}).get("test_error") for k in keys if k not in missing}
     if all(v is not None for v in tests.values()) and len(tests) == 4:
-        sentences.append("Test error: " + ", ".join(f"{k} {_pct(v)}" for k, v in tests.items()) + ".")  # type: ignore[arg-type]
+        listed = ", ".join(f"{k} {_pct(v)}" for k, v in tests.items())  # type: ignore[arg-type]
+        sentences.append(f"Test error: {listed}.")
     if missing:
         sentences.append("Still missing: " + ", ".join(missing[k] for k in keys if k in missing) + ".")
     return Verdict(plain_degrades=verdicts["plain"], resnet_degrades=verdicts["resnet"],

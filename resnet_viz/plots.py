@@ -11,8 +11,11 @@ figures of one page; the palette is Okabe-Ito, readable by colour-blind viewers.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+import numbers
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -73,7 +76,7 @@ def downsample(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
     edges = np.linspace(0, len(ya), max_points // 2 + 1).astype(int)
     keep: list[int] = []
     gaps: list[int] = []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         seg = ya[a:b]
         finite = np.flatnonzero(np.isfinite(seg))
         if len(finite) < len(seg):  # gap first: at most one extreme and the gap
@@ -88,7 +91,7 @@ def downsample(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
 
 def _num(v: Any) -> float | None:
     """A float from a record field; None for missing or non-numeric (NaN stays NaN)."""
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else None  # numpy scalars too
 
 
 def _series(records: Sequence[dict], kind: str, x_key: str, *keys: str) -> tuple[np.ndarray, ...]:
@@ -181,7 +184,7 @@ def compare_curves(runs: Sequence[tuple[str, Sequence[dict]]], x_axis: str = "it
     xkey = "step" if x_axis == "iterations" else "epoch"
     train_key, test_key = ("acc", "test_acc") if metric == "error" else ("loss", "test_loss")
     ytitle = "error (%)" if metric == "error" else "loss"
-    fig = _style(go.Figure(), f"{'Error' if metric == 'error' else 'Loss'} by {x_axis[:-1]}", 480,
+    fig = _style(go.Figure(), f"{'Error' if metric == 'error' else 'Loss'} vs. {x_axis}", 480,
                  "solid: training (smoothed) · dashed: test")
     shown = 0
     for i, (label, records) in enumerate(runs):
@@ -190,16 +193,18 @@ def compare_curves(runs: Sequence[tuple[str, Sequence[dict]]], x_axis: str = "it
         if metric == "error":
             tr, te = 100.0 * (1.0 - tr), 100.0 * (1.0 - te)
         c = run_color(i)
-        hover = f"{label}<br>{x_axis[:-1]} %{{x:.4g}}<br>%{{fullData.name}}: %{{y:.4g}}<extra></extra>"
+        head = f"<b>{label}</b><br>{x_axis[:-1]} %{{x:.4g}}<br>"
+        tail = f" {ytitle}: %{{y:.4g}}<extra></extra>"
         if len(x):
             xs, ys = downsample(x, ema(tr, smoothing_alpha(len(x))))
             fig.add_trace(go.Scatter(x=xs, y=ys, mode=_mode(len(xs)), name=label, legendgroup=label,
-                                     line={"color": c, "width": 2.4}, hovertemplate=hover,
+                                     line={"color": c, "width": 2.4}, hovertemplate=head + "training" + tail,
                                      meta={"run": label, "split": "train"}))
         if len(xe):
             fig.add_trace(go.Scatter(x=xe, y=te, mode="lines+markers", name=f"{label} test", legendgroup=label,
                                      showlegend=not len(x), line={"color": c, "width": 1.8, "dash": "dash"},
-                                     marker={"size": 5}, hovertemplate=hover, meta={"run": label, "split": "test"}))
+                                     marker={"size": 5}, hovertemplate=head + "test" + tail,
+                                     meta={"run": label, "split": "test"}))
         shown += bool(len(x) or len(xe))
     if not shown:
         return _note(fig, "Waiting for the first steps…")
@@ -210,10 +215,10 @@ def compare_curves(runs: Sequence[tuple[str, Sequence[dict]]], x_axis: str = "it
 
 
 # --- architecture diagram ---------------------------------------------------------------
-_BOX_W, _BOX_H, _GAP, _ROW_H = 1.0, 0.62, 0.45, 2.0
+_BOX_W, _BOX_H, _GAP, _ROW_H = 1.0, 0.62, 0.32, 2.0
 _ARC_H = _BOX_H / 2 + 0.24  # apex of a skip arc above the row's centre line
 _MAX_PER_STAGE = 9  # ResNet-56 (9 blocks per stage) is drawn whole; deeper stages are compressed
-_ONE_ROW_MAX = 14  # boxes that fit one row of a wide page (ResNet-20: 11, compressed ResNet-110: 14)
+_ONE_ROW_MAX = 12  # boxes whose labels fit one row of a ~1200 px page (ResNet-20 has 11)
 _STAGE_FILL = ("#E8F1FB", "#E5F4EE", "#FBEDE5")
 _STAGE_LINE = ("#0072B2", "#009E73", "#D55E00")
 _SKIP_STYLE = {  # (shortcut, shape changes) -> (legend label, colour, dash)
@@ -232,7 +237,7 @@ def _count(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
 
-def _stage_items(blocks: Sequence["BlockSummary"]) -> list[Any]:
+def _stage_items(blocks: Sequence[BlockSummary]) -> list[Any]:
     """A stage's boxes: every block, or for long stages the first two, the last, any block
     whose shape changes, and a list (one "… k more" box) for each run of blocks between."""
     if len(blocks) <= _MAX_PER_STAGE:
@@ -252,7 +257,8 @@ def _stage_items(blocks: Sequence["BlockSummary"]) -> list[Any]:
 
 def _arc(fig: go.Figure, cx: float, cy: float, kind: str, changes: bool, what: str, hover: str,
          seen: set[str]) -> None:
-    label, color, dash = _SKIP_STYLE.get((kind, changes), (f"{kind} shortcut", "#7F7F7F", "dot" if changes else "solid"))
+    fallback = (f"{kind} shortcut", "#7F7F7F", "dot" if changes else "solid")
+    label, color, dash = _SKIP_STYLE.get((kind, changes), fallback)
     x0, x1 = cx - _BOX_W / 2 - _GAP / 2, cx + _BOX_W / 2 + _GAP / 2
     t = np.linspace(0.0, 1.0, 25)
     y = cy + _ARC_H * (1.0 - np.abs(2 * t - 1) ** 4) ** 0.25  # a rounded bracket that clears the box
@@ -266,7 +272,12 @@ def _arc(fig: go.Figure, cx: float, cy: float, kind: str, changes: bool, what: s
                            bgcolor="white", borderpad=1)
 
 
-def architecture_diagram(summary: "ModelSummary") -> go.Figure:
+def _grid(row: int, col: int) -> tuple[float, float]:
+    """Grid cell to data coordinates (the first row at y = 0, rows going down)."""
+    return col * (_BOX_W + _GAP), -row * _ROW_H
+
+
+def architecture_diagram(summary: ModelSummary) -> go.Figure:
     """The model as boxes (stem, blocks by stage, head) with each block's skip path as an
     arc: solid for identity, dotted where the shape changes (He et al. Fig. 3), none for a
     plain net, "1×1" on projections. One row for short nets, one row per stage otherwise."""
@@ -294,9 +305,8 @@ def architecture_diagram(summary: "ModelSummary") -> go.Figure:
     path_x: list[float | None] = []
     path_y: list[float | None] = []
     seen: set[str] = set()
-    pos = lambda r, c: (c * (_BOX_W + _GAP), -r * _ROW_H)  # noqa: E731 - grid to data coordinates
     for k, (r, c, kind, it, s) in enumerate(placed):
-        cx, cy = pos(r, c)
+        cx, cy = _grid(r, c)
         fill, line, dash = "#F2F2F2", "#888", "solid"
         if kind == "stem":
             text = f"<b>stem</b><br>conv 3×3<br>{_shape(first_in) if first_in else ''}"
@@ -330,7 +340,7 @@ def architecture_diagram(summary: "ModelSummary") -> go.Figure:
                       fillcolor=fill, line={"color": line, "width": 1.4, "dash": dash}, layer="below")
         xs.append(cx), ys.append(cy), texts.append(text), hovers.append(hover)
         if k + 1 < len(placed):  # the data path to the next box, wrapping to the next row
-            nx, ny = pos(placed[k + 1][0], placed[k + 1][1])
+            nx, ny = _grid(placed[k + 1][0], placed[k + 1][1])
             right, left = cx + _BOX_W / 2, nx - _BOX_W / 2
             if ny == cy:
                 path_x += [right, left, None]
@@ -347,8 +357,8 @@ def architecture_diagram(summary: "ModelSummary") -> go.Figure:
     for s, st in enumerate(stages):  # caption under each stage's boxes
         cols = [c for (r, c, kind, _, si) in placed if si == s]
         r = next(r for (r, c, kind, _, si) in placed if si == s)
-        cx0, cy = pos(r, min(cols))
-        cx1, _ = pos(r, max(cols))
+        cx0, cy = _grid(r, min(cols))
+        cx1, _ = _grid(r, max(cols))
         fig.add_annotation(x=(cx0 + cx1) / 2, y=cy - _BOX_H / 2 - 0.12, yanchor="top", showarrow=False,
                            text=f"stage {st[0].stage}: {len(st)} blocks, {_shape(st[-1].out_shape)}, "
                                 f"{_count(sum(b.params for b in st))} params",
@@ -360,11 +370,11 @@ def architecture_diagram(summary: "ModelSummary") -> go.Figure:
     n_rows = 1 + max(r for r, *_ in placed)
     max_x = max(xs)
     _style(fig, f"{summary.label}: {summary.depth} layers, {summary.params:,} parameters, "
-                f"{summary.flops / 1e6:.1f} MFLOPs per image", 150 + 200 * n_rows, sub)
-    fig.update_xaxes(visible=False, range=[-_BOX_W, max_x + _BOX_W])
+                f"{summary.flops / 1e6:.1f} MFLOPs per image", 160 + 190 * n_rows, sub)
+    fig.update_xaxes(visible=False, range=[-_BOX_W / 2 - 0.25, max_x + _BOX_W / 2 + 0.25])
     fig.update_yaxes(visible=False, range=[-(n_rows - 1) * _ROW_H - _BOX_H / 2 - 0.55, _ARC_H + 0.3])
-    fig.update_layout(hovermode="closest", hoverdistance=60, margin={"l": 10, "r": 10, "b": 10},
-                      legend={"orientation": "h", "y": 1.02, "x": 1.0, "xanchor": "right", "yanchor": "bottom"})
+    fig.update_layout(hovermode="closest", hoverdistance=60, margin={"l": 10, "r": 10, "b": 40},
+                      legend={"orientation": "h", "y": 0.0, "x": 0.0, "yanchor": "top"})
     return fig
 
 
@@ -526,7 +536,8 @@ _OVERLAY_SCALE = [[0.0, "rgba(0,0,0,0)"], [0.2, "rgba(120,0,60,0.25)"], [0.5, "r
                   [0.8, "rgba(255,150,0,0.9)"], [1.0, "rgba(255,240,80,1)"]]  # low attribution: see-through
 
 
-def attribution_overlay(image: np.ndarray, attribution: np.ndarray, title: str = "", opacity: float = 0.55) -> go.Figure:
+def attribution_overlay(image: np.ndarray, attribution: np.ndarray, title: str = "",
+                        opacity: float = 0.55) -> go.Figure:
     """The image alone (left) and with the attribution as a heat overlay (right).
 
     ``image``: (H, W, 3) uint8, or floats in [0, 1]; grey (H, W) is accepted.
@@ -614,7 +625,10 @@ def error_table_rows(infos: Sequence[Any]) -> list[dict[str, Any]]:
 
 def _param_count(model_config: Any) -> int | None:
     try:
-        from .model import build_model, count_params  # torch: only when a table is asked for
+        from .model import (  # torch: only when a table is asked for
+            build_model,
+            count_params,
+        )
 
         return count_params(build_model(model_config))
     except (ValueError, TypeError, AttributeError):

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import csv
 import io
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import streamlit as st
 import torch
@@ -129,6 +130,25 @@ def pick_model(label: str, key: str, default_index: int = 0, refs: list[ModelRef
         st.info("No models yet: train one on the Train page.")
         return None
     return st.selectbox(label, refs, index=min(default_index, len(refs) - 1), format_func=lambda r: r.label, key=key)
+
+
+@contextmanager
+def inference() -> Iterator[None]:
+    """Run the page's own model work on one thread while a job trains.
+
+    Two torch threads in the page fighting the trainer's two threads for two cores make a
+    one-image saliency map 30x slower (0.09 s against 3.4 s measured here); one thread
+    keeps the page quick and costs the trainer almost nothing.
+    """
+    prev = torch.get_num_threads()
+    busy = job_registry().active() is not None
+    if busy:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if busy:
+            torch.set_num_threads(prev)
 
 
 # ------------------------------------------------------------------ runs

@@ -1,0 +1,136 @@
+"""Every page through streamlit.testing.v1.AppTest, on the synthetic data set.
+
+AppTest runs the real page scripts without a browser; ``run_every`` fragments do not
+tick here, so the tests call ``at.run()`` again to poll (Streamlit's documented way).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from resnet_viz.config import DataConfig
+from resnet_viz.ui import Keys
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["home", "build", "train", "compare", "inspect", "explain"]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Each test gets its own runs folder; the cached registry is cleared so it sees it.
+    monkeypatch.setenv("RESNET_VIZ_RUNS", str(tmp_path / "runs"))
+    monkeypatch.chdir(ROOT)
+    import streamlit as st
+
+    st.cache_resource.clear()
+    yield
+    from resnet_viz import ui
+
+    try:
+        ui.job_registry().shutdown()
+    except Exception:  # noqa: BLE001 - cleanup only
+        pass
+    st.cache_resource.clear()
+
+
+class Page:
+    """The app with one page selected (pages use st.page_link, which needs st.navigation)."""
+
+    def __init__(self, name: str) -> None:
+        self.at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+        self.at.session_state[Keys.DATA_CONFIG] = DataConfig(source="synthetic", synthetic_train=640,
+                                                             synthetic_test=160)
+        self.name = name
+
+    def run(self) -> AppTest:
+        return self.at.switch_page(f"pages/{self.name}.py").run()
+
+
+def page(name: str) -> Page:
+    return Page(name)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_without_exception(name: str) -> None:
+    at = page(name).run()
+    assert not at.exception, at.exception
+    assert at.title, f"{name} shows no title"
+
+
+def test_app_entry_point_runs() -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert any("Synthetic" in w.value or "CIFAR" in w.value for w in list(at.sidebar.warning) + list(at.sidebar.info))
+
+
+def test_build_controls_change_the_summary() -> None:
+    at = page("build").run()
+    assert [m.value for m in at.metric][:2] == ["20", "269,722"]
+    at.slider[0].set_value(9).run()
+    assert [m.value for m in at.metric][:2] == ["56", "853,018"]
+    shortcut = next(r for r in at.radio if r.label == "Shortcut")
+    shortcut.set_value("C").run()
+    assert at.metric[1].value == "900,858"
+    assert at.session_state[Keys.BUILD_CONFIG].depth == 56
+
+
+def _wait(at: AppTest, done, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        at.run()
+        if done(at):
+            return
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting for the page")
+
+
+def test_train_starts_and_stops_a_tiny_run() -> None:
+    at = page("train").run()
+    at.radio[0].set_value("steps")
+    at.number_input[0].set_value(100_000)
+    next(s for s in at.selectbox if s.label == "Batch size").set_value(32)
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception, at.exception
+    assert any("Started" in s.value for s in at.success), [s.value for s in at.success]
+    run_id = at.session_state[Keys.WATCHED_RUN]
+    from resnet_viz import ui
+
+    job = ui.job_registry().get(run_id)
+    deadline = time.monotonic() + 60
+    while job.snapshot().step < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    at.run()
+    stop = next(b for b in at.button if b.label == "Stop")
+    stop.click().run()
+    assert job.wait(30)
+    assert job.snapshot().state == "stopped"
+    at.run()
+    assert not at.exception
+    assert any(b.label == "Resume training" for b in at.button)
+
+
+def _png_bytes(color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_inspect_and_explain_with_the_untrained_model() -> None:
+    for name in ("inspect", "explain"):
+        at = page(name).run()
+        assert not at.exception, at.exception
+        assert at.get("plotly_chart"), f"{name} drew no figure"
+
+
+def test_explain_methods_all_render() -> None:
+    at = page("explain").run()
+    method = next(s for s in at.selectbox if s.label == "Method")
+    for m in method.options:
+        method.set_value(m).run()
+        assert not at.exception, (m, at.exception)

@@ -1,0 +1,226 @@
+"""Figure builders: realistic, empty and degenerate input; every figure must serialize."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from resnet_viz import plots
+from resnet_viz.config import ModelConfig, RunConfig
+from resnet_viz.runlist import RunInfo
+from resnet_viz.summary import summarize
+
+
+def _ok(fig: go.Figure) -> go.Figure:
+    assert isinstance(fig, go.Figure)
+    assert fig.to_json()
+    return fig
+
+
+def _notes(fig: go.Figure) -> str:
+    return " ".join(a.text or "" for a in fig.layout.annotations)
+
+
+def _run(n: int, eval_every: int = 100, err0: float = 0.9, err1: float = 0.3, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    recs: list[dict] = []
+    for s in range(1, n + 1):
+        e = err1 + (err0 - err1) * math.exp(-3 * s / n) + rng.normal(0, 0.03)
+        recs.append({"kind": "step", "step": s, "epoch": s / 390, "loss": 2.3 * e + 0.05, "acc": 1 - e,
+                     "lr": 0.1, "ips": 900.0, "elapsed": s * 0.1})
+        if s % eval_every == 0:
+            recs.append({"kind": "eval", "step": s, "epoch": s / 390, "test_loss": 2.3 * e + 0.2,
+                         "test_acc": 1 - e - 0.05, "elapsed": s * 0.1})
+        if s % 10 == 0:
+            recs.append({"kind": "probe", "step": s, "blocks": {
+                f"stage{k}.block{i}": {"act_norm": 10.0 * k, "grad_norm": 1e-3 * (i + 1) * s, "ratio": 0.5 + 0.1 * i,
+                                       "cos": -0.2 + 0.1 * k} for k in (1, 2, 3) for i in range(3)}})
+    recs.append({"kind": "end", "status": "finished", "steps": n, "elapsed": n * 0.1})
+    return recs
+
+
+@pytest.fixture(scope="module")
+def summaries():
+    # Summaries run a forward pass; depth 110 is the slow one, so build each once.
+    return {k: summarize(ModelConfig(depth=d, shortcut=s)) for k, (d, s) in
+            {"a8": (8, "A"), "a20": (20, "A"), "plain20": (20, "none"), "c20": (20, "C"), "b110": (110, "B")}.items()}
+
+
+def test_helpers():
+    assert plots.run_color(0) != plots.run_color(1) and plots.run_color(len(plots.PALETTE)) == plots.run_color(0)
+    np.testing.assert_allclose(plots.ema([3.0, 3.0, 3.0], 0.1), 3.0)  # bias-corrected: no pull to 0
+    out = plots.ema([1.0, float("nan"), 1.0], 0.5)
+    assert math.isnan(out[1]) and out[2] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        plots.ema([1.0], 0.0)
+    y = np.sin(np.arange(10_000) / 50.0)
+    y[5000], y[9000] = 9.0, np.nan
+    x, yd = plots.downsample(np.arange(10_000), y, 2000)
+    assert len(x) <= 2000 and np.nanmax(yd) == 9.0 and np.isnan(yd).any()  # spike and gap survive
+    assert len(plots.downsample([1, 2], [1, 2])[0]) == 2
+
+
+def test_training_curves_empty_and_single_record():
+    fig = _ok(plots.training_curves([]))
+    assert not fig.data and "Waiting for the first steps" in _notes(fig)
+    fig = _ok(plots.training_curves([{"kind": "step", "step": 1, "loss": 2.3, "acc": 0.1}, {"kind": "junk"}, "bad"]))
+    assert all(len(t.x) == 1 for t in fig.data) and {t.mode for t in fig.data} == {"markers"}
+
+
+def test_training_curves_realistic():
+    fig = _ok(plots.training_curves(_run(600), title="ResNet-20"))
+    names = [t.name for t in fig.data]
+    assert names.count("test") == 2 and names.count("training (smoothed)") == 2 and "training, per step" in names
+    test_loss = next(t for t in fig.data if t.name == "test" and t.xaxis == "x")
+    assert list(test_loss.x) == [100, 200, 300, 400, 500, 600]
+    err = next(t for t in fig.data if t.name == "test" and t.xaxis == "x2")
+    assert 0 < min(err.y) and max(err.y) < 100  # percent
+    assert "diverged" not in _notes(fig)
+
+
+def test_training_curves_nan_and_many_records():
+    recs = _run(300)
+    for r in recs:
+        if r["kind"] == "step" and r["step"] >= 250:
+            r["loss"] = float("nan")
+    fig = _ok(plots.training_curves(recs))
+    assert "non-finite at step 250 (diverged)" in _notes(fig) and len(fig.layout.shapes) == 2
+    fig = _ok(plots.training_curves(_run(12_000, eval_every=1000)))
+    assert max(len(t.x) for t in fig.data) <= plots.MAX_POINTS
+
+
+def test_compare_curves():
+    runs = [("plain-20", _run(400, seed=1)), ("plain-56", _run(400, err1=0.6, seed=2)), ("waiting", [])]
+    fig = _ok(plots.compare_curves(runs))
+    train = [t for t in fig.data if t.meta["split"] == "train"]
+    test = [t for t in fig.data if t.meta["split"] == "test"]
+    assert len(train) == len(test) == 2
+    assert all(t.line.dash == "dash" for t in test) and all(t.line.dash in (None, "solid") for t in train)
+    assert train[0].line.color == test[0].line.color != train[1].line.color
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["plain-20", "plain-56"]
+    by_epoch = _ok(plots.compare_curves(runs, x_axis="epochs", metric="loss"))
+    assert max(by_epoch.data[0].x) == pytest.approx(400 / 390) and by_epoch.layout.yaxis.title.text == "loss"
+    assert "Waiting" in _notes(_ok(plots.compare_curves([])))
+    with pytest.raises(ValueError, match="x_axis"):
+        plots.compare_curves(runs, x_axis="time")
+    with pytest.raises(ValueError, match="metric"):
+        plots.compare_curves(runs, metric="accuracy")
+
+
+def _arcs(fig: go.Figure) -> dict[str, go.Scatter]:
+    return {t.meta["block"]: t for t in fig.data if isinstance(t.meta, dict) and "shortcut" in t.meta}
+
+
+def test_architecture_plain_and_option_a(summaries):
+    plain = _ok(plots.architecture_diagram(summaries["plain20"]))
+    assert not _arcs(plain) and "plain net" in plain.layout.title.subtitle.text
+    assert len(plain.layout.shapes) == 11  # stem, 9 blocks, head
+    fig = _ok(plots.architecture_diagram(summaries["a20"]))
+    arcs = _arcs(fig)
+    assert len(arcs) == 9
+    dotted = {n for n, t in arcs.items() if t.line.dash == "dot"}
+    assert dotted == {"stage2.block0", "stage3.block0"}
+    assert all(t.line.dash == "solid" for n, t in arcs.items() if n not in dotted)
+    assert "1×1" not in _notes(fig)
+    assert "ResNet(A)-20: 20 layers" in fig.layout.title.text and "MFLOPs" in fig.layout.title.text
+    layers = next(t for t in fig.data if t.name == "layers")
+    assert any("receptive field" in h and "MFLOPs" in h for h in layers.hovertext)
+
+
+def test_architecture_small_projection_and_deep(summaries):
+    small = _ok(plots.architecture_diagram(summaries["a8"]))
+    assert {n: t.line.dash for n, t in _arcs(small).items()} == {
+        "stage1.block0": "solid", "stage2.block0": "dot", "stage3.block0": "dot"}
+    c20 = _ok(plots.architecture_diagram(summaries["c20"]))
+    assert _notes(c20).count("1×1") == 9
+    deep = _ok(plots.architecture_diagram(summaries["b110"]))
+    layers = next(t for t in deep.data if t.name == "layers")
+    assert len(layers.x) <= 14  # 54 blocks compressed to legible boxes
+    assert sum("15 more blocks" in t for t in layers.text) == 3
+    arcs = _arcs(deep)
+    assert {n for n, t in arcs.items() if t.line.dash == "dot"} == {"stage2.block0", "stage3.block0"}
+    assert _notes(deep).count("1×1") == 2 and "18 blocks" in _notes(deep)
+
+
+def test_feature_map_grid():
+    maps = np.random.default_rng(0).random((20, 8, 8))
+    fig = _ok(plots.feature_map_grid(maps, title="stage1.block0"))
+    assert len(fig.data) == 20 and all(t.coloraxis == "coloraxis" for t in fig.data)
+    per = _ok(plots.feature_map_grid(torch.randn(1, 100, 4, 4), shared_scale=False, max_channels=12))
+    assert len(per.data) == 12 and all(t.coloraxis is None for t in per.data)
+    assert "channels 0–11 of 100" in per.layout.title.subtitle.text
+    assert "No feature maps" in _notes(_ok(plots.feature_map_grid(np.zeros((0, 8, 8)))))
+    _ok(plots.feature_map_grid(np.full((2, 3, 3), np.nan)))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        plots.feature_map_grid(np.zeros((2, 3, 4, 5)))
+
+
+def test_depth_profile():
+    names = [f"stage{s}.block{i}" for s in (1, 2, 3) for i in range(3)]
+    fig = _ok(plots.depth_profile([("plain-20", names, [10.0 ** -i for i in range(9)]),
+                                   ("ResNet-20", names, [1.0, 0.0, *[1.0] * 7])], "gradient norm"))
+    assert len(fig.data) == 2 and fig.layout.yaxis.type == "log"
+    assert math.isnan(fig.data[1].y[1])  # 0 cannot sit on a log axis
+    assert sum("stage" in (a.text or "") for a in fig.layout.annotations) == 2
+    f32 = _ok(plots.depth_profile([("r", ["stem", "stage1.block0"], list(np.float32([0.5, 2.0])))], "act", log_y=False))
+    assert list(f32.data[0].y) == [0.5, 2.0]  # numpy scalars are numbers, not gaps
+    assert "No per-block" in _notes(_ok(plots.depth_profile([], "x")))
+    with pytest.raises(ValueError, match="2 block names but 1 values"):
+        plots.depth_profile([("r", ["a", "b"], [1.0])], "x")
+
+
+def test_probe_heatmap():
+    recs = _run(200)
+    fig = _ok(plots.probe_heatmap(recs, "grad_norm"))
+    hm = fig.data[0]
+    assert hm.y[0] == "stage1.block0" and hm.y[-1] == "stage3.block2" and len(hm.x) == 20
+    assert "bottom" in fig.layout.title.subtitle.text and hm.colorbar.ticktext
+    cos = _ok(plots.probe_heatmap(recs, "cos")).data[0]
+    assert cos.zmid == 0 and cos.zmin == -1 and cos.zmax == 1
+    plain = [{"kind": "probe", "step": 10, "blocks": {"stage1.block0": {"act_norm": 3.0, "grad_norm": 0.1}}}]
+    assert "plain net" in _notes(_ok(plots.probe_heatmap(plain, "ratio")))
+    assert "No probes yet" in _notes(_ok(plots.probe_heatmap([], "act_norm")))
+    many = _ok(plots.probe_heatmap(_run(8000)[::1], "act_norm"))
+    assert len(many.data[0].x) <= 600
+    with pytest.raises(ValueError, match="unknown probe statistic"):
+        plots.probe_heatmap(recs, "mean")
+
+
+def test_attribution_overlay():
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    att = np.random.default_rng(1).random((32, 32))
+    fig = _ok(plots.attribution_overlay(img, att, title="cat"))
+    assert [type(t).__name__ for t in fig.data] == ["Image", "Image", "Heatmap"] and fig.data[2].opacity == 0.55
+    _ok(plots.attribution_overlay(np.random.default_rng(2).random((16, 16)), np.full((16, 16), np.nan)))
+    assert "No image" in _notes(_ok(plots.attribution_overlay(np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0)))))
+    with pytest.raises(ValueError, match="does not match"):
+        plots.attribution_overlay(img, att[:16])
+
+
+def test_top_k_bar():
+    fig = _ok(plots.top_k_bar([("dog", 0.1), ("cat", 0.85), ("frog", 0.05)]))
+    bar = fig.data[0]
+    assert list(bar.y) == ["frog", "dog", "cat"] and bar.text[-1] == "85.0%"  # most likely drawn on top
+    assert "No prediction" in _notes(_ok(plots.top_k_bar([])))
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        plots.top_k_bar([("cat", 1.5)])
+
+
+def test_error_table_rows():
+    cfg = RunConfig(model=ModelConfig(depth=20, shortcut="A"), name="degradation resnet-20")
+    full = RunInfo(id="20250101-000000-abcd", path=Path("/tmp/x"), status="finished", name=cfg.name,
+                   label=cfg.model.label, config=cfg, steps=600, final_train_acc=0.64, test_accuracy=0.6,
+                   elapsed_s=90.0)
+    bare = RunInfo(id="broken", path=Path("/tmp/y"), status="unknown")
+    rows = plots.error_table_rows([full, bare, SimpleNamespace()])
+    assert rows[0] == {"run": "degradation resnet-20", "label": "ResNet(A)-20", "depth": 20, "shortcut": "A",
+                       "params": 269_722, "train error %": 36.0, "test error %": 40.0, "steps": 600,
+                       "time (min)": 1.5, "status": "finished"}
+    assert rows[1]["run"] == "broken" and rows[1]["params"] is None and rows[1]["train error %"] is None
+    assert rows[2]["run"] == "" and plots.error_table_rows([]) == []
