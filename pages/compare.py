@@ -6,7 +6,7 @@ from dataclasses import replace
 import streamlit as st
 
 from resnet_viz import compare, plots, ui
-from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from resnet_viz.config import ModelConfig, RunConfig
 
 st.title("Compare runs")
 registry = ui.job_registry()

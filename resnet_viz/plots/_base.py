@@ -1,0 +1,126 @@
+"""Figure builders for ResNet Lab: plain data in, plotly figures out.
+
+The only module that imports plotly (and it never imports Streamlit). Every builder
+returns a figure for *empty* input, with a note saying why it is empty, rather than
+raising: a page waiting for a run's first steps should show a placeholder, not a stack
+trace. Wrong *arguments* (an unknown metric, a badly shaped array) raise ValueError.
+
+Colours are fixed per position (``run_color(i)``) so a run keeps its colour across the
+figures of one page; the palette is Okabe-Ito, readable by colour-blind viewers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+PALETTE: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#7F7F7F")
+TEMPLATE = "plotly_white"
+MAX_POINTS = 2000  # per line: more is invisible at page width and slows the browser
+PROBE_STATS: tuple[str, ...] = ("grad_norm", "act_norm", "ratio", "cos")
+_STAT_LABEL = {"grad_norm": "gradient norm", "act_norm": "activation norm", "ratio": "||F(x)|| / ||x||",
+               "cos": "cos(F(x), x)"}
+_MAX_HEATMAP_COLS = 600  # probe columns kept; a 60k-step run probed every 10 steps has 6000
+
+
+def run_color(i: int) -> str:
+    """The colour of the i-th run on a page (cycles after len(PALETTE))."""
+    return PALETTE[i % len(PALETTE)]
+
+
+def ema(values: Sequence[float] | np.ndarray, alpha: float) -> np.ndarray:
+    """Bias-corrected exponential moving average (as TensorBoard smooths).
+
+    The correction keeps the start of the curve at the first values instead of pulling
+    it towards 0. Non-finite inputs give NaN (a gap) and leave the average untouched,
+    so one diverged step cannot poison every later point.
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"EMA alpha must be in (0, 1], got {alpha}")
+    v = np.asarray(values, dtype=float).ravel()
+    out = np.full(v.shape, np.nan)
+    avg = weight = 0.0
+    for i, x in enumerate(v.tolist()):
+        if math.isfinite(x):
+            avg = (1.0 - alpha) * avg + alpha * x
+            weight = (1.0 - alpha) * weight + alpha
+            out[i] = avg / weight
+    return out
+
+
+def smoothing_alpha(n: int) -> float:
+    """EMA weight for a curve of n points: a span of ~1/40 of the curve, 5 to 200 points."""
+    span = min(max(n / 40.0, 5.0), 200.0)
+    return 2.0 / (span + 1.0)
+
+
+def downsample(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
+               max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points: per bucket the min and max (spikes stay visible,
+    unlike taking every k-th point); a bucket holding a non-finite value keeps a NaN gap."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2, got {max_points}")
+    if len(ya) <= max_points:
+        return xa, ya
+    edges = np.linspace(0, len(ya), max_points // 2 + 1).astype(int)
+    keep: list[int] = []
+    gaps: list[int] = []
+    for a, b in itertools.pairwise(edges):
+        seg = ya[a:b]
+        finite = np.flatnonzero(np.isfinite(seg))
+        if len(finite) < len(seg):  # gap first: at most one extreme and the gap
+            gaps.append(a + int(np.flatnonzero(~np.isfinite(seg))[0]))
+            picks = {a + int(finite[np.argmax(seg[finite])])} if len(finite) else set()
+        else:
+            picks = {a + int(np.argmin(seg)), a + int(np.argmax(seg))}
+        keep.extend(picks)
+    idx = np.array(sorted(set(keep) | set(gaps)), dtype=int)
+    return xa[idx], ya[idx]
+
+
+def _num(v: Any) -> float | None:
+    """A float from a record field; None for missing or non-numeric (NaN stays NaN)."""
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else None  # numpy scalars too
+
+
+def _series(records: Sequence[dict], kind: str, x_key: str, *keys: str) -> tuple[np.ndarray, ...]:
+    """(x, key1, key2, ...) arrays from records of one kind, sorted by x; records missing
+    a field are dropped (a malformed line), while NaN values are kept (a diverged step)."""
+    rows = []
+    for r in records:
+        if isinstance(r, dict) and r.get("kind") == kind:
+            vals = [_num(r.get(k)) for k in (x_key, *keys)]
+            if all(v is not None for v in vals) and math.isfinite(vals[0]):  # type: ignore[arg-type]
+                rows.append(vals)
+    rows.sort(key=lambda r: r[0])
+    arr = np.array(rows, dtype=float).reshape(len(rows), 1 + len(keys))
+    return tuple(arr[:, i] for i in range(arr.shape[1]))
+
+
+def _style(fig: go.Figure, title: str, height: int, subtitle: str = "") -> go.Figure:
+    t: dict[str, Any] = {"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 17}}
+    if subtitle:
+        t["subtitle"] = {"text": subtitle, "font": {"size": 12, "color": "#555"}}
+    fig.update_layout(template=TEMPLATE, title=t, height=height, font={"size": 13},
+                      margin={"l": 60, "r": 30, "t": 90 if subtitle else 70, "b": 50})
+    return fig
+
+
+def _note(fig: go.Figure, text: str) -> go.Figure:
+    """A centred message in an empty figure (axes hidden, so nothing looks like data)."""
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       font={"size": 15, "color": "#777"})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def _mode(n: int) -> str:
+    return "lines" if n > 1 else "markers"  # a line through one point draws nothing
