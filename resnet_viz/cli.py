@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from .config import BLOCKS, SCHEDULES, SHORTCUTS, DataConfig, ModelConfig, RunConfig, TrainConfig
 
+_T = TrainConfig()  # CLI defaults are the library's (the brief recipe)
+
 EXIT_USAGE = 2
 
 
@@ -54,15 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", default=None, help="where cifar10 is downloaded/cached (env RESNET_VIZ_DATA)")
     t.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
     budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=float, default=None)
+    budget.add_argument("--epochs", type=float, default=None, help=f"default {_T.epochs:g}")
     budget.add_argument("--steps", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1; 0.2 for onecycle)")
-    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--batch-size", type=int, default=_T.batch_size)
+    t.add_argument("--lr", type=float, default=_T.lr, help=f"peak learning rate (default {_T.lr})")
+    t.add_argument("--momentum", type=float, default=_T.momentum)
     t.add_argument("--no-nesterov", action="store_true")
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--schedule", default="onecycle", choices=SCHEDULES)
-    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--weight-decay", type=float, default=_T.weight_decay)
+    t.add_argument("--schedule", default=_T.schedule, choices=SCHEDULES)
+    t.add_argument("--label-smoothing", type=float, default=_T.label_smoothing)
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--no-tta", action="store_true", help="evaluate without flip test-time augmentation")
     t.add_argument("--seed", type=int, default=0)
@@ -100,13 +102,13 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
 def _run_config(args: argparse.Namespace, num_classes: int) -> RunConfig:
     budget = {"epochs": args.epochs, "steps": None} if args.steps is None else {"epochs": None, "steps": args.steps}
     if budget["epochs"] is None and budget["steps"] is None:
-        budget["epochs"] = 10.0
+        budget["epochs"] = _T.epochs
     return RunConfig(
         model=ModelConfig(depth=args.depth, shortcut=args.shortcut, block=args.block, width=args.width,
                           num_classes=num_classes, zero_init_residual=args.zero_init_residual),
         data=_data_config(args),
         train=TrainConfig(
-            **budget, batch_size=args.batch_size, lr=args.lr if args.lr is not None else 0.1,
+            **budget, batch_size=args.batch_size, lr=args.lr,
             momentum=args.momentum, nesterov=not args.no_nesterov and args.momentum > 0,
             weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
             augment=not args.no_augment, eval_tta=not args.no_tta, seed=args.seed, eval_every=args.eval_every,

@@ -33,7 +33,7 @@ FINISHED_STATUSES = ("finished", "diverged")  # a diverged run is a result, not 
 # The budget the reference numbers were measured at (plain-20 43%, plain-56 72%, ResNet-20
 # 36%, ResNet-56 38% training error): long enough for plain-56 to fall clearly behind,
 # short enough (about 15 minutes for all four on 2 CPU cores) to run while reading.
-DEFAULT_STEPS = 600
+DEFAULT_STEPS = 1000
 _GROUP_RE = re.compile(r"^degradation (plain|resnet)-(\d+)(?: #(.+))?$")
 
 
@@ -41,7 +41,7 @@ def default_train_config() -> TrainConfig:
     """The experiment's training settings: ``DEFAULT_STEPS`` of batch 128 and the usual
     schedule, with three evaluations and no test-time flips: one pass over 10,000 test
     images costs about 25 training steps (50 with flips), and the verdict reads training error."""
-    return TrainConfig(epochs=None, steps=DEFAULT_STEPS, batch_size=128, eval_every=200, eval_tta=False)
+    return TrainConfig(epochs=None, steps=DEFAULT_STEPS, batch_size=128, eval_every=250, eval_tta=False)
 
 
 def run_key(depth: int, shortcut: str) -> str:

@@ -127,19 +127,23 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. Exactly one of ``epochs`` and ``steps`` sets the budget."""
+    """How to train. Exactly one of ``epochs`` and ``steps`` sets the budget.
 
-    epochs: float | None = 10.0
+    The defaults are the brief recipe: ResNet-20 reaches 86% test accuracy on CIFAR-10
+    (JPEG copy) in 14 epochs, under 10 minutes on a 2-core CPU (README, benchmarks/).
+    """
+
+    epochs: float | None = 14.0
     steps: int | None = None
     batch_size: int = 128
-    lr: float = 0.1  # peak learning rate (the paper's 0.1)
+    lr: float = 0.2  # peak learning rate of the one-cycle schedule (the paper's step schedule uses 0.1)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # one of SCHEDULES
     warmup_fraction: float = 0.15  # onecycle: share of the budget spent rising to lr
     paper_warmup: bool | None = None  # paper: 0.01 for the first 400 steps; None = only for depth >= 110
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     augment: bool = True  # random crop (4 px zero padding) + horizontal flip
     seed: int = 0
     eval_every: int = 0  # steps between test evaluations; 0 = once per epoch

@@ -120,7 +120,8 @@ def test_verdict_with_missing_and_unfinished_runs():
 
 def test_default_budget_and_groups():
     tc = default_train_config()
-    assert tc.steps == DEFAULT_STEPS == 600 and tc.batch_size == 128 and tc.epochs is None
+    assert tc.steps == DEFAULT_STEPS == 1000 and tc.batch_size == 128 and tc.epochs is None
+    assert not tc.eval_tta and DEFAULT_STEPS % tc.eval_every == 0
     runs = [SimpleNamespace(id=i, name=n) for i, n in (
         ("6", "degradation resnet-56 #20250102-090000"), ("5", "degradation plain-20 #20250102-090000"),
         ("4", "degradation plain-20 #20250101-080000"), ("3", "degradation plain-20 #20250101-080000"),

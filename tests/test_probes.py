@@ -76,9 +76,9 @@ def test_schedules() -> None:
     assert lr_at(0, 100, one) == pytest.approx(0.02)
     assert lr_at(25, 100, one) == pytest.approx(0.2)
     assert lr_at(100, 100, one) == pytest.approx(0.0)
-    cos = TrainConfig(schedule="cosine")
+    cos = TrainConfig(schedule="cosine", lr=0.1)
     assert lr_at(0, 10, cos) == pytest.approx(0.1) and lr_at(5, 10, cos) == pytest.approx(0.05)
-    paper = TrainConfig(schedule="paper", steps=64_000, epochs=None)
+    paper = TrainConfig(schedule="paper", lr=0.1, steps=64_000, epochs=None)
     assert [lr_at(s, 64_000, paper, 20) for s in (0, 31_999, 32_000, 48_000)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
     assert lr_at(100, 64_000, paper, 110) == pytest.approx(0.01)  # warm-up for 110 layers
     assert lr_at(400, 64_000, paper, 110) == pytest.approx(0.1)

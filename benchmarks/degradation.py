@@ -1,0 +1,60 @@
+"""The degradation experiment from the command line, as the Compare page runs it.
+
+    python benchmarks/degradation.py [--steps 1000] [--out runs]
+
+Trains plain-20, plain-56, ResNet-20 and ResNet-56 (shortcut A) one after another with
+the same seed, data order and budget on the default data set (CIFAR-10 when it is here),
+writes them to the runs folder under the names the Compare page groups, and prints each
+run's time and final errors, then the verdict in words and the total time. The reference
+it prints beside them is the bare-loop measurement quoted in the issue (600 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resnet_viz import compare  # noqa: E402
+from resnet_viz.config import ModelConfig, RunConfig  # noqa: E402
+from resnet_viz.data import default_source, load_data  # noqa: E402
+from resnet_viz.runs import RunDir, default_runs_dir  # noqa: E402
+from resnet_viz.train import fit  # noqa: E402
+
+REFERENCE = {"plain-20": 0.43, "plain-56": 0.72, "resnet-20": 0.36, "resnet-56": 0.38}  # bare loop, 600 steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=compare.DEFAULT_STEPS)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    src = default_source()
+    data = load_data(src)
+    train = dataclasses.replace(compare.default_train_config(), steps=args.steps)
+    base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=src, train=train)
+    root = Path(args.out) if args.out else default_runs_dir()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    print(f"data: {data.name}; {args.steps} steps of batch {train.batch_size} per run; runs in {root}")
+    results, t_all = {}, time.perf_counter()
+    for cfg in compare.degradation_configs(base):
+        cfg = dataclasses.replace(cfg, name=f"{cfg.name} #{stamp}")
+        key = compare.run_key(cfg.model.depth, cfg.model.shortcut)
+        t0 = time.perf_counter()
+        records: list[dict] = []
+        res = fit(cfg, data=data, run=RunDir.create(root, cfg, cfg.name), on_records=records.extend)
+        results[key] = records
+        err = compare.final_errors(records)
+        print(f"{key:>10}: {time.perf_counter() - t0:6.0f} s, {res.images_per_second:5.0f} img/s, "
+              f"train error {err['train_error']:.3f}, test error {err['test_error']:.3f}, "
+              f"train loss {err['train_loss']:.3f}  (reference train error {REFERENCE[key]:.2f})", flush=True)
+    print(compare.degradation_verdict(results).text)
+    print(f"total: {time.perf_counter() - t_all:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

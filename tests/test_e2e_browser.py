@@ -1,0 +1,370 @@
+"""End to end in a real headless browser: the Streamlit app served as users get it.
+
+Starts ``streamlit run app.py`` on a free port (runs go to a temporary folder through
+``RESNET_VIZ_RUNS``, never to the repository's ``runs/``), drives Debian's Chromium with
+Playwright, and walks every page: build a deeper net, train a 40-step run to the end,
+compare, inspect, explain an uploaded PNG, and refuse four hostile uploads.
+
+Chromium comes from the Debian package (``apt-get install -y chromium``; ``.ci/run``
+installs it); Playwright never downloads a browser here. Without /usr/bin/chromium the
+whole module is skipped. Screenshots go to ``$RESNET_VIZ_SCREENSHOTS`` (else a pytest
+temporary folder) as 01-home.png ... 08-bad-upload.png, for a person to look at.
+
+The tests run in file order and share one browser page and one server: Train needs no
+earlier test, but Compare shows the run that Train made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_images import SVG, _png_header_only  # tests/ is on sys.path under pytest's default import mode
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    # Without these Chromium phones home at start, and this machine's closed network refuses it.
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+VIEWPORT = {"width": 1400, "height": 1000}
+SERVER_START_S = 60
+RUN_TIMEOUT_MS = 60_000  # one script run; the first data load decodes CIFAR-10 (10-25 s) when the cache is cold
+TRAIN_TIMEOUT_MS = 180_000  # 40 steps of batch 32 plus the final test-set evaluation, on 2 shared cores
+PAGES = {"": "ResNet Lab", "build": "Build a CIFAR ResNet", "train": "Train", "compare": "Compare runs",
+         "inspect": "Look inside", "explain": "Explain a prediction"}
+NOT_IMAGES = "is not a PNG, JPEG, WebP, GIF or BMP image"
+
+if not CHROMIUM.exists():
+    pytest.skip("Debian chromium is not installed (apt-get install -y chromium); .ci/run installs it",
+                allow_module_level=True)
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
+
+# ------------------------------------------------------------------ files to upload
+
+
+def png(size: tuple[int, int] = (48, 40)) -> bytes:
+    """A small good PNG: a red square on a blue-green gradient."""
+    y, x = np.mgrid[0 : size[1], 0 : size[0]]
+    a = np.stack([x * 255 // size[0], y * 255 // size[1], np.full_like(x, 160)], -1).astype(np.uint8)
+    a[size[1] // 4 : 3 * size[1] // 4, size[0] // 4 : 3 * size[0] // 4] = (220, 30, 30)
+    buf = BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def truncated_png() -> bytes:
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # incompressible
+    buf = BytesIO()
+    Image.fromarray(noisy).save(buf, "PNG")
+    data = buf.getvalue()
+    return data[: len(data) // 2]
+
+
+def upload(name: str, data: bytes) -> dict:
+    return {"name": name, "mimeType": "image/png", "buffer": data}
+
+
+GOOD = upload("good.png", png())
+# (file, what the app's st.error must say: "<name>: <ImageError message>")
+BAD = {
+    "text": (upload("fake.png", b"just some text, not a picture\n" * 4), f"fake.png: the file {NOT_IMAGES}"),
+    "svg": (upload("x.png", SVG), f"x.png: the file {NOT_IMAGES}"),
+    "truncated": (upload("truncated.png", truncated_png()), "truncated.png: the PNG file is truncated or damaged"),
+    "bomb": (upload("bomb.png", _png_header_only(20000, 20000)),
+             "bomb.png: the image is too large (400.0 megapixels); the limit is 40.0 megapixels"),
+}
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _health(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.read().decode().strip()
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on a free port; yields its base URL. Its log is printed if it fails to start."""
+    tmp = tmp_path_factory.mktemp("e2e-server")
+    port = _free_port()
+    env = {**os.environ, "RESNET_VIZ_RUNS": str(tmp / "runs"), "PYTHONUNBUFFERED": "1"}
+    log_path = tmp / "streamlit.log"
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+           "--browser.gatherUsageStats", "false"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group: teardown ends its children too
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while _health(f"{base}/_stcore/health") != "ok":
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"exited with {proc.returncode}" if proc.poll() is not None else f"not healthy in {SERVER_START_S} s"
+                pytest.fail(f"streamlit {why}:\n{log_path.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.25)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        log = log_path.read_text(errors="replace")
+        if "Traceback" in log:
+            print(f"\n--- streamlit log (has a traceback) ---\n{log[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("RESNET_VIZ_SCREENSHOTS")
+    folder = Path(env) if env else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator:
+    """One Chromium tab for the whole module; JavaScript errors on it fail the test that caused them."""
+    profile = tempfile.mkdtemp(prefix="resnet-viz-chromium-")
+    try:
+        with playwright_sync.sync_playwright() as p:
+            ctx = p.chromium.launch_persistent_context(
+                profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT)
+            pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+            pg.set_default_timeout(30_000)
+            pg.js_errors = []
+            pg.on("pageerror", lambda e: pg.js_errors.append(str(e)))
+            try:
+                yield pg
+            finally:
+                ctx.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def wait_for_app(page, timeout: int = RUN_TIMEOUT_MS) -> None:
+    """Until the script run is over: connected, not running, no "Running..." status widget."""
+    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
+    expect(page.locator("[data-testid='stStatusWidget']")).to_be_hidden(timeout=timeout)
+
+
+def open_page(page, base: str, path: str) -> None:
+    page.goto(f"{base}/{path}")
+    expect(page.locator("h1").first).to_have_text(PAGES[path], timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert_healthy(page)
+
+
+def assert_healthy(page) -> None:
+    expect(page.locator("[data-testid='stException']")).to_have_count(0)
+    body = page.inner_text("body")
+    assert "Traceback" not in body, body[:2000]
+    assert not page.js_errors, page.js_errors
+
+
+def shoot(page, shots: Path, name: str) -> None:
+    page.screenshot(path=str(shots / name), full_page=True)
+
+
+def main(page):
+    return page.locator("[data-testid='stMain']")
+
+
+def charts(page):
+    return main(page).locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_home_and_navigation(page, server: str, shots: Path, record_property) -> None:
+    open_page(page, server, "")
+    nav = page.locator("[data-testid='stSidebarNav'] a")
+    expect(nav).to_have_count(len(PAGES))
+    hrefs = [re.sub(r"^https?://[^/]+/?", "", nav.nth(i).get_attribute("href") or "") for i in range(len(PAGES))]
+    assert hrefs == list(PAGES), hrefs  # st.navigation names each page by its file: /build, /train, ...
+    expect(main(page).locator("[data-testid='stPageLink']")).to_have_count(6)
+    sidebar = page.locator("[data-testid='stSidebar'] [data-testid='stAlert']").first
+    expect(sidebar).to_contain_text("Data:")
+    label = "Data: " + sidebar.inner_text().split("Data:", 1)[1].strip()  # drop the icon's ligature text
+    record_property("data_set", label)
+    print(f"\ndata set in use: {label}")
+    shoot(page, shots, "01-home.png")
+
+
+def test_build_slider_changes_depth(page, server: str, shots: Path) -> None:
+    open_page(page, server, "build")
+    layers = main(page).locator("[data-testid='stMetric']").filter(has_text="Layers").locator(
+        "[data-testid='stMetricValue']")
+    expect(layers).to_have_text("20")
+    thumb = main(page).locator("[data-testid='stSlider']").filter(has_text="Blocks per stage").get_by_role("slider")
+    thumb.focus()
+    thumb.press("ArrowRight")
+    expect(layers).to_have_text("26")  # n = 3 -> 4: 6n + 2
+    expect(main(page).get_by_text("26 layers", exact=True)).to_be_visible()  # "26 layers = 6 x 4 + 2"
+    wait_for_app(page)
+    expect(charts(page)).to_have_count(1)
+    assert_healthy(page)
+    shoot(page, shots, "02-build.png")
+
+
+def test_train_a_short_run(page, server: str, shots: Path) -> None:
+    open_page(page, server, "train")
+    expect(main(page).get_by_text("No runs yet")).to_be_visible()
+    form = main(page).locator("[data-testid='stForm']")
+    form.locator("[data-testid='stRadio']").filter(has_text="Budget in").get_by_text("steps", exact=True).click()
+    budget = form.get_by_label("Budget", exact=True)
+    budget.fill("40")
+    budget.press("Tab")
+    form.get_by_label("Batch size").click()
+    page.get_by_role("option", name="32", exact=True).click()
+    expect(form.get_by_label("Batch size")).to_have_value("32")
+    form.get_by_role("button", name="Start training").click()
+
+    progress = main(page).locator("[data-testid='stProgress']")
+    expect(progress).to_contain_text("of 40", timeout=RUN_TIMEOUT_MS)  # the budget reached the trainer
+    # Wait for a few steps so the live curves have something to draw (or for the end, on a fast machine).
+    deadline = time.monotonic() + TRAIN_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        text = progress.first.inner_text() if progress.count() else ""
+        m = re.search(r"step (\d+) of 40", text)
+        if m is None or int(m.group(1)) >= 10:
+            break
+        page.wait_for_timeout(250)
+    if progress.count():
+        expect(main(page).locator(".st-key-live_curves .js-plotly-plot")).to_have_count(1)
+        assert_healthy(page)
+        shoot(page, shots, "03-train-live.png")
+
+    # The run ends: the live fragment redraws the page once with the result line.
+    expect(main(page).get_by_text(re.compile(r"· finished · test accuracy \d"))).to_be_visible(
+        timeout=TRAIN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert_healthy(page)
+    expect(progress).to_have_count(0)
+    expect(charts(page)).to_have_count(1)
+    expect(main(page).get_by_role("button", name="Metrics (CSV)")).to_be_visible()
+    expect(main(page).get_by_role("button", name="Checkpoint (safetensors)")).to_be_visible()
+    shoot(page, shots, "04-train-done.png")
+
+
+def test_compare(page, server: str, shots: Path) -> None:
+    open_page(page, server, "compare")
+    expect(main(page).get_by_role("button", name="Run the degradation experiment")).to_be_visible()
+    shoot(page, shots, "05-compare.png")
+
+
+def test_inspect_a_test_image(page, server: str, shots: Path) -> None:
+    open_page(page, server, "inspect")
+    expect(charts(page).first).to_be_visible()  # feature maps of the default test image
+    assert_healthy(page)
+    shoot(page, shots, "06-inspect.png")
+
+
+def choose_upload(page) -> None:
+    main(page).locator("[data-testid='stRadio']").filter(has_text="Input").get_by_text("Upload", exact=True).click()
+    expect(page.locator("[data-testid='stFileUploaderDropzoneInput']")).to_have_count(1)
+    wait_for_app(page)
+
+
+def upload_files(page, files: list[dict]) -> None:
+    page.set_input_files("[data-testid='stFileUploaderDropzoneInput']", files)
+
+
+def clear_uploads(page) -> None:
+    """Remove every uploaded file with its delete button (the uploader keeps them across reruns)."""
+    delete = main(page).locator("[data-testid='stFileChipDeleteBtn'] button")
+    while delete.count():
+        delete.first.click()
+        wait_for_app(page)
+    expect(main(page).locator("[data-testid='stFileChip']")).to_have_count(0)
+
+
+def test_explain_an_uploaded_png(page, server: str, shots: Path) -> None:
+    open_page(page, server, "explain")
+    choose_upload(page)
+    expect(main(page).get_by_text("Pick a model and one or more images.")).to_be_visible()
+    upload_files(page, [GOOD])
+    expect(main(page).locator("[data-testid='stFileChipName']")).to_have_text("good.png")
+    expect(charts(page).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert charts(page).count() >= 2  # an overlay and a top-5 bar per model
+    assert_healthy(page)
+    shoot(page, shots, "07-explain.png")
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_upload_is_refused_and_page_still_works(page, server: str, case: str) -> None:
+    if not page.url.endswith("/explain"):
+        open_page(page, server, "explain")
+        choose_upload(page)
+    clear_uploads(page)
+    file, message = BAD[case]
+    upload_files(page, [file])
+    error = main(page).locator("[data-testid='stAlertContentError']")
+    expect(error).to_have_count(1, timeout=RUN_TIMEOUT_MS)
+    expect(error).to_contain_text(message)
+    wait_for_app(page)
+    assert_healthy(page)
+    expect(charts(page)).to_have_count(0)
+    expect(main(page).get_by_text("Pick a model and one or more images.")).to_be_visible()
+    # The page still works: a good image replaces the bad one and is explained.
+    clear_uploads(page)
+    expect(error).to_have_count(0)
+    upload_files(page, [GOOD])
+    expect(charts(page).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert_healthy(page)
+
+
+def test_bad_uploads_beside_a_good_one(page, server: str, shots: Path) -> None:
+    """All four refused files in one batch with a good one: four messages, and the good one is explained."""
+    if not page.url.endswith("/explain"):
+        open_page(page, server, "explain")
+        choose_upload(page)
+    clear_uploads(page)
+    upload_files(page, [file for file, _ in BAD.values()] + [GOOD])
+    error = main(page).locator("[data-testid='stAlertContentError']")
+    expect(error).to_have_count(len(BAD), timeout=RUN_TIMEOUT_MS)
+    for i, (_, message) in enumerate(BAD.values()):
+        expect(error.nth(i)).to_contain_text(message)
+    expect(charts(page).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert_healthy(page)
+    shoot(page, shots, "08-bad-upload.png")
