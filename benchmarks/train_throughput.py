@@ -5,7 +5,8 @@
 The trainer runs with everything a user gets: its data pipeline (uint8 data, batched
 crop+flip on the device, normalization), per-step records, probes every 10th step, the
 metrics file and TensorBoard. The bare loop trains the same model with the same batch
-size, memory format and optimizer on one pre-made batch. Both are timed in steady
+size, memory format, precision (bf16 autocast where the trainer uses it) and optimizer on
+one pre-made batch. Both are timed in steady
 state (after their first 10 steps, and without the trainer's final test evaluation).
 Rounds alternate bare, trainer, bare, trainer ... so drift in the machine's speed
 affects both. The last line is ``ratio trainer/bare: X.XX`` (the worst depth).
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from resnet_viz.data import ImageData, default_source, load_data, make_synthetic  # noqa: E402
-from resnet_viz.device import describe_device, pick_device  # noqa: E402
+from resnet_viz.device import autocast, describe_device, pick_device, resolve_precision  # noqa: E402
 from resnet_viz.model import build_model  # noqa: E402
 from resnet_viz.runs import RunDir  # noqa: E402
 from resnet_viz.train import fit  # noqa: E402
@@ -33,7 +34,7 @@ from resnet_viz.train import fit  # noqa: E402
 WARMUP = 10
 
 
-def bare_loop(depth: int, steps: int, batch: int, device: torch.device) -> float:
+def bare_loop(depth: int, steps: int, batch: int, device: torch.device, precision: str) -> float:
     torch.manual_seed(0)
     model = build_model(ModelConfig(depth=depth)).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -43,7 +44,8 @@ def bare_loop(depth: int, steps: int, batch: int, device: torch.device) -> float
     for i in range(steps + WARMUP):
         if i == WARMUP:
             t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,16 +80,17 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="use the synthetic set even if CIFAR-10 is here")
     args = ap.parse_args()
     device = pick_device("auto")
+    precision = resolve_precision("auto", device)  # the trainer's default; the bare loop matches it
     src = DataConfig() if args.synthetic else default_source()
     data = make_synthetic(10_000, 1_000, 0) if src.source == "synthetic" else load_data(src)
-    print(f"device: {describe_device(device)}; data: {data.name}; batch {args.batch_size}; "
+    print(f"device: {describe_device(device)}, {precision}; data: {data.name}; batch {args.batch_size}; "
           f"{args.steps} timed steps x {args.rounds} rounds")
     worst = float("inf")
     with tempfile.TemporaryDirectory() as tmp:
         for depth in args.depths:
             bare, ours = [], []
             for r in range(args.rounds):
-                bare.append(bare_loop(depth, args.steps, args.batch_size, device))
+                bare.append(bare_loop(depth, args.steps, args.batch_size, device, precision))
                 ours.append(trainer(depth, args.steps, args.batch_size, data, src, Path(tmp)))
                 print(f"  ResNet-{depth} round {r + 1}: bare {bare[-1]:7.0f} img/s   trainer {ours[-1]:7.0f} img/s")
             b, o = sorted(bare)[len(bare) // 2], sorted(ours)[len(ours) // 2]  # medians

@@ -195,11 +195,20 @@ def assert_healthy(page) -> None:
     expect(page.locator("[data-testid='stException']")).to_have_count(0)
     body = page.inner_text("body")
     assert "Traceback" not in body, body[:2000]
-    assert not page.js_errors, page.js_errors
+    errors, page.js_errors[:] = list(page.js_errors), []
+    assert not errors, errors  # uncaught JavaScript errors since the last check
 
 
 def shoot(page, shots: Path, name: str) -> None:
-    page.screenshot(path=str(shots / name), full_page=True)
+    """The whole page. Streamlit scrolls inside <main>, not the document, so ``full_page``
+    alone stops at the viewport: grow the viewport to the content's height for the shot."""
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 8000)})
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    try:
+        page.screenshot(path=str(shots / name), full_page=True)
+    finally:
+        page.set_viewport_size(VIEWPORT)
 
 
 def main(page):
@@ -259,24 +268,23 @@ def test_train_a_short_run(page, server: str, shots: Path) -> None:
 
     progress = main(page).locator("[data-testid='stProgress']")
     expect(progress).to_contain_text("of 40", timeout=RUN_TIMEOUT_MS)  # the budget reached the trainer
-    # Wait for a few steps so the live curves have something to draw (or for the end, on a fast machine).
+    # Let a few steps land so the live curves have something to draw (a fast machine may finish first).
     deadline = time.monotonic() + TRAIN_TIMEOUT_MS / 1000
-    while time.monotonic() < deadline:
-        text = progress.first.inner_text() if progress.count() else ""
-        m = re.search(r"step (\d+) of 40", text)
-        if m is None or int(m.group(1)) >= 10:
+    while time.monotonic() < deadline and (texts := progress.all_inner_texts()):  # all_*: no waiting
+        m = re.search(r"step (\d+) of 40", " ".join(texts))
+        if m and int(m.group(1)) >= 10:
+            expect(main(page).locator(".st-key-live_curves .js-plotly-plot")).to_have_count(1)
             break
         page.wait_for_timeout(250)
-    if progress.count():
-        expect(main(page).locator(".st-key-live_curves .js-plotly-plot")).to_have_count(1)
-        assert_healthy(page)
-        shoot(page, shots, "03-train-live.png")
+    assert_healthy(page)
+    shoot(page, shots, "03-train-live.png")
 
     # The run ends: the live fragment redraws the page once with the result line.
     expect(main(page).get_by_text(re.compile(r"· finished · test accuracy \d"))).to_be_visible(
         timeout=TRAIN_TIMEOUT_MS)
     wait_for_app(page)
     assert_healthy(page)
+    expect(main(page).get_by_text(re.compile(r"\b40 steps\b"))).to_be_visible()
     expect(progress).to_have_count(0)
     expect(charts(page)).to_have_count(1)
     expect(main(page).get_by_role("button", name="Metrics (CSV)")).to_be_visible()
