@@ -22,8 +22,8 @@ with left:
                         format_func=lambda s: "none (plain net)" if s == "none" else s)
     st.caption(SHORTCUT_HELP[shortcut])
     width = st.select_slider("Width multiplier", [1, 2, 4], value=current.width)
-    zero_init = st.toggle("Zero-init the last BN of each residual branch", value=current.zero_init_residual,
-                          disabled=shortcut == "none", help="each block starts as its shortcut (Goyal et al. 2017)")
+    zero_init = st.toggle("Zero-init residual branches", value=current.zero_init_residual,
+                          disabled=shortcut == "none", help="zero the last BN of each residual branch: each block starts as its shortcut (Goyal et al. 2017)")
 cfg = ModelConfig(depth=depth, shortcut=shortcut, block=block, width=width,
                   zero_init_residual=zero_init and shortcut != "none")
 st.session_state[ui.Keys.BUILD_CONFIG] = cfg
@@ -38,8 +38,8 @@ with right:
 st.subheader("Per block")
 st.dataframe(
     [{"block": b.name, "in": "x".join(map(str, b.in_shape)), "out": "x".join(map(str, b.out_shape)),
-      "params": b.params, "MFLOPs": round(b.flops / 1e6, 2), "receptive field": b.receptive_field,
+      "params": f"{b.params:,}", "MFLOPs": round(b.flops / 1e6, 2), "receptive field": b.receptive_field,
       "shortcut": b.shortcut + (" (shape changes)" if b.shape_changes else "")} for b in summary.blocks],
-    width="stretch", hide_index=True,
+    width="stretch", hide_index=True, height=min(36 * (len(summary.blocks) + 1) + 4, 720),
 )
 st.page_link("pages/train.py", label=f"Train this {cfg.label}", icon=":material/play_arrow:")

@@ -39,6 +39,10 @@ for caption, image in inputs:
                 probs = attribution.predict(model, x)[0]
                 amap = attribution.normalize_map(attribution.attribute(model, x, method, block=b))
             top = attribution.top_k(probs, classes, k=5)
-            st.plotly_chart(plots.attribution_overlay(rgb, amap.numpy(), title=f"{ref.label}"), width="stretch",
-                            key=f"overlay_{caption}_{ref.key}")
+            st.plotly_chart(plots.attribution_overlay(rgb, amap.numpy(), title=ref.label.split(" · ")[0]),
+                            width="stretch", key=f"overlay_{caption}_{ref.key}")
+            st.caption(ref.label)
+            if not amap.any():
+                st.warning("This attribution is zero everywhere: the model's output does not depend on this "
+                           "input (a dead network, e.g. one trained with too high a learning rate).")
             st.plotly_chart(plots.top_k_bar(top, title="Top-5"), width="stretch", key=f"top_{caption}_{ref.key}")

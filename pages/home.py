@@ -29,7 +29,7 @@ STEPS = [
 ]
 cols = st.columns(3)
 for i, (title, page, icon, text) in enumerate(STEPS):
-    with cols[i % 3].container(border=True, height=220):
+    with cols[i % 3].container(border=True, height=250):
         st.page_link(page, label=title, icon=icon)
         st.markdown(text)
 st.caption("Start with step 1 if you are new to ResNets; step 3 if you want to build your own. "

@@ -38,7 +38,9 @@ with st.form("train_form"):
     batch = c2.selectbox("Batch size", [32, 64, 128, 256, 512], index=2)
     schedule = c2.selectbox("LR schedule", SCHEDULES, help="onecycle: warm up, then linear decay (best for brief runs); "
                             "paper: 0.1, divided by 10 at 50% and 75% of the budget")
-    lr = c3.number_input("Peak learning rate", min_value=0.0001, max_value=10.0, value=0.2, format="%.4f")
+    lr128 = c3.number_input("Peak learning rate at batch 128", min_value=0.0001, max_value=10.0, value=0.2,
+                            format="%.4f", help="scaled linearly with the batch size (Goyal et al. 2017): "
+                            "0.2 at batch 128 is 0.05 at batch 32")
     wd = c3.number_input("Weight decay", min_value=0.0, max_value=0.1, value=5e-4, format="%.5f")
     c4, c5, c6 = st.columns(3)
     smoothing = c4.slider("Label smoothing", 0.0, 0.3, 0.1, 0.05)
@@ -55,7 +57,7 @@ if start:
             cfg = RunConfig(
                 model=replace(model_cfg, num_classes=len(data.classes)),
                 data=ui.data_config(),
-                train=TrainConfig(**steps, batch_size=batch, lr=lr, weight_decay=wd, schedule=schedule,
+                train=TrainConfig(**steps, batch_size=batch, lr=lr128 * batch / 128, weight_decay=wd, schedule=schedule,
                                   label_smoothing=smoothing, augment=augment, seed=int(seed)),
                 name=name.strip(),
             )
@@ -63,7 +65,7 @@ if start:
             job = registry.submit(cfg, data=data)
             st.session_state[ui.Keys.WATCHED_RUN] = job.run_id
             st.success(f"Queued behind {busy.snapshot().label}: it starts when that run ends." if busy
-                       else f"Started {cfg.model.label} on {data.name}.")
+                       else f"Started {cfg.model.label} on {data.name}, lr {cfg.train.lr:g}.")
         except ValueError as e:
             st.error(str(e))
 
@@ -77,7 +79,7 @@ if watched not in ids:
 if watched is None:
     st.info("No runs yet. Start one above; it keeps training when you reload or close this page.")
     st.stop()
-labels = {r.id: f"{r.label} · {r.name or r.id} · {r.status}" for r in all_runs}
+labels = {r.id: f"{r.label} · {r.name or r.id}" for r in all_runs}
 watched = st.selectbox("Run", ids, index=ids.index(watched), format_func=lambda i: labels.get(i, i))
 st.session_state[ui.Keys.WATCHED_RUN] = watched
 

@@ -15,7 +15,9 @@ Per block (y = relu(F(x) + s(x)) with s the shortcut):
 - residual blocks only: ``ratio`` = mean ||F(x)_i|| / ||s(x)_i||, the size of what the
   block adds against what it passes on, and ``cos`` = mean cosine of F(x)_i with s(x)_i.
 Statistics are computed inside the hooks from detached tensors and kept as 0-dim tensors,
-so nothing is retained and, on CUDA, nothing synchronizes until ``results()``.
+so nothing is retained and, on CUDA, nothing synchronizes until ``results()``. They use
+the first ``max_samples`` images of the batch: means over 32 images are steady enough
+for a curve, and on ResNet-56 the full batch made the probed step ~40% slower.
 """
 
 from __future__ import annotations
@@ -39,26 +41,27 @@ def _per_sample_norm(t: Tensor) -> Tensor:
 class BlockProbe:
     """Collects statistics from hooks; use through ``probe_blocks``."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_samples: int = 32) -> None:
+        self.k = max_samples
         self._stats: dict[str, dict[str, Tensor]] = {}
         self._pending: dict[str, dict[str, Tensor]] = {}
 
     def _branch_hook(self, name: str):
         def hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
-            self._pending.setdefault(name, {})["branch"] = out.detach()
+            self._pending.setdefault(name, {})["branch"] = out.detach()[: self.k]
 
         return hook
 
     def _skip_hook(self, name: str):
         def hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
-            self._pending.setdefault(name, {})["skip"] = out.detach()
+            self._pending.setdefault(name, {})["skip"] = out.detach()[: self.k]
 
         return hook
 
     def _block_hook(self, name: str):
         def hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
             stats = self._stats.setdefault(name, {})
-            stats["act_norm"] = _per_sample_norm(out).mean()
+            stats["act_norm"] = _per_sample_norm(out[: self.k]).mean()
             parts = self._pending.pop(name, {})
             if "branch" in parts and "skip" in parts:
                 f = parts["branch"].flatten(1).float()  # (B, C*H*W)
@@ -69,7 +72,7 @@ class BlockProbe:
                 batch = out.shape[0]
 
                 def grad_hook(g: Tensor) -> None:
-                    stats["grad_norm"] = _per_sample_norm(g).mean() * batch
+                    stats["grad_norm"] = _per_sample_norm(g[: self.k]).mean() * batch
 
                 out.register_hook(grad_hook)
 
@@ -89,9 +92,11 @@ class BlockProbe:
 
 
 @contextmanager
-def probe_blocks(model: nn.Module, names: list[str] | None = None) -> Iterator[BlockProbe]:
+def probe_blocks(
+    model: nn.Module, names: list[str] | None = None, max_samples: int = 32
+) -> Iterator[BlockProbe]:
     """Attach probe hooks to the model's blocks (all, or ``names``) for the ``with`` body."""
-    probe = BlockProbe()
+    probe = BlockProbe(max_samples)
     handles = []
     try:
         for name, blk in iter_blocks(model):

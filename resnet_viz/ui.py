@@ -118,7 +118,7 @@ def model_refs(include_untrained: bool = True) -> list[ModelRef]:
     for info in list_runs(runs_root()):
         if info.damaged is None and (info.path / "checkpoint.safetensors").is_file() and info.config is not None:
             acc = f" · {info.test_accuracy:.1%}" if info.test_accuracy is not None else ""
-            refs.append(ModelRef("run", info.id, f"{info.label} · run {info.name or info.id}{acc} ({info.status})"))
+            refs.append(ModelRef("run", info.id, f"{info.label} · {info.name or info.id}{acc}"))
     if include_untrained:
         refs.append(UNTRAINED)
     return refs

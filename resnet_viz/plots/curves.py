@@ -102,7 +102,8 @@ def compare_curves(runs: Sequence[tuple[str, Sequence[dict]]], x_axis: str = "it
         return _note(fig, "Waiting for the first steps…")
     fig.update_xaxes(title_text=x_axis)
     fig.update_yaxes(title_text=ytitle, rangemode="tozero")
-    fig.update_layout(hovermode="closest", legend={"title": {"text": "run"}})
+    fig.update_layout(hovermode="closest", legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0.0},
+                      margin={"b": 120})
     return fig
 
 

@@ -111,7 +111,10 @@ def depth_profile(series: Sequence[tuple[str, Sequence[str], Sequence[float]]], 
                               annotation_text=f"stage {keys[j][0]}", annotation_font={"size": 11, "color": "#888"})
     fig.update_xaxes(title_text="block (1 = nearest the input)")
     fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
-    fig.update_layout(hovermode="closest")
+    # Legend below the plot: run labels are long and a side legend would squeeze a half-width plot.
+    fig.update_layout(hovermode="closest", height=460,
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0},
+                      margin={"b": 110})
     return fig
 
 
@@ -200,8 +203,9 @@ def attribution_overlay(image: np.ndarray, attribution: np.ndarray, title: str =
     att = np.asarray(attribution, dtype=float)
     if att.shape != img.shape[:2]:
         raise ValueError(f"attribution shape {att.shape} does not match the image's {img.shape[:2]}")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("image", "attribution"), horizontal_spacing=0.06)
-    _style(fig, title or "Attribution", 400)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("image", "attribution"), horizontal_spacing=0.04)
+    _style(fig, title or "Attribution", 330)
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 70, "b": 10}, title={"font": {"size": 14}})
     if not img.size:
         return _note(fig, "No image")
     att = np.clip(np.nan_to_num(att, nan=0.0), 0.0, 1.0)
