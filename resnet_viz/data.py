@@ -330,6 +330,8 @@ def make_synthetic(n_train: int, n_test: int, seed: int) -> ImageData:
 
 
 def _default() -> tuple[DataConfig, str]:
+    if os.environ.get("RESNET_VIZ_DEFAULT_DATA") == "synthetic":  # e.g. to try the offline fallback
+        return DataConfig(), "Synthetic shapes (not CIFAR-10): chosen by RESNET_VIZ_DEFAULT_DATA"
     data_dir = default_data_dir()
     if _official_cifar_present(data_dir):
         return DataConfig(source="cifar10", download=False), f"CIFAR-10 (official files in {data_dir})"

@@ -111,12 +111,21 @@ def _health(url: str) -> str | None:
         return None
 
 
+@pytest.fixture(scope="module", params=["default", "synthetic"])
+def data_kind(request: pytest.FixtureRequest) -> str:
+    """Every test runs twice: on the app's default data (the CIFAR-10 copy where it is
+    here) and on the synthetic set that a machine without CIFAR-10 falls back to."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Iterator[str]:
     """The app on a free port; yields its base URL. Its log is printed if it fails to start."""
     tmp = tmp_path_factory.mktemp("e2e-server")
     port = _free_port()
     env = {**os.environ, "RESNET_VIZ_RUNS": str(tmp / "runs"), "PYTHONUNBUFFERED": "1"}
+    if data_kind == "synthetic":
+        env["RESNET_VIZ_DEFAULT_DATA"] = "synthetic"
     log_path = tmp / "streamlit.log"
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
@@ -147,9 +156,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shots(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Path:
     env = os.environ.get("RESNET_VIZ_SCREENSHOTS")
     folder = Path(env) if env else tmp_path_factory.mktemp("screenshots")
+    if data_kind != "default":
+        folder = folder / data_kind
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -134,3 +134,18 @@ def test_explain_methods_all_render() -> None:
     for m in method.options:
         method.set_value(m).run()
         assert not at.exception, (m, at.exception)
+
+
+def test_explain_handles_uploads_good_and_bad() -> None:
+    at = page("explain").run()
+    next(r for r in at.radio if r.label == "Input").set_value("Upload").run()
+    uploader = at.file_uploader[0]
+    uploader.set_value([("good.png", _png_bytes(), "image/png"),
+                        ("fake.png", b"this is not an image at all", "image/png"),
+                        ("half.png", _png_bytes((10, 200, 10))[:60], "image/png")]).run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert any("fake.png" in e and "not a PNG, JPEG, WebP, GIF or BMP image" in e for e in errors), errors
+    assert any("half.png" in e for e in errors), errors
+    assert any(m.value == "**good.png**" for m in at.markdown)
+    assert at.get("plotly_chart"), "the good image was not explained"
