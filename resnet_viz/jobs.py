@@ -108,9 +108,10 @@ class TrainingJob:
         try:
             data = get_data(self.config.data)
             self._total_steps = self.config.train.total_steps(len(data.train_y))
-            if self.resume:
+            if self.resume:  # what the checkpoint had seen; fit() drops the rest from the file too
+                kept = int(self.run.load_checkpoint().meta.get("metrics_lines", 0))
                 with self._lock:
-                    self._records = self.run.read_metrics()
+                    self._records = self.run.read_metrics()[:kept]
             self._set_state_if("loading", "paused" if self.control.pause.is_set() else "running", "training")
             result = fit(self.config, data=data, run=self.run, control=self.control,
                          on_records=self._on_records, resume=self.resume)

@@ -132,5 +132,5 @@ def shipped_models(folder: Path = ASSETS_DIR) -> list[ModelRef]:
         except (SafetensorError, OSError, KeyError, ValueError, TypeError):
             continue  # not one of ours: never break the menu
         tail = f" · {acc:.1%} test accuracy" if isinstance(acc, (int, float)) else ""
-        refs.append(ModelRef("file", str(p), f"{cfg.model.label} · shipped{tail}"))
-    return refs
+        refs.append((cfg.model.shortcut == "none", ModelRef("file", str(p), f"{cfg.model.label} · shipped{tail}")))
+    return [ref for _, ref in sorted(refs, key=lambda t: t[0])]  # residual nets first, then plain
