@@ -281,3 +281,48 @@ def input_images(key: str, multiple: bool = False) -> list[tuple[str, Any]]:
         return [picked] if picked else []
     return [(name, to_input_tensor(img)) for name, img in upload_images(
         "Images (PNG, JPEG, WebP, BMP or GIF; up to 10 MB)", key=f"{key}_upload", multiple=multiple)]
+
+
+# ------------------------------------------------------------------ background tasks
+
+
+@st.cache_resource(show_spinner=False)
+def task_registry():
+    from .tasks import TaskRegistry
+
+    return TaskRegistry()
+
+
+def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "") -> Any:
+    """A Run button for a long computation, its progress bar and Stop while it runs, and
+    its result (or None) once it is done. ``key`` names what is computed, so a reload or
+    another tab finds the same task and its result."""
+    reg = task_registry()
+    task = reg.get(key)
+    if task is None or task.snapshot().state in ("stopped", "failed"):
+        if task is not None:
+            snap = task.snapshot()
+            (st.error if snap.state == "failed" else st.info)(
+                f"The last run {snap.state}" + (f": {snap.error}" if snap.error else "."))
+        if st.button(label, key=f"start_{key}", help=help, icon=":material/play_arrow:"):
+            reg.start(key, fn)
+            st.rerun()
+        return None
+    if not task.snapshot().done:
+        _task_progress(key)
+        return None
+    snap = task.snapshot()
+    st.caption(f"Computed in {snap.elapsed:.1f} s.")
+    return snap.result
+
+
+@st.fragment(run_every=1.0)
+def _task_progress(key: str) -> None:
+    task = task_registry().get(key)
+    if task is None or task.snapshot().done:
+        st.rerun()
+    snap = task.snapshot()
+    c1, c2 = st.columns([5, 1])
+    c1.progress(snap.fraction, text=f"{snap.message} · {snap.elapsed:.0f} s")
+    if c2.button("Stop", key=f"stop_{key}", icon=":material/stop:"):
+        task.stop()

@@ -1,0 +1,5 @@
+"""Experiments that show why residual learning works (lesion, landscape, signal, ...)."""
+
+from .common import Cancelled, ProgressFn, accuracy, check, eval_mode, report
+
+__all__ = ["Cancelled", "ProgressFn", "accuracy", "check", "eval_mode", "report"]

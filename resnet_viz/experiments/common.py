@@ -1,0 +1,56 @@
+"""What every experiment shares: progress reports, cooperative stop, model evaluation.
+
+An experiment is a plain function that takes a model (or a config), its parameters, and
+optionally ``progress`` (called with a fraction in [0, 1] and a short message) and
+``stop`` (a ``threading.Event``; when set, the function raises ``Cancelled`` at its next
+check, within one batch). It returns a frozen dataclass whose ``to_dict()`` is
+JSON-serializable: the CLI prints it as one JSON object and the app plots it.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+ProgressFn = Callable[[float, str], None]
+
+
+class Cancelled(Exception):
+    """Raised inside an experiment when its stop event is set."""
+
+
+def check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Cancelled("stopped by the user")
+
+
+def report(progress: ProgressFn | None, fraction: float, message: str) -> None:
+    if progress is not None:
+        progress(min(1.0, max(0.0, fraction)), message)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the body; its mode is restored afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+             stop: threading.Event | None = None) -> float:
+    """Top-1 accuracy of ``model`` on normalized images ``x`` (N, 3, H, W) with labels ``y``."""
+    correct = 0
+    with eval_mode(model):
+        for i in range(0, len(y), batch_size):
+            check(stop)
+            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+    return correct / max(1, len(y))

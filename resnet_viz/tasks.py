@@ -1,0 +1,104 @@
+"""Background tasks for computations longer than a second (the experiments).
+
+A task is a function ``fn(progress, stop) -> result`` run in a daemon thread. The UI polls
+``task.snapshot()`` and can ``stop()`` it; the function checks the stop event between
+batches (``experiments.check``) and raises ``Cancelled``. Tasks live in a ``TaskRegistry``
+keyed by what they compute (experiment + model + parameters), so a reloaded page asking
+for the same thing finds the running or finished task instead of starting it again.
+No Streamlit here; the worker thread never touches the UI.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .experiments.common import Cancelled, ProgressFn
+
+TaskFn = Callable[[ProgressFn, threading.Event], Any]
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    key: str
+    state: str  # running, done, stopped, failed
+    fraction: float
+    message: str
+    result: Any
+    error: str
+    elapsed: float
+
+    @property
+    def done(self) -> bool:
+        return self.state != "running"
+
+
+class Task:
+    def __init__(self, key: str, fn: TaskFn) -> None:
+        self.key, self._fn = key, fn
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._state, self._fraction, self._message = "running", 0.0, "starting"
+        self._result: Any = None
+        self._error = ""
+        self._t0 = time.monotonic()
+        self._t1: float | None = None
+        self._thread = threading.Thread(target=self._run, name=f"task-{key[:40]}", daemon=True)
+        self._thread.start()
+
+    def _progress(self, fraction: float, message: str) -> None:
+        with self._lock:
+            self._fraction, self._message = fraction, message
+
+    def _run(self) -> None:
+        try:
+            result = self._fn(self._progress, self._stop)
+            outcome = ("done", result, "", 1.0, "done")
+        except Cancelled:
+            outcome = ("stopped", None, "", self._fraction, "stopped")
+        except Exception as e:  # noqa: BLE001 - a task ends with a message, whatever broke
+            outcome = ("failed", None, str(e) or type(e).__name__, self._fraction, "failed")
+        with self._lock:
+            self._state, self._result, self._error, self._fraction, self._message = outcome
+            self._t1 = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def snapshot(self) -> TaskSnapshot:
+        with self._lock:
+            end = self._t1 if self._t1 is not None else time.monotonic()
+            return TaskSnapshot(self.key, self._state, self._fraction, self._message, self._result,
+                                self._error, end - self._t0)
+
+
+class TaskRegistry:
+    """One per app process (``st.cache_resource``); finished tasks are kept up to ``keep``."""
+
+    def __init__(self, keep: int = 50) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._lock = threading.Lock()
+        self.keep = keep
+
+    def start(self, key: str, fn: TaskFn) -> Task:
+        """The task for ``key``: the existing one if it runs or succeeded, else a new one."""
+        with self._lock:
+            task = self._tasks.get(key)
+            if task is not None and task.snapshot().state in ("running", "done"):
+                return task
+            task = Task(key, fn)
+            self._tasks[key] = task
+            done = [k for k, t in self._tasks.items() if t.snapshot().done]
+            for k in done[: max(0, len(self._tasks) - self.keep)]:
+                del self._tasks[k]
+            return task
+
+    def get(self, key: str) -> Task | None:
+        with self._lock:
+            return self._tasks.get(key)

@@ -1,0 +1,50 @@
+"""Background tasks: progress, stop, failure, and finding a task again by its key."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from resnet_viz.experiments import check, report
+from resnet_viz.tasks import TaskRegistry
+
+
+def slow(n: int, delay: float = 0.01):
+    def fn(progress, stop: threading.Event):
+        for i in range(n):
+            check(stop)
+            report(progress, (i + 1) / n, f"step {i + 1} of {n}")
+            time.sleep(delay)
+        return {"n": n}
+
+    return fn
+
+
+def test_a_task_reports_progress_and_its_result() -> None:
+    reg = TaskRegistry()
+    task = reg.start("a", slow(20))
+    assert task.wait(10)
+    snap = task.snapshot()
+    assert snap.state == "done" and snap.result == {"n": 20} and snap.fraction == 1.0 and snap.done
+    assert reg.start("a", slow(99)) is task  # same key, finished: the result is reused
+
+
+def test_stop_ends_a_task_within_one_step_and_a_new_start_reruns_it() -> None:
+    reg = TaskRegistry()
+    task = reg.start("b", slow(10_000))
+    while task.snapshot().fraction == 0:
+        time.sleep(0.01)
+    task.stop()
+    assert task.wait(5)
+    assert task.snapshot().state == "stopped" and task.snapshot().result is None
+    again = reg.start("b", slow(3))
+    assert again is not task and again.wait(5) and again.snapshot().state == "done"
+
+
+def test_a_failing_task_keeps_its_message() -> None:
+    def boom(progress, stop):
+        raise ValueError("the model has no block named 'x'")
+
+    task = TaskRegistry().start("c", boom)
+    assert task.wait(5)
+    assert task.snapshot().state == "failed" and "no block" in task.snapshot().error
