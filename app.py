@@ -12,6 +12,7 @@ pages = [
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/inspect.py", title="Inspect", icon=":material/visibility:"),
     st.Page("pages/explain.py", title="Explain", icon=":material/lightbulb:"),
+    st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
 ]
 nav = st.navigation(pages)
 ui.sidebar()

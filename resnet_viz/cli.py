@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="runs folder")
     e.add_argument("--note", default="", help="stored in the file, e.g. the command that trained it")
 
+    from .cli_experiments import add_parsers
+
+    add_parsers(sub)
+
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
     r.add_argument("--json", action="store_true")
@@ -228,10 +232,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .cli_experiments import EXPERIMENTS, run as run_experiment
+
+    commands = {"summary": cmd_summary, "train": cmd_train, "export": cmd_export, "runs": cmd_runs}
+    commands.update({name: run_experiment for name in EXPERIMENTS})
     try:
-        return {"summary": cmd_summary, "train": cmd_train, "export": cmd_export, "runs": cmd_runs}[args.command](args)
+        return commands[args.command](args)
     except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person
         print(f"python -m resnet_viz {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # a file named on the command line that cannot be read or written
+        where = f": {e.filename}" if e.filename else ""
+        print(f"python -m resnet_viz {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)

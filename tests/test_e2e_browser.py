@@ -48,7 +48,7 @@ SERVER_START_S = 60
 RUN_TIMEOUT_MS = 60_000  # one script run; the first data load decodes CIFAR-10 (10-25 s) when the cache is cold
 TRAIN_TIMEOUT_MS = 180_000  # 40 steps of batch 32 plus the final test-set evaluation, on 2 shared cores
 PAGES = {"": "ResNet Lab", "build": "Build a CIFAR ResNet", "train": "Train", "compare": "Compare runs",
-         "inspect": "Look inside", "explain": "Explain a prediction"}
+         "inspect": "Look inside", "explain": "Explain a prediction", "experiments": "Experiments"}
 NOT_IMAGES = "is not a PNG, JPEG, WebP, GIF or BMP image"
 
 if not CHROMIUM.exists():
@@ -314,6 +314,17 @@ def test_inspect_a_test_image(page, server: str, shots: Path) -> None:
     expect(charts(page).first).to_be_visible()  # feature maps of the default test image
     assert_healthy(page)
     shoot(page, shots, "06-inspect.png")
+
+
+def test_experiments_signal_at_init(page, server: str, shots: Path) -> None:
+    open_page(page, server, "experiments")
+    page.get_by_role("tab", name="Signal at init").click()
+    page.get_by_role("button", name="Measure signal propagation").click()
+    # The sweep runs in the background with a progress bar; its figure replaces the button.
+    expect(main(page).get_by_text("Signal propagation at initialization")).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert_healthy(page)
+    shoot(page, shots, "09-experiments.png")
 
 
 def choose_upload(page) -> None:

@@ -149,3 +149,23 @@ def test_explain_handles_uploads_good_and_bad() -> None:
     assert any("half.png" in e for e in errors), errors
     assert any(m.value == "**good.png**" for m in at.markdown)
     assert at.get("plotly_chart"), "the good image was not explained"
+
+
+def test_experiments_page_runs_tasks_in_the_background() -> None:
+    at = page("experiments").run()
+    assert not at.exception, at.exception
+    model = next(s for s in at.selectbox if s.label == "Model")
+    untrained = next(o for o in model.options if "Untrained" in o)
+    model.set_value(untrained).run()
+    # Signal at init for one small depth, then the lesion study of the untrained model.
+    next(m for m in at.multiselect if m.label == "Depths").set_value([20]).run()
+    next(b for b in at.button if b.label == "Measure signal propagation").click().run()
+    lesion = next(b for b in at.button if b.label.startswith("Lesion study"))
+    lesion.click().run()
+    _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=120)
+    assert not at.exception, at.exception
+    titles = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Signal propagation at initialization" in t for t in titles)
+    assert any("Lesion study" in t and "stage1.block0" in t for t in titles)
+    # Convolution by hand on the default test image: the sum equals the layer's output.
+    assert any("the same number" in s.value for s in at.success), [s.value for s in at.success]

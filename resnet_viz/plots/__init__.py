@@ -17,6 +17,15 @@ from ._base import (
 )
 from .architecture import architecture_diagram
 from .curves import compare_curves, error_table_rows, training_curves
+from .experiments import (
+    conv_figure,
+    lesion_figure,
+    sanity_figure,
+    shattered_figure,
+    signal_figure,
+    slices_figure,
+    surface_figure,
+)
 from .inside import (
     attribution_overlay,
     depth_profile,
@@ -29,4 +38,6 @@ __all__ = [
     "MAX_POINTS", "PALETTE", "PROBE_STATS", "TEMPLATE", "architecture_diagram", "attribution_overlay",
     "compare_curves", "depth_profile", "downsample", "ema", "error_table_rows", "feature_map_grid",
     "probe_heatmap", "run_color", "smoothing_alpha", "top_k_bar", "training_curves",
+    "conv_figure", "lesion_figure", "sanity_figure", "shattered_figure", "signal_figure", "slices_figure",
+    "surface_figure",
 ]

@@ -1,0 +1,159 @@
+"""Experiments: why residual learning works, run on your own networks in minutes."""
+
+import streamlit as st
+import torch
+
+from resnet_viz import plots, ui
+from resnet_viz.augment import normalize
+from resnet_viz.config import ModelConfig
+from resnet_viz.experiments import convolution, lesion, landscape, sanity, signal
+from resnet_viz.experiments.skipbranch import skip_branch
+from resnet_viz.report import build_report
+
+st.title("Experiments")
+st.caption("Each computation runs in the background with progress and Stop; results stay when you reload.")
+data = ui.data()
+c1, c2 = st.columns(2)
+with c1:
+    ref_a = ui.pick_model("Model", key="exp_model_a")
+with c2:
+    ref_b = ui.pick_model("Compare with", key="exp_model_b", default_index=1)
+refs = [r for r in (ref_a, ref_b) if r is not None]
+refs = refs[:1] if len(refs) == 2 and refs[0] == refs[1] else refs
+models = {r.key: ui.load_model(r) for r in refs}
+
+
+def fits(ref) -> bool:
+    """Whether the model was trained on the classes of the data set in use."""
+    return data is not None and tuple(models[ref.key][2]) == tuple(data.classes)
+
+
+tabs = st.tabs(["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand",
+                "Sanity check", "Report"])
+
+with tabs[0]:
+    st.markdown("Delete blocks from a trained net and measure test accuracy (Veit et al. 2016). A residual "
+                "block becomes its shortcut; a plain block has no shortcut, so it becomes an identity "
+                "(a parameter-free subsample-and-pad where the shape changes).")
+    n = st.select_slider("Test images", [500, 1000, 2000, 5000], value=1000, key="lesion_n")
+    n = min(n, len(data.test_y)) if data is not None else n
+    results = []
+    for ref in refs:
+        if not fits(ref):
+            st.warning(f"{ref.label} was trained on other classes than {data.name if data else 'the data set'}; "
+                       "pick a model trained on it (or an untrained one).")
+            continue
+        idx = torch.arange(0, len(data.test_y), max(1, len(data.test_y) // n))[:n]  # every class: files are sorted
+        x, y = normalize(data.test_x[idx], channels_last=False), data.test_y[idx]
+        model = models[ref.key][0]
+        res = ui.run_task(f"lesion|{ref.key}|{n}", f"Lesion study: {ref.label}",
+                          lambda p, s, m=model, x=x, y=y, lb=ref.label: lesion.lesion_study(
+                              m, x, y, max_k=9, trials=5, progress=p, stop=s, label=lb).to_dict())
+        if res:
+            results.append(res)
+            st.caption(res.get("note", ""))
+    st.plotly_chart(plots.lesion_figure(results), width="stretch", key="lesion_fig")
+
+with tabs[1]:
+    st.markdown("The training loss around the trained weights along filter-normalized random directions "
+                "(Li et al. 2018), on a fixed subset of training images; the same direction seed for both models.")
+    c1, c2, c3 = st.columns(3)
+    n = c1.select_slider("Training images", [500, 1000, 2000], value=1000, key="land_n")
+    n = min(n, len(data.train_y)) if data is not None else n
+    steps = c2.select_slider("Grid points per axis", [7, 11, 21], value=11, key="land_steps")
+    seed = c3.number_input("Direction seed", 0, 10_000, 0, key="land_seed")
+    slices = []
+    for ref in refs:
+        if not fits(ref):
+            continue
+        x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
+        model = models[ref.key][0]
+        res = ui.run_task(f"slice|{ref.key}|{n}|{steps}|{seed}", f"1D slice: {ref.label}",
+                          lambda p, s, m=model, x=x, y=y: landscape.random_slice(
+                              m, x, y, seed=int(seed), steps=steps, progress=p, stop=s).to_dict())
+        if res:
+            slices.append({**res, "label": ref.label})
+    st.plotly_chart(plots.slices_figure(slices), width="stretch", key="slices_fig")
+    if refs and fits(refs[0]):
+        ref = refs[0]
+        x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
+        surf = ui.run_task(f"surface|{ref.key}|{n}|{steps}|{seed}", f"2D surface: {ref.label} ({steps}x{steps})",
+                           lambda p, s, m=models[ref.key][0], x=x, y=y: landscape.surface_2d(
+                               m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=ref.label).to_dict())
+        if surf:
+            c1, c2 = st.columns(2)
+            c1.plotly_chart(plots.surface_figure(surf), width="stretch", key="contour_fig")
+            c2.plotly_chart(plots.surface_figure(surf, three_d=True), width="stretch", key="surface_fig")
+
+with tabs[2]:
+    st.markdown("Untrained plain and residual nets of growing depth: forward activation variance and the "
+                "gradient norm per block; then the input gradient along a line of inputs (shattered gradients).")
+    depths = st.multiselect("Depths", [20, 32, 44, 56, 110], default=[20, 56, 110], key="sig_depths")
+    prof = ui.run_task(f"signal|{','.join(map(str, sorted(depths)))}", "Measure signal propagation",
+                       lambda p, s: [x.to_dict() for x in signal.signal_sweep(
+                           depths=tuple(sorted(depths)), progress=p, stop=s)])
+    if prof:
+        st.plotly_chart(plots.signal_figure(prof), width="stretch", key="signal_fig")
+    d = st.select_slider("Depth for shattered gradients", [20, 56, 110], value=56, key="shat_depth")
+    shat = ui.run_task(f"shattered|{d}", "Measure shattered gradients",
+                       lambda p, s: [signal.shattered_gradients(ModelConfig(depth=d, shortcut=sc), progress=p,
+                                                                stop=s).to_dict() for sc in ("none", "A")])
+    if shat:
+        st.plotly_chart(plots.shattered_figure(shat), width="stretch", key="shat_fig")
+
+with tabs[3]:
+    runs = [r for r in ui.model_refs(include_untrained=False) if r.kind == "run"]
+    if not runs:
+        st.info("Train a run: the trainer records ||F(x)||/||x|| and cos(F(x), x) per block every 10th step.")
+    else:
+        run = st.selectbox("Run", runs, format_func=lambda r: r.label, key="sb_run")
+        records = ui.run_records(run.key)
+        st.info(skip_branch(records).reading)
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(plots.probe_heatmap(records, stat="ratio"), width="stretch", key="sb_ratio")
+        c2.plotly_chart(plots.probe_heatmap(records, stat="cos"), width="stretch", key="sb_cos")
+
+with tabs[4]:
+    if refs:
+        model = models[refs[0].key][0]
+        layers = convolution.conv_layers(model)
+        inputs = ui.input_images("conv")
+        c1, c2, c3, c4 = st.columns(4)
+        layer = c1.selectbox("Layer", layers, key="conv_layer")
+        conv = model.get_submodule(layer)
+        ch = c2.number_input("Output channel", 0, conv.out_channels - 1, 0, key="conv_ch")
+        size = 32 // (2 ** sum(s in layer for s in ("stage2", "stage3")))
+        row = c3.number_input("Row", 0, size - 1, size // 2, key="conv_row")
+        col = c4.number_input("Column", 0, size - 1, size // 2, key="conv_col")
+        if inputs:
+            try:
+                r = convolution.convolution_by_hand(model, normalize(inputs[0][1][None], channels_last=False),
+                                                    layer, int(ch), int(row), int(col)).to_dict()
+                st.plotly_chart(plots.conv_figure(r), width="stretch", key="conv_fig")
+                (st.success if r["matches"] else st.error)(
+                    f"Σ patch × kernel{' + bias' if r['bias'] else ''} = {r['total']:.6f}; the layer computed "
+                    f"{r['layer_output']:.6f}" + (" — the same number." if r["matches"] else " — they differ!"))
+            except ValueError as e:
+                st.error(str(e))
+
+with tabs[5]:
+    st.markdown("Is the saliency map about the model? Randomize the weights from the top layer down and "
+                "watch the map (Adebayo et al. 2018): ρ is the rank correlation with the trained map.")
+    inputs = ui.input_images("sanity")
+    if refs and inputs:
+        ref = refs[0]
+        x = normalize(inputs[0][1][None], channels_last=False)
+        res = ui.run_task(f"sanity|{ref.key}|{inputs[0][0]}", f"Sanity check: {ref.label}",
+                          lambda p, s, m=models[ref.key][0], x=x: sanity.sanity_check(m, x, progress=p,
+                                                                                      stop=s).to_dict())
+        if res:
+            st.plotly_chart(plots.sanity_figure(res), width="stretch", key="sanity_fig")
+
+with tabs[6]:
+    infos = ui.runs()
+    chosen = st.multiselect("Runs in the report", [i.id for i in infos], default=[i.id for i in infos[:4]],
+                            format_func=lambda i: next(f"{r.label} · {r.name or r.id}" for r in infos if r.id == i))
+    if chosen and st.button("Build the report", icon=":material/description:"):
+        page = build_report(ui.runs_root(), chosen)
+        st.download_button("Download report (HTML)", page.encode(), file_name="resnet-lab-report.html",
+                           mime="text/html", icon=":material/download:")

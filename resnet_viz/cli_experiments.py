@@ -1,0 +1,147 @@
+"""Experiment subcommands of ``python -m resnet_viz``; each prints one JSON object.
+
+``RUN`` is a run id (in the runs folder) or the path of an exported model file (e.g.
+``assets/resnet20.safetensors``). Experiments on data use the data set the model was
+trained on when it is reachable here, else the app's default data set (when its number of
+classes fits), so a shipped model works on any machine with CIFAR-10 or its JPEG copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import SHORTCUTS, RunConfig
+
+EXPERIMENTS = ("lesion", "landscape", "signal", "sanity", "report")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    def model_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run", metavar="RUN", help="a run id, or an exported model file (.safetensors)")
+        p.add_argument("--out", default=None, help="runs folder (default ./runs or env RESNET_VIZ_RUNS)")
+
+    p = sub.add_parser("lesion", help="delete blocks one at a time and k at random; test accuracy after each")
+    model_arg(p)
+    p.add_argument("--images", type=int, default=2000, help="test images to evaluate on")
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--max-k", type=int, default=None)
+    p = sub.add_parser("landscape", help="loss along filter-normalized random directions (Li et al. 2018)")
+    model_arg(p)
+    p.add_argument("--kind", choices=("surface", "random", "interpolation"), default="random")
+    p.add_argument("--images", type=int, default=2000, help="fixed subset of training images")
+    p.add_argument("--steps", type=int, default=21)
+    p.add_argument("--span", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="direction seed: the same for compared runs")
+    p = sub.add_parser("signal", help="signal propagation and shattered gradients at initialization")
+    p.add_argument("--depth", type=int, default=56)
+    p.add_argument("--shortcut", choices=SHORTCUTS, default="A")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("sanity", help="saliency of the trained model against cascading randomized copies")
+    model_arg(p)
+    p.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, WebP, GIF or BMP)")
+    p.add_argument("--method", default="saliency")
+    p = sub.add_parser("report", help="write a self-contained HTML comparison of runs")
+    p.add_argument("runs", metavar="RUN", nargs="+")
+    p.add_argument("--out", default=None, help="runs folder")
+    p.add_argument("--html", default="report.html", help="where to write the report")
+
+
+def load_model_ref(ref: str, runs_out: str | None) -> tuple[torch.nn.Module, RunConfig, str]:
+    """(model in eval mode, its run config, a label) for a run id or a model file."""
+    from .modelio import load_model_file, load_run_model
+    from .runs import RunDir, default_runs_dir
+
+    path = Path(ref)
+    if path.suffix == ".safetensors" or path.is_file():
+        model, cfg, _ = load_model_file(path)
+        return model, cfg, f"{cfg.model.label} ({path.name})"
+    run = RunDir.open(Path(runs_out) if runs_out else default_runs_dir(), ref)
+    model, cfg = load_run_model(run)
+    return model, cfg, f"{cfg.model.label} ({run.id})"
+
+
+def data_for(cfg: RunConfig):
+    """The data set ``cfg`` was trained on if reachable, else the default one if it fits."""
+    from .data import default_source, load_data
+
+    try:
+        data = load_data(cfg.data)
+    except ValueError:
+        data = load_data(default_source())
+    if len(data.classes) != cfg.model.num_classes:
+        raise ValueError(f"no data set with {cfg.model.num_classes} classes is reachable here ({data.name} has "
+                         f"{len(data.classes)}); use --data on the run's machine")
+    return data
+
+
+def _subset(x, y, n: int):
+    from .augment import normalize
+
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(y), generator=g)[: min(n, len(y))]
+    return normalize(x[idx], channels_last=False), y[idx]
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"experiment": args.command}
+    if args.command == "signal":
+        from .experiments.signal import shattered_gradients, signal_propagation
+
+        result["signal"] = signal_propagation(args.depth, args.shortcut, seed=args.seed).to_dict()
+        from .config import ModelConfig
+
+        result["shattered"] = shattered_gradients(ModelConfig(depth=args.depth, shortcut=args.shortcut),
+                                                  seed=args.seed).to_dict()
+    elif args.command == "report":
+        from .report import build_report
+        from .runs import default_runs_dir
+
+        page = build_report(Path(args.out) if args.out else default_runs_dir(), args.runs)
+        Path(args.html).write_text(page, encoding="utf-8")
+        result.update(path=str(Path(args.html).resolve()), bytes=len(page.encode()), runs=args.runs)
+    else:
+        model, cfg, label = load_model_ref(args.run, args.out)
+        result["model"] = label
+        if args.command == "sanity":
+            from .augment import normalize
+            from .experiments.sanity import sanity_check
+            from .images import open_upload, to_input_tensor
+
+            x = normalize(to_input_tensor(open_upload(Path(args.image).read_bytes()))[None], channels_last=False)
+            result.update(sanity_check(model, x, args.method).to_dict())
+        else:
+            data = data_for(cfg)
+            result["data"] = data.name
+            if args.command == "lesion":
+                from .experiments.lesion import lesion_study
+
+                x, y = _subset(data.test_x, data.test_y, args.images)
+                result.update(lesion_study(model, x, y, trials=args.trials, max_k=args.max_k, label=label).to_dict())
+            else:
+                result.update(_landscape(args, model, cfg, data, label))
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _landscape(args: argparse.Namespace, model, cfg: RunConfig, data, label: str) -> dict[str, Any]:
+    from .experiments.landscape import fixed_subset, interpolation_slice, random_slice, surface_2d
+    from .model import build_model
+
+    x, y = fixed_subset(data.train_x, data.train_y, n=args.images, seed=0)
+    if args.kind == "surface":
+        return surface_2d(model, x, y, seed=args.seed, steps=args.steps, span=args.span, label=label).to_dict()
+    if args.kind == "random":
+        return random_slice(model, x, y, seed=args.seed, steps=args.steps, span=args.span).to_dict()
+    torch.manual_seed(cfg.train.seed)  # fit() seeds exactly so before building: the run's initial weights
+    initial = build_model(cfg.model).state_dict()
+    return interpolation_slice(initial, model, x, y, steps=args.steps).to_dict()

@@ -1,0 +1,219 @@
+"""Loss landscapes: filter-normalized directions, slices, surfaces; never the caller's model."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resnet_viz.config import ModelConfig
+from resnet_viz.experiments.common import Cancelled
+from resnet_viz.experiments.landscape import (
+    Slice1D,
+    fixed_subset,
+    interpolation_slice,
+    random_direction,
+    random_slice,
+    surface_2d,
+)
+from resnet_viz.model import build_model
+from resnet_viz.modelio import ASSETS_DIR, load_model_file
+
+CIFAR_JPG = Path("/work/shared/data/cifar10-jpg")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core machine, each tiny op of a tiny model otherwise
+    waits for a second thread that may not be scheduled (0.5 s per forward seen here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny(seed: int, shortcut: str = "A"):
+    """An untrained depth-8 net whose BN layers are not the identity, so folding BN matters."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(depth=8, shortcut=shortcut))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _data(n: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@torch.no_grad()
+def _own_loss(model, x, y) -> float:
+    was = model.training
+    model.eval()
+    try:
+        return F.cross_entropy(model(x), y).item()
+    finally:
+        model.train(was)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_direction_is_filter_normalized_and_ignores_bn_and_biases() -> None:
+    model = _tiny(0)
+    dirs = random_direction(model, seed=3)
+    assert len(dirs) == len(list(model.parameters()))
+    for (name, p), d in zip(model.named_parameters(), dirs):
+        assert d.shape == p.shape
+        if p.dim() <= 1:  # BN weights/biases and the linear bias
+            assert not d.any(), name
+        else:
+            dn = d.reshape(p.shape[0], -1).norm(dim=1)
+            pn = p.detach().reshape(p.shape[0], -1).norm(dim=1)
+            torch.testing.assert_close(dn, pn, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_direction_different_seed_different() -> None:
+    model = _tiny(0)
+    a, b, c = random_direction(model, 5), random_direction(model, 5), random_direction(model, 6)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert any(not torch.equal(u, v) for u, v in zip(a, c) if u.dim() > 1)
+    # Another net of the same architecture gets the same raw direction, scaled to its own filters.
+    other = random_direction(_tiny(1, shortcut="none"), 5)
+    for u, v in zip(a, other):
+        if u.dim() > 1:
+            ru, rv = u.reshape(u.shape[0], -1), v.reshape(v.shape[0], -1)
+            torch.testing.assert_close(ru / ru.norm(dim=1, keepdim=True), rv / rv.norm(dim=1, keepdim=True))
+
+
+def test_callers_model_unchanged_also_after_stop() -> None:
+    model = _tiny(0).train()
+    before = _state(model)
+    x, y = _data()
+    random_slice(model, x, y, steps=3, precision="fp32")
+    surface_2d(model, x, y, steps=2, precision="fp32")
+    interpolation_slice(_tiny(1).state_dict(), model, x, y, steps=3, precision="fp32")
+    assert model.training and _same(before, _state(model))
+
+    stop = threading.Event()
+    seen: list[float] = []
+
+    def progress(fraction: float, message: str) -> None:
+        seen.append(fraction)
+        stop.set()  # stop after the first grid point
+
+    with pytest.raises(Cancelled):
+        surface_2d(model, x, y, steps=3, precision="fp32", progress=progress, stop=stop)
+    assert seen == [pytest.approx(1 / 9)]
+    assert model.training and _same(before, _state(model))
+
+
+def test_interpolation_hits_both_models_at_zero_and_one() -> None:
+    init, trained = _tiny(1), _tiny(2)
+    for m in trained.modules():  # stats far from the initial ones: extrapolating must stay finite
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.mul_(20.0)
+    x, y = _data()
+    s = interpolation_slice(init.state_dict(), trained, x, y, steps=7, lo=-0.25, hi=1.25,
+                            precision="fp32", label="tiny")
+    assert s.kind == "interpolation" and s.alphas[1] == 0.0 and s.alphas[5] == 1.0
+    assert s.loss[1] == pytest.approx(_own_loss(init, x, y), rel=1e-4)
+    assert s.loss[5] == pytest.approx(_own_loss(trained, x, y), rel=1e-4)
+    assert all(torch.isfinite(torch.tensor(s.loss)))
+    json.dumps(s.to_dict(), allow_nan=False)
+
+
+def test_interpolation_rejects_a_state_of_another_architecture() -> None:
+    x, y = _data(4)
+    with pytest.raises(ValueError, match="initial_state"):
+        interpolation_slice(build_model(ModelConfig(depth=14)).state_dict(), _tiny(0), x, y, steps=2)
+
+
+def test_surface_shape_and_centre_is_the_models_own_loss() -> None:
+    model = _tiny(0)
+    x, y = _data()
+    surf = surface_2d(model, x, y, steps=3, span=0.5, batch_size=10, precision="fp32", label="t", seed=4)
+    assert surf.alphas == surf.betas == [-0.5, 0.0, 0.5]
+    assert len(surf.loss) == len(surf.acc) == 3 and all(len(r) == 3 for r in surf.loss + surf.acc)
+    assert surf.loss[1][1] == pytest.approx(_own_loss(model, x, y), rel=1e-4)
+    assert surf.loss[0][0] != surf.loss[1][1]
+    d = surf.to_dict()
+    assert d["seed"] == 4 and d["label"] == "t"
+    json.dumps(d, allow_nan=False)
+    # bf16 autocast (where this CPU has it) agrees to bf16 accuracy.
+    bf = surface_2d(model, x, y, steps=3, span=0.5, precision="bf16", seed=4)
+    assert bf.loss[1][1] == pytest.approx(surf.loss[1][1], rel=0.05)
+
+
+def test_random_slice_centre_is_the_model_and_nan_becomes_none() -> None:
+    model = _tiny(0)
+    x, y = _data()
+    s = random_slice(model, x, y, steps=5, precision="fp32")
+    assert s.alphas == [-1.0, -0.5, 0.0, 0.5, 1.0] and len(s.loss) == len(s.acc) == 5
+    assert s.loss[2] == pytest.approx(_own_loss(model, x, y), rel=1e-4)
+    bad = Slice1D(alphas=[0.0], loss=[float("nan")], acc=[0.0], kind="random", label="")
+    assert json.loads(json.dumps(bad.to_dict(), allow_nan=False))["loss"] == [None]
+
+
+def test_bad_arguments_say_what_to_do() -> None:
+    model = _tiny(0)
+    x, y = _data(4)
+    with pytest.raises(ValueError, match="normalized float"):
+        random_slice(model, (x * 50).to(torch.uint8), y, steps=3)
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        random_slice(model, x, y, steps=1)
+    with pytest.raises(ValueError, match="span"):
+        surface_2d(model, x, y, span=0.0)
+
+
+def test_fixed_subset_is_seeded_balanced_and_normalized() -> None:
+    g = torch.Generator().manual_seed(0)
+    xu = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=g)
+    yu = torch.arange(300) % 10
+    xs, ys = fixed_subset(xu, yu, n=45, seed=1)
+    assert xs.shape == (45, 3, 32, 32) and xs.dtype == torch.float32 and ys.dtype == torch.int64
+    assert torch.bincount(ys).tolist() == [5] * 5 + [4] * 5
+    xs2, ys2 = fixed_subset(xu, yu, n=45, seed=1)
+    assert torch.equal(xs, xs2) and torch.equal(ys, ys2)
+    assert not torch.equal(fixed_subset(xu, yu, n=45, seed=2)[0], xs)
+    with pytest.raises(ValueError, match="choose 1 <= n <= 300"):
+        fixed_subset(xu, yu, n=301)
+    lopsided = torch.tensor([0] * 2 + [1] * 28)
+    with pytest.raises(ValueError, match="ask for at most 4"):  # class 0 has only 2 images
+        fixed_subset(xu[:30], lopsided, n=10)
+
+
+def test_trained_models_sit_at_the_minimum_of_a_random_slice() -> None:
+    """Real CIFAR-10 and the shipped models: the trained weights are the minimum of the slice."""
+    files = {name: ASSETS_DIR / f"{name}.safetensors" for name in ("resnet20", "plain20")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        pytest.skip(f"shipped model files missing: {', '.join(missing)}")
+    if not (CIFAR_JPG / "train").is_dir():
+        pytest.skip(f"the CIFAR-10 JPEG copy is not at {CIFAR_JPG}")
+    from resnet_viz.config import DataConfig
+    from resnet_viz.data import load_data
+
+    data = load_data(DataConfig(source="folder", path=str(CIFAR_JPG)))
+    x, y = fixed_subset(data.train_x, data.train_y, n=500, seed=0)
+    for name, path in files.items():
+        model, _, _ = load_model_file(path)
+        s = random_slice(model, x, y, seed=0, steps=7, span=1.0, label=name)
+        print(f"\n{name}: " + "  ".join(f"a={a:+.2f} loss={lv:.3f} acc={ac:.3f}"
+                                        for a, lv, ac in zip(s.alphas, s.loss, s.acc)))
+        assert s.alphas[3] == 0.0
+        assert s.loss[3] == min(s.loss), f"{name}: the trained weights are not the slice's minimum"
