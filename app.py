@@ -13,6 +13,7 @@ pages = [
     st.Page("pages/inspect.py", title="Inspect", icon=":material/visibility:"),
     st.Page("pages/explain.py", title="Explain", icon=":material/lightbulb:"),
     st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
+    st.Page("pages/imagenet.py", title="ImageNet ResNets", icon=":material/photo_camera:"),
 ]
 nav = st.navigation(pages)
 ui.sidebar()

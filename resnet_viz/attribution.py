@@ -40,7 +40,7 @@ from captum.attr import (
 from torch import Tensor, nn
 
 from .augment import normalize
-from .model import block_names, get_block
+from .model import BasicBlock, Bottleneck
 
 __all__ = ["AttributionError", "METHODS", "predict", "top_k", "feature_maps", "block_norms", "attribute", "normalize_map"]
 
@@ -112,6 +112,29 @@ def _check_target(model: nn.Module, target: int) -> int:
     if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < n:
         raise AttributionError(f"target must be a class index from 0 to {n - 1}, got {target!r}")
     return target
+
+
+def _block_types() -> tuple[type[nn.Module], ...]:
+    # torchvision's ImageNet ResNets (resnet_viz.imagenet) have blocks of their own classes.
+    from torchvision.models.resnet import BasicBlock as TvBasic, Bottleneck as TvBottleneck
+
+    return (BasicBlock, Bottleneck, TvBasic, TvBottleneck)
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """Residual blocks in forward order, for CIFAR and torchvision ResNets alike."""
+    types = _block_types()
+    names = [n for n, m in model.named_modules() if isinstance(m, types)]
+    if not names:
+        raise AttributionError("this model has no residual blocks to attribute to")
+    return names
+
+
+def get_block(model: nn.Module, name: str) -> nn.Module:
+    m = model.get_submodule(name)
+    if not isinstance(m, _block_types()):
+        raise AttributionError(f"{name!r} is not a block")
+    return m
 
 
 def _layer(model: nn.Module, name: str) -> nn.Module:

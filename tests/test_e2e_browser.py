@@ -48,7 +48,8 @@ SERVER_START_S = 60
 RUN_TIMEOUT_MS = 60_000  # one script run; the first data load decodes CIFAR-10 (10-25 s) when the cache is cold
 TRAIN_TIMEOUT_MS = 180_000  # 40 steps of batch 32 plus the final test-set evaluation, on 2 shared cores
 PAGES = {"": "ResNet Lab", "build": "Build a CIFAR ResNet", "train": "Train", "compare": "Compare runs",
-         "inspect": "Look inside", "explain": "Explain a prediction", "experiments": "Experiments"}
+         "inspect": "Look inside", "explain": "Explain a prediction", "experiments": "Experiments",
+         "imagenet": "ImageNet ResNets"}
 NOT_IMAGES = "is not a PNG, JPEG, WebP, GIF or BMP image"
 
 if not CHROMIUM.exists():

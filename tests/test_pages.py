@@ -18,7 +18,7 @@ from resnet_viz.config import DataConfig
 from resnet_viz.ui import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["home", "build", "train", "compare", "inspect", "explain"]
+PAGES = ["home", "build", "train", "compare", "inspect", "explain", "experiments", "imagenet"]
 
 
 @pytest.fixture(autouse=True)
@@ -169,3 +169,27 @@ def test_experiments_page_runs_tasks_in_the_background() -> None:
     assert any("Lesion study" in t and "stage1.block0" in t for t in titles)
     # Convolution by hand on the default test image: the sum equals the layer's output.
     assert any("the same number" in s.value for s in at.success), [s.value for s in at.success]
+
+
+def test_imagenet_page_explains_an_upload_with_random_weights() -> None:
+    at = page("imagenet").run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.metric][:2] == ["8", "11.7M"]  # ResNet-18
+    at.file_uploader[0].set_value([("photo.png", _png_bytes(), "image/png")]).run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_imagenet_page_offline_pretrained_gives_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.error import URLError
+
+    import torchvision.models._api as api
+
+    def offline(*a, **k):
+        raise URLError("no network")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    at = page("imagenet").run()
+    next(t for t in at.toggle if t.label.startswith("Pretrained")).set_value(True).run()
+    assert not at.exception, at.exception
+    assert any("download" in e.value for e in at.error), [e.value for e in at.error]

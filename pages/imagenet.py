@@ -1,0 +1,63 @@
+"""ImageNet ResNets: torchvision's ResNet-18/34/50 (the paper's Table 1), and your photos at 224 px."""
+
+import numpy as np
+import streamlit as st
+from PIL import ImageOps
+
+from resnet_viz import attribution, imagenet, plots, ui
+
+st.title("ImageNet ResNets")
+st.caption("He et al. (2015), Table 1 and Fig. 3: the 18- and 34-layer nets stack basic blocks (two 3x3 convs), "
+           "the 50-layer net bottleneck blocks (1x1, 3x3, 1x1). Built by torchvision.")
+c1, c2 = st.columns([1, 1])
+name = c1.radio("Network", imagenet.IMAGENET_MODELS, horizontal=True, index=0)
+pretrained = c2.toggle("Pretrained ImageNet weights", value=False,
+                       help="downloaded by torchvision on first use (needs internet), then cached")
+
+
+@st.cache_resource(show_spinner="Loading the network...", max_entries=3)
+def weights(name: str, pretrained: bool):
+    return {k: v.clone() for k, v in imagenet.build_imagenet(name, pretrained).state_dict().items()}
+
+
+@st.cache_data(show_spinner=False)
+def summary(name: str) -> dict:
+    return imagenet.imagenet_summary(name)
+
+
+s = summary(name)
+m1, m2, m3 = st.columns(3)
+m1.metric("Blocks", len(s["blocks"]))
+m2.metric("Parameters", f"{s['params'] / 1e6:.1f}M")
+m3.metric("GFLOPs / 224x224 image", f"{s['flops'] / 1e9:.2f}")
+with st.expander("Blocks (dotted shortcut where the shape changes: a 1x1 projection, option B)"):
+    st.dataframe([{"block": b["name"], "type": b["type"], "in": "x".join(map(str, b["in_shape"])),
+                   "out": "x".join(map(str, b["out_shape"])), "params": f"{b['params']:,}",
+                   "shortcut": b["shortcut"] + (" (shape changes)" if b["shape_changes"] else "")}
+                  for b in s["blocks"]], hide_index=True, width="stretch")
+
+st.subheader("Explain your photos")
+try:
+    state = weights(name, pretrained)
+except imagenet.WeightsUnavailable as e:
+    st.error(str(e))
+    st.stop()
+if not pretrained:
+    st.info("Random weights: the maps show the architecture's sensitivity, not what an ImageNet net learned. "
+            "Turn on pretrained weights when this machine is online.")
+model = imagenet.build_imagenet(name, pretrained=False)
+model.load_state_dict(state)
+method = st.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title(),
+                      key="imagenet_method")
+for caption, img in ui.upload_images("Photos (PNG, JPEG, WebP, BMP or GIF; up to 10 MB)", key="imagenet_upload",
+                                     multiple=True):
+    x = imagenet.imagenet_input(img)  # (1, 3, 224, 224)
+    with ui.inference():
+        probs = attribution.predict(model, x)[0]
+        amap = attribution.normalize_map(attribution.attribute(model, x, method))
+    shown = np.asarray(ImageOps.fit(img, (224, 224)))  # the centre crop the network saw
+    c1, c2 = st.columns([2, 1])
+    c1.plotly_chart(plots.attribution_overlay(shown, amap.numpy(), title=caption), width="stretch",
+                    key=f"in_{caption}")
+    c2.plotly_chart(plots.top_k_bar(attribution.top_k(probs, imagenet.imagenet_categories(), k=5), title="Top-5"),
+                    width="stretch", key=f"top_{caption}")

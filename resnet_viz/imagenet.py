@@ -1,0 +1,237 @@
+"""torchvision's ImageNet ResNets: the paper's Table 1 / Fig. 3 networks, next to the CIFAR ones.
+
+Models come from ``torchvision.models`` so pretrained weights are torchvision's own,
+downloaded from download.pytorch.org on first use and cached in torch's hub folder.
+Two changes are made after building, neither of which touches the ``state_dict``:
+
+- every block gets one ``nn.ReLU`` module per use. torchvision's blocks call the same
+  ``self.relu`` twice (three times in a bottleneck); hook-based methods such as Captum's
+  Guided Backprop and DeepLift keep per-module state between the forward and backward
+  pass, so a reused module mixes up the gradients of its two uses;
+- the model is put in eval mode.
+
+FLOPs are counted as in ``summary``: 2 per multiply-add of every conv and linear layer,
+so they are twice the paper's "multiply-adds" (1.8 / 3.6 / 3.8 billion).
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+from urllib.error import URLError
+
+import torch
+import torchvision
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_MODELS",
+    "IMAGENET_STD",
+    "IMAGE_SIZE",
+    "ImageNetError",
+    "WeightsUnavailable",
+    "build_imagenet",
+    "imagenet_blocks",
+    "imagenet_categories",
+    "imagenet_input",
+    "imagenet_summary",
+]
+
+IMAGENET_MODELS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGE_SIZE = 224  # the centre crop the weights were trained and evaluated on
+_WEIGHTS = {"resnet18": ResNet18_Weights, "resnet34": ResNet34_Weights, "resnet50": ResNet50_Weights}
+
+
+class ImageNetError(ValueError):
+    """An ImageNet model or input cannot be made; the message says what to change."""
+
+
+class WeightsUnavailable(ImageNetError):
+    """Pretrained weights could not be downloaded or read (offline, proxy, damaged cache file)."""
+
+
+def _check_name(name: str) -> str:
+    if name not in IMAGENET_MODELS:
+        raise ImageNetError(f"unknown ImageNet model {name!r}; choose one of {', '.join(IMAGENET_MODELS)}")
+    return name
+
+
+class _SplitReluBasicBlock(BasicBlock):
+    """torchvision's BasicBlock with a separate ReLU module after the residual add.
+
+    ``relu2`` has no parameters or buffers, so the state_dict keys stay those of
+    BasicBlock and torchvision's pretrained weights load unchanged (strict=True).
+    """
+
+    relu2: nn.ReLU
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu2(out + identity)
+
+
+class _SplitReluBottleneck(Bottleneck):
+    """torchvision's Bottleneck with one ReLU module per use: relu, relu2, relu3 (after the add)."""
+
+    relu2: nn.ReLU
+    relu3: nn.ReLU
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu3(out + identity)
+
+
+def _split_relus(model: nn.Module) -> None:
+    """Give every block one ReLU module per use, in place (the weights are untouched)."""
+    for m in model.modules():
+        # Exact type checks: a block already converted is left alone.
+        if type(m) is BasicBlock:
+            m.__class__ = _SplitReluBasicBlock
+            m.relu2 = nn.ReLU(inplace=True)
+        elif type(m) is Bottleneck:
+            m.__class__ = _SplitReluBottleneck
+            m.relu2 = nn.ReLU(inplace=True)
+            m.relu3 = nn.ReLU(inplace=True)
+
+
+def _unavailable(name: str, error: BaseException) -> WeightsUnavailable:
+    cache = f"{torch.hub.get_dir()}/checkpoints"
+    return WeightsUnavailable(
+        f"the pretrained {name} weights could not be loaded ({type(error).__name__}: {error}). "
+        f"They download from download.pytorch.org on first use (about 45-100 MB) and are cached in {cache} "
+        "(set $TORCH_HOME to move torch's hub folder). Connect to the internet and try again, copy the file "
+        "into that folder by hand, delete a damaged file there, or use random weights to look at the architecture."
+    )
+
+
+def build_imagenet(name: str, pretrained: bool) -> nn.Module:
+    """torchvision's resnet18/34/50, with its ImageNet weights if ``pretrained``, in eval mode.
+
+    Raises ``WeightsUnavailable`` when the weights cannot be downloaded or read.
+    """
+    _check_name(name)
+    weights = _WEIGHTS[name].DEFAULT if pretrained else None
+    builder = getattr(torchvision.models, name)
+    try:
+        model = builder(weights=weights)
+    except (URLError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        # URLError/OSError: offline, DNS, proxy, disk full; RuntimeError: hash mismatch or a
+        # cached file that torch.load cannot read; EOF/Unpickling: a truncated cache file.
+        if weights is None:
+            raise
+        raise _unavailable(name, e) from e
+    _split_relus(model)
+    return model.eval()
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, in the weights' output order (shipped with torchvision, offline)."""
+    return list(ResNet18_Weights.DEFAULT.meta["categories"])
+
+
+def imagenet_input(img: Image.Image) -> Tensor:
+    """(1, 3, 224, 224) float: shorter side resized to 256, centre 224 crop, ImageNet-normalized.
+
+    Uses the weights' own preprocessing (the same for all three models), so inputs match
+    what the pretrained weights saw during evaluation.
+    """
+    if not isinstance(img, Image.Image):
+        raise ImageNetError(f"expected a PIL image (from images.open_upload), got {type(img).__name__}")
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageNetError(f"the image has no pixels ({w}x{h}); upload another image")
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # the model takes 3 channels; open_upload already gives RGB
+    x = ResNet18_Weights.DEFAULT.transforms()(img)  # (3, 224, 224) float
+    return x.unsqueeze(0).contiguous()
+
+
+def imagenet_blocks(model: nn.Module) -> list[str]:
+    """Block names in forward order: "layer1.0" ... "layer4.1" (or "layer4.2" for 34/50)."""
+    return [n for n, m in model.named_modules() if isinstance(m, (BasicBlock, Bottleneck))]
+
+
+def _count(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _flops(m: nn.Module, out: Tensor) -> int:
+    if isinstance(m, nn.Conv2d):
+        return 2 * out[0].numel() * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+    if isinstance(m, nn.Linear):
+        return 2 * m.in_features * m.out_features
+    return 0
+
+
+@torch.no_grad()
+def imagenet_summary(name: str) -> dict[str, Any]:
+    """Parameters, FLOPs per 224x224 image and per-block shapes, for a Fig. 3-style diagram.
+
+    Built with random weights (counts and shapes do not depend on them) and measured with
+    forward hooks on one zero image. Shapes are (C, H, W) for one image.
+    """
+    model = build_imagenet(name, pretrained=False)
+    flops: dict[str, int] = {}
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    names = set(imagenet_blocks(model))
+
+    def flop_hook(n: str):
+        return lambda m, inp, out: flops.__setitem__(n, _flops(m, out))
+
+    def shape_hook(n: str):
+        return lambda m, inp, out: shapes.__setitem__(n, (tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
+
+    handles = []
+    try:
+        for n, m in model.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                handles.append(m.register_forward_hook(flop_hook(n)))
+            if n in names:
+                handles.append(m.register_forward_hook(shape_hook(n)))
+        model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    finally:
+        for h in handles:
+            h.remove()
+
+    blocks = []
+    for n, m in model.named_modules():
+        if n not in names:
+            continue
+        in_shape, out_shape = shapes[n]
+        blocks.append({
+            "name": n,
+            "stage": int(n[len("layer")]),  # "layer3.1" -> 3
+            "index": int(n.split(".")[1]),
+            "type": "bottleneck" if isinstance(m, Bottleneck) else "basic",
+            "in_shape": in_shape,
+            "out_shape": out_shape,
+            "params": _count(m),
+            "flops": sum(f for k, f in flops.items() if k.startswith(n + ".")),
+            "shortcut": "projection" if m.downsample is not None else "identity",
+            # torchvision adds a downsample (1x1 conv + BN) exactly where the shape changes.
+            "shape_changes": m.downsample is not None,
+        })
+    return {
+        "name": name,
+        "image_size": IMAGE_SIZE,
+        "params": _count(model),
+        "flops": sum(flops.values()),
+        "stem_params": _count(model.conv1) + _count(model.bn1),
+        "head_params": _count(model.fc),
+        "blocks": blocks,
+    }

