@@ -36,7 +36,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     model_arg(p)
     p.add_argument("--kind", choices=("surface", "random", "interpolation"), default="random")
     p.add_argument("--images", type=int, default=2000, help="fixed subset of training images")
-    p.add_argument("--steps", type=int, default=21)
+    p.add_argument("--steps", type=int, default=None, help="grid points (21; 25 for interpolation, so that "
+                   "the initial and trained weights lie on the grid)")
     p.add_argument("--span", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="direction seed: the same for compared runs")
     p = sub.add_parser("signal", help="signal propagation and shattered gradients at initialization")
@@ -138,6 +139,8 @@ def _landscape(args: argparse.Namespace, model, cfg: RunConfig, data, label: str
     from .model import build_model
 
     x, y = fixed_subset(data.train_x, data.train_y, n=args.images, seed=0)
+    if args.steps is None:
+        args.steps = 25 if args.kind == "interpolation" else 21
     if args.kind == "surface":
         return surface_2d(model, x, y, seed=args.seed, steps=args.steps, span=args.span, label=label).to_dict()
     if args.kind == "random":

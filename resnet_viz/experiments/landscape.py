@@ -172,7 +172,7 @@ class _Probe:
                 continue
             conv = mods[src.target]
             if conv.bias is None:
-                conv.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
+                conv.bias = nn.Parameter(torch.zeros_like(conv.weight[:, 0, 0, 0]))  # (C_out,)
             node.replace_all_uses_with(src)
             net.graph.erase_node(node)
             folds.append((conv, work_mods[src.target], work_mods[node.target]))
