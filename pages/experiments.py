@@ -13,11 +13,7 @@ from resnet_viz.report import build_report
 st.title("Experiments")
 st.caption("Each computation runs in the background with progress and Stop; results stay when you reload.")
 data = ui.data()
-c1, c2 = st.columns(2)
-with c1:
-    ref_a = ui.pick_model("Model", key="exp_model_a")
-with c2:
-    ref_b = ui.pick_model("Compare with", key="exp_model_b", default_index=1)
+ref_a, ref_b = ui.pick_two_models("exp")
 refs = [r for r in (ref_a, ref_b) if r is not None]
 refs = refs[:1] if len(refs) == 2 and refs[0] == refs[1] else refs
 models = {r.key: ui.load_model(r) for r in refs}

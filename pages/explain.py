@@ -7,11 +7,7 @@ from resnet_viz.augment import normalize
 from resnet_viz.model import block_names
 
 st.title("Explain a prediction")
-c1, c2 = st.columns(2)
-with c1:
-    ref_a = ui.pick_model("Model", key="explain_model_a")
-with c2:
-    ref_b = ui.pick_model("Side by side with", key="explain_model_b", default_index=1)
+ref_a, ref_b = ui.pick_two_models("explain", "Side by side with")
 c1, c2 = st.columns([2, 1])
 method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title())
 c1.caption(attribution.METHODS[method])

@@ -8,11 +8,7 @@ from resnet_viz.model import block_names
 
 st.title("Look inside")
 refs = ui.model_refs()
-c1, c2 = st.columns(2)
-with c1:
-    ref_a = ui.pick_model("Model", key="inspect_model_a")
-with c2:
-    ref_b = ui.pick_model("Compare with", key="inspect_model_b", default_index=1)
+ref_a, ref_b = ui.pick_two_models("inspect")
 inputs = ui.input_images("inspect")
 if ref_a is None or not inputs:
     st.info("Pick a model and an input image.")

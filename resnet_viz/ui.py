@@ -151,6 +151,17 @@ def inference() -> Iterator[None]:
             torch.set_num_threads(prev)
 
 
+def pick_two_models(key: str, second_label: str = "Compare with") -> tuple[ModelRef | None, ModelRef | None]:
+    """Two model pickers side by side (default: the shipped ResNet-20 and plain-20)."""
+    refs = model_refs()
+    c1, c2 = st.columns(2)
+    with c1:
+        a = pick_model("Model", key=f"{key}_model_a", refs=refs)
+    with c2:
+        b = pick_model(second_label, key=f"{key}_model_b", default_index=1, refs=refs)
+    return a, b
+
+
 # ------------------------------------------------------------------ runs
 
 

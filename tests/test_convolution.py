@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,14 +12,7 @@ from resnet_viz.experiments.convolution import conv_layers, convolution_by_hand
 from resnet_viz.model import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # On 2 cores shared with other jobs, two intra-op threads spin against them and each
-    # pass gets many times slower; one thread keeps these tests fast (as in test_attribution).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ torchvision calls it (``torchvision.models._api.load_state_dict_from_url``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from urllib.error import URLError
 
 import pytest
@@ -33,13 +32,7 @@ from resnet_viz.imagenet import (
 SMALL = (1, 3, 64, 64)  # enough for structure checks; the full 224 px only where sizes matter
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Shared 2-core machine: one intra-op thread is faster than two fighting a training job.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,7 @@ from resnet_viz.modelio import ASSETS_DIR, load_model_file
 CIFAR_JPG = Path("/work/shared/data/cifar10-jpg")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine, each tiny op of a tiny model otherwise
-    waits for a second thread that may not be scheduled (0.5 s per forward seen here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _tiny(seed: int, shortcut: str = "A"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -25,13 +25,7 @@ from resnet_viz.modelio import ASSETS_DIR, load_model_file
 CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # 2 cores shared with CI: a second intra-op thread only spins against the other job.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny(shortcut: str = "A", depth: int = 8, block: str = "basic") -> nn.Module:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -26,12 +25,7 @@ CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" /
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 cores shared with CI
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,14 +15,7 @@ from resnet_viz.experiments.signal import shattered_gradients, signal_propagatio
 from resnet_viz.model import block_names, build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # On 2 cores shared with other jobs, two intra-op threads spin against them and each
-    # pass gets many times slower; one thread keeps these tests fast (as in test_attribution).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def test_profile_shapes_json_and_determinism() -> None:
