@@ -6,14 +6,14 @@ from resnet_viz import ui
 
 st.set_page_config(page_title="ResNet Lab", page_icon=":material/account_tree:", layout="wide")
 pages = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/build.py", title="Build", icon=":material/construction:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-    st.Page("pages/inspect.py", title="Inspect", icon=":material/visibility:"),
-    st.Page("pages/explain.py", title="Explain", icon=":material/lightbulb:"),
-    st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
-    st.Page("pages/imagenet.py", title="ImageNet ResNets", icon=":material/photo_camera:"),
+    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/build.py", title="Build", icon=":material/construction:"),
+    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("app_pages/inspect.py", title="Inspect", icon=":material/visibility:"),
+    st.Page("app_pages/explain.py", title="Explain", icon=":material/lightbulb:"),
+    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
+    st.Page("app_pages/imagenet.py", title="ImageNet ResNets", icon=":material/photo_camera:"),
 ]
 nav = st.navigation(pages)
 ui.sidebar()

@@ -32,7 +32,7 @@ PAGES = ["home", "build", "train", "compare", "inspect", "explain"]
 def render(name: str, repeats: int = 3) -> float:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.session_state[Keys.DATA_CONFIG] = DataConfig(source="synthetic")
-    at.switch_page(f"pages/{name}.py").run()  # warm: data set, models, imports
+    at.switch_page(f"app_pages/{name}.py").run()  # warm: data set, models, imports
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

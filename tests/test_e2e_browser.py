@@ -328,6 +328,30 @@ def test_experiments_signal_at_init(page, server: str, shots: Path) -> None:
     shoot(page, shots, "09-experiments.png")
 
 
+def test_experiments_convolution_by_hand(page, server: str) -> None:
+    open_page(page, server, "experiments")
+    page.get_by_role("tab", name="Convolution by hand").click()
+    expect(main(page).get_by_text(re.compile(r"the layer computed .* the same number"))).to_be_visible()
+    assert_healthy(page)
+
+
+def test_experiments_lesion_of_the_shipped_resnet(page, server: str, shots: Path, data_kind: str) -> None:
+    if data_kind == "synthetic":
+        pytest.skip("the shipped models are CIFAR-10 models; on the synthetic set the page says so instead")
+    open_page(page, server, "experiments")
+    page.get_by_role("tab", name="Lesion").click()
+    thumb = main(page).locator("[data-testid='stSlider']").filter(has_text="Test images").get_by_role("slider")
+    thumb.focus()
+    thumb.press("ArrowLeft")  # 1,000 -> 500 test images: a lesion study of ResNet-20 in seconds
+    wait_for_app(page)
+    main(page).get_by_role("button", name=re.compile(r"Lesion study: ResNet\(A\)-20")).click()
+    expect(main(page).get_by_text("Computed in")).to_have_count(1, timeout=TRAIN_TIMEOUT_MS)  # ran in the background
+    wait_for_app(page)
+    expect(main(page).locator("[data-testid='stException']")).to_have_count(0)
+    assert_healthy(page)
+    shoot(page, shots, "10-lesion.png")
+
+
 def choose_upload(page) -> None:
     main(page).locator("[data-testid='stRadio']").filter(has_text="Input").get_by_text("Upload", exact=True).click()
     expect(page.locator("[data-testid='stFileUploaderDropzoneInput']")).to_have_count(1)

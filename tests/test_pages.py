@@ -49,7 +49,7 @@ class Page:
         self.name = name
 
     def run(self) -> AppTest:
-        return self.at.switch_page(f"pages/{self.name}.py").run()
+        return self.at.switch_page(f"app_pages/{self.name}.py").run()
 
 
 def page(name: str) -> Page:
@@ -193,3 +193,12 @@ def test_imagenet_page_offline_pretrained_gives_a_message(monkeypatch: pytest.Mo
     next(t for t in at.toggle if t.label.startswith("Pretrained")).set_value(True).run()
     assert not at.exception, at.exception
     assert any("download" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_no_pages_folder_next_to_app_py() -> None:
+    # Streamlit runs a folder named pages/ beside the main script as an old-style (v1)
+    # multipage app until some session has called st.navigation: a fresh server's first
+    # visitor on a deep link (/experiments) then got raw file names in the sidebar and no
+    # data/device panel (seen in the browser test). The pages live in app_pages/.
+    assert not (ROOT / "pages").exists()
+    assert "app_pages/" in (ROOT / "app.py").read_text()

@@ -9,21 +9,21 @@ st.markdown(
     "and look inside them while they learn."
 )
 STEPS = [
-    ("1. The degradation problem", "pages/compare.py", ":material/trending_down:",
+    ("1. The degradation problem", "app_pages/compare.py", ":material/trending_down:",
      "A deeper **plain** net ends with a *higher training error* than a shallower one: not overfitting, "
      "but an optimization failure. Run the four-network experiment and see it in your own numbers."),
-    ("2. The residual idea", "pages/build.py", ":material/alt_route:",
+    ("2. The residual idea", "app_pages/build.py", ":material/alt_route:",
      "Let each block learn a change F(x) and add it to its input: y = F(x) + x. If the best thing a block can "
      "do is nothing, it only has to push F(x) to zero."),
-    ("3. Build", "pages/build.py", ":material/construction:",
+    ("3. Build", "app_pages/build.py", ":material/construction:",
      "Pick depth (6n+2), shortcut type (none, A, B, C), block type and width; see the architecture, "
      "parameters and FLOPs of every block."),
-    ("4. Train", "pages/train.py", ":material/model_training:",
+    ("4. Train", "app_pages/train.py", ":material/model_training:",
      "Train in the background with live loss and error curves; pause, stop, resume; reloading the page "
      "does not stop it."),
-    ("5. Compare", "pages/compare.py", ":material/compare_arrows:",
+    ("5. Compare", "app_pages/compare.py", ":material/compare_arrows:",
      "Overlay runs as in the paper's Fig. 6: training error solid, test error dashed."),
-    ("6. Look inside", "pages/inspect.py", ":material/visibility:",
+    ("6. Look inside", "app_pages/inspect.py", ":material/visibility:",
      "Feature maps of every block, activation and gradient norms against depth for a plain and a residual "
      "net, and the trainer's per-block records over time. Then **Explain** a prediction with saliency maps."),
 ]

@@ -42,4 +42,4 @@ st.dataframe(
       "shortcut": b.shortcut + (" (shape changes)" if b.shape_changes else "")} for b in summary.blocks],
     width="stretch", hide_index=True, height=min(36 * (len(summary.blocks) + 1) + 4, 720),
 )
-st.page_link("pages/train.py", label=f"Train this {cfg.label}", icon=":material/play_arrow:")
+st.page_link("app_pages/train.py", label=f"Train this {cfg.label}", icon=":material/play_arrow:")
