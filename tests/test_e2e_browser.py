@@ -359,7 +359,22 @@ def choose_upload(page) -> None:
 
 
 def upload_files(page, files: list[dict]) -> None:
-    page.set_input_files("[data-testid='stFileUploaderDropzoneInput']", files)
+    """Upload through the file input, once more if the uploader was re-rendering and dropped it.
+
+    Under load, an upload made while the uploader re-renders (right after a delete) can be
+    lost (seen once in CI: no chip, no rerun); the chips say whether the files arrived.
+    """
+    chips = main(page).locator("[data-testid='stFileChip']")
+    for attempt in range(3):
+        page.set_input_files("[data-testid='stFileUploaderDropzoneInput']", files)
+        try:
+            expect(chips).to_have_count(len(files), timeout=15_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
+            clear_uploads(page)
+    wait_for_app(page)
 
 
 def clear_uploads(page) -> None:
