@@ -6,6 +6,11 @@ from typing import Iterator
 
 import pytest
 import torch
+from torch import nn
+
+from resnet_viz.augment import normalize
+from resnet_viz.config import ModelConfig
+from resnet_viz.model import build_model
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +24,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def model() -> nn.Module:
+    """A fresh untrained depth-8 ResNet (seed 0): tests may change its mode or weights."""
+    torch.manual_seed(0)
+    return build_model(ModelConfig(depth=8))
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    """One seeded random image, normalized: (1, 3, 32, 32) float."""
+    g = torch.Generator().manual_seed(1)
+    return normalize(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=g), channels_last=False)

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from resnet_viz.attribution import METHODS, attribute, block_norms, feature_maps, normalize_map, predict, top_k
-from resnet_viz.augment import normalize
 from resnet_viz.config import ModelConfig
 from resnet_viz.data import CIFAR10_CLASSES
 from resnet_viz.model import block_names, build_model
@@ -18,19 +17,6 @@ HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backw
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
-@pytest.fixture(scope="module")
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return build_model(ModelConfig(depth=8))
-
-
-@pytest.fixture(scope="module")
-def image() -> torch.Tensor:
-    g = torch.Generator().manual_seed(1)
-    u8 = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=g)
-    return normalize(u8, channels_last=False)  # (1, 3, 32, 32) float
 
 
 def state(m: nn.Module) -> tuple[list[bool], list[bool]]:

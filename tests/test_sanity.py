@@ -14,11 +14,10 @@ import torch
 from torch import nn
 
 from resnet_viz.augment import normalize
-from resnet_viz.config import DataConfig, ModelConfig
+from resnet_viz.config import DataConfig
 from resnet_viz.data import load_data
 from resnet_viz.experiments import Cancelled
 from resnet_viz.experiments.sanity import sanity_check, spearman, ssim
-from resnet_viz.model import build_model
 from resnet_viz.modelio import ASSETS_DIR, load_model_file
 
 CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg"
@@ -26,18 +25,6 @@ HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backw
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
-@pytest.fixture()
-def model() -> nn.Module:
-    torch.manual_seed(0)
-    return build_model(ModelConfig(depth=8))
-
-
-@pytest.fixture(scope="module")
-def image() -> torch.Tensor:
-    g = torch.Generator().manual_seed(1)
-    return normalize(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=g), channels_last=False)
 
 
 def test_result_shapes(model: nn.Module, image: torch.Tensor) -> None:
