@@ -35,7 +35,13 @@ from ..augment import normalize
 from ..device import autocast, resolve_precision
 from .common import ProgressFn, check, report
 
-__all__ = ["Slice1D", "Surface2D", "fixed_subset", "interpolation_slice", "random_direction",
+# Images per forward pass. Small batches are faster here: ResNet-20 evaluates 2,000 images at
+# 8,000 img/s in batches of 128-192 against 4,700 img/s in batches of 1,000 (2-core EPYC, bf16),
+# because a small batch's activations stay in cache between layers. 441 points x 2,000 images
+# then take about 2 minutes instead of 3.
+EVAL_BATCH = 128
+
+__all__ = ["EVAL_BATCH", "Slice1D", "Surface2D", "fixed_subset", "interpolation_slice", "random_direction",
            "random_slice", "surface_2d"]
 
 
@@ -232,7 +238,7 @@ def _span(span: float) -> float:
 
 @torch.no_grad()
 def interpolation_slice(initial_state: dict[str, Tensor], trained_model: nn.Module, x: Tensor, y: Tensor, *,
-                        steps: int = 25, lo: float = -0.25, hi: float = 1.25, batch_size: int = 1000,
+                        steps: int = 25, lo: float = -0.25, hi: float = 1.25, batch_size: int = EVAL_BATCH,
                         precision: str = "auto", progress: ProgressFn | None = None,
                         stop: threading.Event | None = None, label: str = "") -> Slice1D:
     """Loss along ``theta(a) = (1 - a) theta_init + a theta_trained`` (Goodfellow et al. 2015).
@@ -289,7 +295,7 @@ def _moving(probe: _Probe, dirs: list[list[Tensor]]) -> list[tuple[Tensor, Tenso
 
 @torch.no_grad()
 def random_slice(model: nn.Module, x: Tensor, y: Tensor, *, seed: int = 0, steps: int = 21, span: float = 1.0,
-                 batch_size: int = 1000, precision: str = "auto", progress: ProgressFn | None = None,
+                 batch_size: int = EVAL_BATCH, precision: str = "auto", progress: ProgressFn | None = None,
                  stop: threading.Event | None = None, label: str = "") -> Slice1D:
     """Loss along ``theta + a d``, a in [-span, span], d = random_direction(model, seed).
     An odd ``steps`` puts a = 0 (the model itself) on the grid."""
@@ -310,7 +316,7 @@ def random_slice(model: nn.Module, x: Tensor, y: Tensor, *, seed: int = 0, steps
 
 @torch.no_grad()
 def surface_2d(model: nn.Module, x: Tensor, y: Tensor, *, seed: int = 0, steps: int = 21, span: float = 1.0,
-               batch_size: int = 1000, precision: str = "auto", progress: ProgressFn | None = None,
+               batch_size: int = EVAL_BATCH, precision: str = "auto", progress: ProgressFn | None = None,
                stop: threading.Event | None = None, label: str = "") -> Surface2D:
     """Loss on ``theta + a d1 + b d2`` for a, b in [-span, span] (steps x steps points), with
     filter-normalized directions d1, d2 from seeds ``seed`` and ``seed + 1``."""
