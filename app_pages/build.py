@@ -1,12 +1,53 @@
-"""Build: choose depth, shortcut, block type and width; see the network it makes."""
+"""Build: choose depth, shortcut, block type and width of a CIFAR ResNet and see the network it
+makes; or look at torchvision's ImageNet ResNet-18/34/50 (basic against bottleneck blocks)."""
 
 import streamlit as st
 
-from resnet_viz import plots, ui
+from resnet_viz import imagenet, plots, ui
 from resnet_viz.config import BLOCKS, LAYERS_PER_BLOCK, SHORTCUT_HELP, SHORTCUTS, ModelConfig, depth_for
 from resnet_viz.summary import summarize
 
-st.title("Build a CIFAR ResNet")
+CIFAR, IMAGENET = "CIFAR ResNet (section 4.2)", "ImageNet ResNet (Table 1)"
+
+
+@st.cache_data(show_spinner="Measuring the network on a 224x224 image...")
+def imagenet_summary(name: str) -> dict:
+    return imagenet.imagenet_summary(name)
+
+
+title = st.empty()
+family = st.segmented_control("Family", (CIFAR, IMAGENET), default=CIFAR, required=True, key="build_family",
+                              persist_state="session", label_visibility="collapsed")
+if family == IMAGENET:  # torchvision's nets: nothing here touches the CIFAR build that Train uses
+    title.title("Build an ImageNet ResNet")
+    st.caption("He et al. (2015), Table 1 and Fig. 3: a 7x7 conv and a max pool, then four stages (conv2_x to "
+               "conv5_x) that halve the map and double the width, global average pooling and a 1000-way fc. "
+               "Built by torchvision for 224x224 photos; your CIFAR build for Train stays as it was.")
+    left, right = st.columns([1, 2])
+    name = left.segmented_control("Network", imagenet.IMAGENET_MODELS, default="resnet50", required=True,
+                                  format_func=imagenet.imagenet_label, key="build_imagenet_net",
+                                  persist_state="session")
+    s = imagenet_summary(name)
+    c1, c2, c3, c4 = right.columns(4)
+    c1.metric("Layers", s["depth"])
+    c2.metric("Parameters", f"{s['params'] / 1e6:.1f}M", help=f"{s['params']:,}")
+    c3.metric("GFLOPs / 224x224 image", f"{s['flops'] / 1e9:.2f}")
+    c4.metric("Blocks per stage", "-".join(map(str, s["blocks_per_stage"])))
+    st.plotly_chart(plots.architecture_diagram(s), width="stretch")
+    left, right = st.columns([1, 1])
+    left.plotly_chart(plots.block_detail([imagenet_summary("resnet34"), imagenet_summary("resnet50")]),
+                      width="stretch")
+    right.markdown(
+        "**Basic block** (ResNet-18, ResNet-34): two 3x3 convs at the stage's width.\n\n"
+        "**Bottleneck block** (ResNet-50): a 1x1 conv cuts the width to a quarter, the 3x3 conv works on that, "
+        "and a second 1x1 conv restores it. At four times the width it costs about what a basic block does, "
+        "so ResNet-50 has 16 more layers than ResNet-34 for about the same FLOPs.\n\n"
+        "**Shortcuts**: identity inside a stage; a 1x1 projection (option B, dotted) where the shape changes."
+    )
+    right.page_link("app_pages/imagenet.py", label="Explain your photos under these networks (ImageNet ResNets)",
+                    icon=":material/photo_camera:")
+    st.stop()
+title.title("Build a CIFAR ResNet")
 st.caption("He et al. (2015), section 4.2: a 3x3 conv, three stages of n blocks with 16, 32 and 64 filters, "
            "global average pooling and a linear layer. Moving these controls never starts training.")
 current = ui.build_config()

@@ -7,6 +7,8 @@ from resnet_viz.augment import normalize
 from resnet_viz.model import block_names
 
 st.title("Explain a prediction")
+st.page_link("app_pages/imagenet.py", icon=":material/photo_camera:",
+             label="ImageNet ResNets: your own photos at 224 px under ResNet-18/34/50, pretrained when online")
 ref_a, ref_b = ui.pick_two_models("explain", "Side by side with")
 c1, c2 = st.columns([2, 1])
 method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title())

@@ -38,6 +38,7 @@ __all__ = [
     "imagenet_blocks",
     "imagenet_categories",
     "imagenet_input",
+    "imagenet_label",
     "imagenet_summary",
 ]
 
@@ -139,6 +140,11 @@ def build_imagenet(name: str, pretrained: bool) -> nn.Module:
     return model.eval()
 
 
+def imagenet_label(name: str) -> str:
+    """"resnet50" -> "ResNet-50", as the paper names it."""
+    return f"ResNet-{_check_name(name).removeprefix('resnet')}"
+
+
 def imagenet_categories() -> list[str]:
     """The 1000 ImageNet class names, in the weights' output order (shipped with torchvision, offline)."""
     return list(ResNet18_Weights.DEFAULT.meta["categories"])
@@ -178,12 +184,18 @@ def _flops(m: nn.Module, out: Tensor) -> int:
     return 0
 
 
+def _convs(block: nn.Module) -> list[tuple[int, int, int]]:
+    """(kernel, filters, stride) of each conv on a block's residual branch, in order."""
+    return [(m.kernel_size[0], m.out_channels, m.stride[0]) for m in block.children() if isinstance(m, nn.Conv2d)]
+
+
 @torch.no_grad()
 def imagenet_summary(name: str) -> dict[str, Any]:
     """Parameters, FLOPs per 224x224 image and per-block shapes, for a Fig. 3-style diagram.
 
     Built with random weights (counts and shapes do not depend on them) and measured with
-    forward hooks on one zero image. Shapes are (C, H, W) for one image.
+    forward hooks on one zero image. Shapes are (C, H, W) for one image. Each block lists
+    its branch's convs as (kernel, filters, stride); ``stem`` is the 7x7 conv and the max pool.
     """
     model = build_imagenet(name, pretrained=False)
     flops: dict[str, int] = {}
@@ -201,7 +213,7 @@ def imagenet_summary(name: str) -> dict[str, Any]:
         for n, m in model.named_modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 handles.append(m.register_forward_hook(flop_hook(n)))
-            if n in names:
+            if n in names or n in ("conv1", "maxpool"):  # the blocks and the stem
                 handles.append(m.register_forward_hook(shape_hook(n)))
         model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
     finally:
@@ -218,6 +230,7 @@ def imagenet_summary(name: str) -> dict[str, Any]:
             "stage": int(n[len("layer")]),  # "layer3.1" -> 3
             "index": int(n.split(".")[1]),
             "type": "bottleneck" if isinstance(m, Bottleneck) else "basic",
+            "convs": _convs(m),
             "in_shape": in_shape,
             "out_shape": out_shape,
             "params": _count(m),
@@ -226,9 +239,19 @@ def imagenet_summary(name: str) -> dict[str, Any]:
             # torchvision adds a downsample (1x1 conv + BN) exactly where the shape changes.
             "shape_changes": m.downsample is not None,
         })
+    conv, pool = model.conv1, model.maxpool
     return {
         "name": name,
+        "label": imagenet_label(name),
+        "depth": 2 + sum(len(b["convs"]) for b in blocks),  # the stem conv, the branch convs, the fc
         "image_size": IMAGE_SIZE,
+        "num_classes": model.fc.out_features,
+        "blocks_per_stage": tuple(sum(b["stage"] == st for b in blocks) for st in sorted({b["stage"] for b in blocks})),
+        "stem": [
+            {"kind": "conv", "kernel": conv.kernel_size[0], "filters": conv.out_channels, "stride": conv.stride[0],
+             "out_shape": shapes["conv1"][1], "params": _count(conv) + _count(model.bn1), "flops": flops["conv1"]},
+            {"kind": "max pool", "kernel": pool.kernel_size, "stride": pool.stride, "out_shape": shapes["maxpool"][1]},
+        ],
         "params": _count(model),
         "flops": sum(flops.values()),
         "stem_params": _count(model.conv1) + _count(model.bn1),

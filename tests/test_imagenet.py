@@ -26,6 +26,7 @@ from resnet_viz.imagenet import (
     imagenet_blocks,
     imagenet_categories,
     imagenet_input,
+    imagenet_label,
     imagenet_summary,
 )
 
@@ -163,6 +164,28 @@ def test_summary_numbers(name: str) -> None:
     # first block also changes shape (64 -> 256 channels).
     changes = [b["name"] for b in blocks if b["shape_changes"]]
     assert changes == (["layer1.0"] if bottleneck else []) + ["layer2.0", "layer3.0", "layer4.0"]
+
+
+@pytest.mark.parametrize("name", IMAGENET_MODELS)
+def test_summary_describes_the_layout(name: str) -> None:
+    # What the Build page's Fig. 3 diagram draws: depth, the stem, each block's convs.
+    s = imagenet_summary(name)
+    depth = int(name.removeprefix("resnet"))
+    assert s["label"] == imagenet_label(name) == f"ResNet-{depth}" and s["depth"] == depth
+    assert s["blocks_per_stage"] == EXPECTED[name][2] and s["num_classes"] == 1000
+    conv, pool = s["stem"]
+    assert (conv["kernel"], conv["filters"], conv["stride"], conv["out_shape"]) == (7, 64, 2, (64, 112, 112))
+    assert conv["params"] == s["stem_params"] and conv["flops"] == 2 * 64 * 112 * 112 * 7 * 7 * 3
+    assert (pool["kind"], pool["kernel"], pool["stride"], pool["out_shape"]) == ("max pool", 3, 2, (64, 56, 56))
+    by_name = {b["name"]: b for b in s["blocks"]}
+    if name == "resnet50":  # bottleneck: 1x1 reduce, 3x3 (stride 2 in torchvision's v1.5), 1x1 expand
+        assert by_name["layer1.0"]["convs"] == [(1, 64, 1), (3, 64, 1), (1, 256, 1)]
+        assert by_name["layer2.0"]["convs"] == [(1, 128, 1), (3, 128, 2), (1, 512, 1)]
+    else:
+        assert by_name["layer1.0"]["convs"] == [(3, 64, 1), (3, 64, 1)]
+        assert by_name["layer4.0"]["convs"] == [(3, 512, 2), (3, 512, 1)]
+    with pytest.raises(ImageNetError, match="unknown ImageNet model"):
+        imagenet_label("resnet152")
 
 
 @pytest.mark.filterwarnings("ignore:Setting backward hooks")  # Captum announces its temporary hooks

@@ -137,6 +137,7 @@ def test_architecture_small_projection_and_deep(summaries):
     small = _ok(plots.architecture_diagram(summaries["a8"]))
     assert {n: t.line.dash for n, t in _arcs(small).items()} == {
         "stage1.block0": "solid", "stage2.block0": "dot", "stage3.block0": "dot"}
+    assert "stage 1: 1 block<br>16×32×32" in _notes(small)  # too narrow for a one-line caption
     c20 = _ok(plots.architecture_diagram(summaries["c20"]))
     assert _notes(c20).count("1×1") == 9
     deep = _ok(plots.architecture_diagram(summaries["b110"]))
@@ -146,6 +147,66 @@ def test_architecture_small_projection_and_deep(summaries):
     arcs = _arcs(deep)
     assert {n for n, t in arcs.items() if t.line.dash == "dot"} == {"stage2.block0", "stage3.block0"}
     assert _notes(deep).count("1×1") == 2 and "18 blocks" in _notes(deep)
+
+
+@pytest.fixture(scope="module")
+def imagenet_summaries(one_thread):
+    from resnet_viz.imagenet import IMAGENET_MODELS, imagenet_summary
+
+    return {name: imagenet_summary(name) for name in IMAGENET_MODELS}  # a forward pass at 224 each
+
+
+@pytest.mark.parametrize(("name", "n_blocks"), [("resnet18", 8), ("resnet34", 16), ("resnet50", 16)])
+def test_architecture_imagenet(imagenet_summaries, name: str, n_blocks: int):
+    fig = _ok(plots.architecture_diagram(imagenet_summaries[name]))
+    depth = name.removeprefix("resnet")
+    assert f"ResNet-{depth}: {depth} layers" in fig.layout.title.text and "GFLOPs" in fig.layout.title.text
+    layers = next(t for t in fig.data if t.name == "layers")
+    texts = list(layers.text)
+    assert len(texts) == len(fig.layout.shapes) == 2 + n_blocks + 1  # conv1 and max pool, every block, head
+    assert texts[0].startswith("<b>conv1</b><br>7×7, 64, /2") and texts[1].startswith("<b>max pool</b><br>3×3, /2")
+    blocks = [t for t in texts if t.startswith("<b>layer")]
+    assert len(blocks) == n_blocks
+    bottleneck = name == "resnet50"
+    if bottleneck:  # the block type is visible in every box: 1x1, 3x3, 1x1 with the widths
+        assert all("1×1" in t for t in blocks)
+        assert "<b>layer1.0</b><br>1×1, 64<br>3×3, 64<br>1×1, 256<br>256×56×56" in texts[2]
+        assert "3×3, 128, /2" in texts[2 + 3]  # layer2.0 halves the map
+    else:  # basic: two 3x3 convs
+        assert not any("1×1" in t for t in blocks)
+        assert "<b>layer1.0</b><br>3×3, 64<br>3×3, 64<br>64×56×56" in texts[2]
+    kind = "bottleneck" if bottleneck else "basic"
+    assert f"conv2_x: {2 if name == 'resnet18' else 3} {kind} blocks" in _notes(fig)
+    assert "conv5_x" in _notes(fig)
+    # One arc per block: dotted 1×1 projections exactly where the shape changes, identity elsewhere.
+    arcs = _arcs(fig)
+    assert len(arcs) == n_blocks
+    changes = {"layer2.0", "layer3.0", "layer4.0"} | ({"layer1.0"} if bottleneck else set())
+    assert {n for n, t in arcs.items() if t.line.dash == "dot"} == changes
+    assert all(t.meta["shortcut"] == "projection" for n, t in arcs.items() if n in changes)
+    assert all(t.meta["shortcut"] == "identity" and t.line.dash == "solid" for n, t in arcs.items() if n not in changes)
+    assert _notes(fig).count("1×1") == len(changes)
+    assert len({round(y, 6) for y in layers.y}) == 4  # a row per stage: conv lists need the width
+
+
+def test_block_detail_and_the_neutral_description(imagenet_summaries, summaries):
+    fig = _ok(plots.block_detail([imagenet_summaries["resnet34"], imagenet_summaries["resnet50"]]))
+    notes = _notes(fig)
+    # basic: 3×3, 64 twice; bottleneck: 1×1, 64 / 3×3, 64 / 1×1, 256
+    assert notes.count("<b>3×3, 64</b>") == 3 and notes.count("<b>1×1, ") == 2
+    assert "basic block" in notes and "bottleneck block" in notes and "256-d in" in notes
+    skips = [t for t in fig.data if isinstance(t.meta, dict) and "shortcut" in t.meta]
+    assert [(t.meta["kind"], t.meta["shortcut"]) for t in skips] == [("basic", "identity"), ("bottleneck", "identity")]
+    assert "No networks" in _notes(_ok(plots.block_detail([])))
+    with pytest.raises(ValueError, match="no identity block with a list of its convs"):
+        plots.block_detail([summaries["a20"]])  # CIFAR summaries carry no conv lists
+    arch = plots.to_architecture(imagenet_summaries["resnet18"])
+    assert plots.to_architecture(arch) is arch and arch.name == "ResNet-18" and arch.stage_name(4) == "conv5_x"
+    assert plots.to_architecture(summaries["a20"]).stage_name(2) == "stage 2"
+    with pytest.raises(ValueError, match="missing"):
+        plots.architecture_diagram({"blocks": []})
+    with pytest.raises(ValueError, match="ModelSummary"):
+        plots.architecture_diagram(42)  # type: ignore[arg-type]
 
 
 def test_feature_map_grid():

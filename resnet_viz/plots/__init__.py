@@ -15,7 +15,8 @@ from ._base import (
     run_color,
     smoothing_alpha,
 )
-from .architecture import architecture_diagram
+from .architecture import architecture_diagram, block_detail
+from .archspec import ArchBlock, ArchBox, Architecture, to_architecture
 from .curves import compare_curves, error_table_rows, training_curves
 from .experiments import (
     conv_figure,
@@ -35,9 +36,9 @@ from .inside import (
 )
 
 __all__ = [
-    "MAX_POINTS", "PALETTE", "PROBE_STATS", "TEMPLATE", "architecture_diagram", "attribution_overlay",
-    "compare_curves", "depth_profile", "downsample", "ema", "error_table_rows", "feature_map_grid",
-    "probe_heatmap", "run_color", "smoothing_alpha", "top_k_bar", "training_curves",
-    "conv_figure", "lesion_figure", "sanity_figure", "shattered_figure", "signal_figure", "slices_figure",
-    "surface_figure",
+    "MAX_POINTS", "PALETTE", "PROBE_STATS", "TEMPLATE", "ArchBlock", "ArchBox", "Architecture",
+    "architecture_diagram", "attribution_overlay", "block_detail", "compare_curves", "conv_figure",
+    "depth_profile", "downsample", "ema", "error_table_rows", "feature_map_grid", "lesion_figure",
+    "probe_heatmap", "run_color", "sanity_figure", "shattered_figure", "signal_figure", "slices_figure",
+    "smoothing_alpha", "surface_figure", "to_architecture", "top_k_bar", "training_curves",
 ]
