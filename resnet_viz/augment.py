@@ -52,22 +52,33 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def _crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+def _crop_flip(
+    x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True,
+    part: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """``random_flip(random_crop(x, pad, g), g)`` in a single gather (same random draws, same result).
 
     The flip only reverses the column order of each window, so it folds into the gather index
     for free instead of costing two more batch-sized copies.
+
+    ``part=(lo, n)``: ``x`` holds rows ``lo:lo+B`` of a batch of ``n`` images. The random
+    numbers are drawn for all ``n`` and those of these rows used, so a process that
+    augments only its shard gets exactly the pixels the whole batch would have had there.
     """
     _check_images(x)
     if pad < 0:
         raise DataError(f"crop padding must be >= 0, got {pad}")
     b, c, h, w = x.shape
+    lo, n = part if part is not None else (0, b)
+    if not (0 <= lo and lo + b <= n):
+        raise DataError(f"rows {lo}:{lo + b} are not inside a batch of {n} images")
     wp = w + 2 * pad
     dev = generator.device  # random numbers drawn where the generator lives: same on every device
-    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=dev).to(x.device)  # (2, B)
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=dev)[:, lo : lo + b]  # (2, B)
+    offsets = offsets.to(x.device)
     cols = torch.arange(w, device=x.device).expand(b, w)  # (B, W)
     if flip:
-        flipped = (torch.rand(b, generator=generator, device=dev) < 0.5).to(x.device)
+        flipped = (torch.rand(n, generator=generator, device=dev)[lo : lo + b] < 0.5).to(x.device)  # (B,)
         cols = torch.where(flipped[:, None], w - 1 - cols, cols)
     padded = F.pad(x, (pad, pad, pad, pad)).reshape(b, c, -1)  # (B, C, Hp*Wp), zeros = black border
     rows = torch.arange(h, device=x.device)[None, :, None] * wp  # (1, H, 1)
@@ -162,17 +173,25 @@ class BatchStream:
             self._epoch = epoch
         return self._perm
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) float32, normalized, and labels (B,) int64 of global step ``step``."""
+    def batch(self, step: int, rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) float32, normalized, and labels (B,) int64 of global step ``step``.
+
+        ``rows=(lo, hi)``: only rows ``lo:hi`` of that batch (one process's shard of the global
+        batch), gathered and augmented alone yet identical to the same rows of the whole batch.
+        """
         if step < 0:
             raise DataError(f"step must be >= 0, got {step}")
+        lo, hi = rows if rows is not None else (0, self.batch_size)
+        if not 0 <= lo < hi <= self.batch_size:
+            raise DataError(f"rows {lo}:{hi} are not a slice of a batch of {self.batch_size}")
         epoch, i = divmod(step, self.steps_per_epoch())
-        idx = self.epoch_permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
-        xb = self.x[idx]  # (B, C, H, W) uint8
+        start = i * self.batch_size
+        idx = self.epoch_permutation(epoch)[start + lo : start + hi]
+        xb = self.x[idx]  # (hi - lo, C, H, W) uint8
         if self.augment:
             gen = torch.Generator().manual_seed(_mix(self.seed, _TAG_AUGMENT, step))
             # Crop and flip on uint8: a quarter of the bytes that float32 would move.
-            xb = _crop_flip(xb, self.pad, gen)
+            xb = _crop_flip(xb, self.pad, gen, part=(lo, self.batch_size))
         return _apply(xb, self._affine, self.channels_last), self.y[idx]
 
 

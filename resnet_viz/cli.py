@@ -11,11 +11,18 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .config import BLOCKS, SCHEDULES, SHORTCUTS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import BLOCKS, RECIPES, SCHEDULES, SHORTCUTS, DataConfig, ModelConfig, RunConfig, TrainConfig
+
+if TYPE_CHECKING:  # torch is imported only by the commands that need it
+    from .distributed import DistContext
 
 _T = TrainConfig()  # CLI defaults are the library's (the brief recipe)
+# Flags a recipe sets: their parser default is None so that only flags given win over it.
+_RECIPE_FLAGS = {"batch_size": "batch_size", "lr": "lr", "momentum": "momentum", "nesterov": "nesterov",
+                 "weight_decay": "weight_decay", "schedule": "schedule", "label_smoothing": "label_smoothing",
+                 "tta": "eval_tta"}
 
 EXIT_USAGE = 2
 
@@ -55,18 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="synthetic", help="cifar10, synthetic, or a folder of class folders")
     t.add_argument("--data-dir", default=None, help="where cifar10 is downloaded/cached (env RESNET_VIZ_DATA)")
     t.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    t.add_argument("--recipe", default="brief", choices=tuple(RECIPES),
+                   help="brief: the defaults (14 epochs one-cycle); paper: He et al.'s 64k iterations, "
+                        "LR 0.1 /10 at 32k and 48k, weight decay 1e-4. Flags given here override it")
     budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=float, default=None, help=f"default {_T.epochs:g}")
+    budget.add_argument("--epochs", type=float, default=None,
+                        help=f"default {_T.epochs:g} (brief); the paper recipe runs 64,000 steps")
     budget.add_argument("--steps", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=_T.batch_size)
-    t.add_argument("--lr", type=float, default=_T.lr, help=f"peak learning rate (default {_T.lr})")
-    t.add_argument("--momentum", type=float, default=_T.momentum)
-    t.add_argument("--no-nesterov", action="store_true")
-    t.add_argument("--weight-decay", type=float, default=_T.weight_decay)
-    t.add_argument("--schedule", default=_T.schedule, choices=SCHEDULES)
-    t.add_argument("--label-smoothing", type=float, default=_T.label_smoothing)
+    t.add_argument("--batch-size", type=int, default=None,
+                   help=f"global batch, split over torchrun's processes (default {_T.batch_size})")
+    t.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {_T.lr})")
+    t.add_argument("--momentum", type=float, default=None)
+    t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--schedule", default=None, choices=SCHEDULES)
+    t.add_argument("--label-smoothing", type=float, default=None)
     t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--no-tta", action="store_true", help="evaluate without flip test-time augmentation")
+    t.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate with flip test-time augmentation (brief: on, paper: off)")
+    t.add_argument("--val-split", type=int, default=0, metavar="N",
+                   help="hold out N training images as a validation set (5000: the paper's 45k/5k)")
+    t.add_argument("--sync-bn", action="store_true", help="under torchrun: batch norm over the global batch")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model (CPU: needs a C++ compiler)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (0: each epoch)")
     t.add_argument("--probe-every", type=int, default=10)
@@ -96,29 +113,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_config(args: argparse.Namespace) -> DataConfig:
     if args.data in ("synthetic", "cifar10"):
-        return DataConfig(source=args.data, path=args.data_dir, download=not args.no_download, seed=args.seed)
+        return DataConfig(source=args.data, path=args.data_dir, download=not args.no_download, seed=args.seed,
+                          validation=args.val_split)
     path = Path(args.data).expanduser()
     if not path.is_dir():
         raise ValueError(f"--data {args.data}: not cifar10, synthetic, or an existing folder")
-    return DataConfig(source="folder", path=str(path.resolve()), seed=args.seed)
+    return DataConfig(source="folder", path=str(path.resolve()), seed=args.seed, validation=args.val_split)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The recipe's TrainConfig with every flag the user gave on top of it."""
+    given = {field: getattr(args, flag) for flag, field in _RECIPE_FLAGS.items() if getattr(args, flag) is not None}
+    if args.steps is not None:
+        given["steps"] = args.steps
+    elif args.epochs is not None:
+        given["epochs"] = args.epochs
+    momentum = given.get("momentum", RECIPES[args.recipe].get("momentum", _T.momentum))
+    if momentum == 0 and args.nesterov is None:
+        given["nesterov"] = False  # plain SGD asked for: Nesterov would need momentum
+    return TrainConfig.recipe(
+        args.recipe, **given, augment=not args.no_augment, seed=args.seed, eval_every=args.eval_every,
+        probe_every=args.probe_every, device=args.device, precision=args.precision, threads=args.threads,
+        sync_bn=args.sync_bn, compile=args.compile,
+    )
 
 
 def _run_config(args: argparse.Namespace, num_classes: int) -> RunConfig:
-    budget = {"epochs": args.epochs, "steps": None} if args.steps is None else {"epochs": None, "steps": args.steps}
-    if budget["epochs"] is None and budget["steps"] is None:
-        budget["epochs"] = _T.epochs
     return RunConfig(
         model=ModelConfig(depth=args.depth, shortcut=args.shortcut, block=args.block, width=args.width,
                           num_classes=num_classes, zero_init_residual=args.zero_init_residual),
-        data=_data_config(args),
-        train=TrainConfig(
-            **budget, batch_size=args.batch_size, lr=args.lr,
-            momentum=args.momentum, nesterov=not args.no_nesterov and args.momentum > 0,
-            weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
-            augment=not args.no_augment, eval_tta=not args.no_tta, seed=args.seed, eval_every=args.eval_every,
-            probe_every=args.probe_every, device=args.device, precision=args.precision, threads=args.threads,
-        ),
-        name=args.name or "",
+        data=_data_config(args), train=_train_config(args), name=args.name or "",
     )
 
 
@@ -165,40 +189,57 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import session
+
+    # torchrun's processes join one group; a lone process joins nothing. Every rank prints its
+    # own errors (a data folder missing on one machine must say so); only rank 0 prints the rest.
+    with session() as ctx:
+        return _train(args, ctx)
+
+
+def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     from .data import load_data
+    from .distributed import check_batch_split
     from .runs import RunDir, default_runs_dir
     from .train import Control, fit
 
     root = Path(args.out) if args.out else default_runs_dir()
+    run = None
     if args.resume:
-        run = RunDir.open(root, args.resume)
-        config = run.config()
+        # Rank 0 reads the run; the others get its config, so no machine but rank 0's needs the folder.
+        run = RunDir.open(root, args.resume) if ctx.is_main else None
+        config = RunConfig.from_dict(ctx.broadcast_object(run.config().to_dict() if run is not None else None))
     else:
-        _run_config(args, 10)  # validate every argument before the (slow) data load
-        data_cfg = _data_config(args)
-    data = load_data(config.data if args.resume else data_cfg)
+        config = _run_config(args, 10)  # validate every argument before the (slow) data load
+    check_batch_split(config.train.batch_size, ctx.world_size)
+    data = load_data(config.data if args.resume else _data_config(args))
     if not args.resume:
         config = _run_config(args, len(data.classes))
-        run = RunDir.create(root, config, args.name)
+        run = RunDir.create(root, config, args.name) if ctx.is_main else None
     control = Control()
 
     def on_signal(signum: int, frame: Any) -> None:
         if control.stop.is_set():  # a second Ctrl-C: give up on a clean stop
             raise KeyboardInterrupt
         control.request_stop("interrupted")
-        sys.stderr.write("\nstopping after this batch (Ctrl-C again to abort)...\n")
+        if ctx.is_main:  # several processes agree on a stop when they next log, every log_every steps
+            when = f"within {config.train.log_every} steps" if ctx.is_distributed else "after this batch"
+            sys.stderr.write(f"\nstopping {when} (Ctrl-C again to abort)...\n")
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     total = config.train.total_steps(len(data.train_y))
-    print(f"training {config.model.label} on {data.name} ({len(data.train_y):,} images) for {total} steps "
-          f"-> {run.path}", file=sys.stderr)
-    result = fit(config, data=data, run=run, control=control, on_records=_Progress(total, config.train.batch_size),
-                 resume=bool(args.resume))
-    print(json.dumps({"run_dir": str(run.path), "run_id": run.id, "status": result.status,
-                      "message": result.message, "steps": result.steps, "test_accuracy": result.test_acc,
-                      "test_loss": result.test_loss, "images_per_second": round(result.images_per_second, 1),
-                      "elapsed_s": round(result.elapsed, 1), "data": data.name}))
+    if run is not None:
+        procs = f" in {ctx.world_size} processes" if ctx.is_distributed else ""
+        print(f"training {config.model.label} on {data.name} ({len(data.train_y):,} images) for {total} steps"
+              f"{procs} -> {run.path}", file=sys.stderr)
+    result = fit(config, data=data, run=run, control=control, resume=bool(args.resume), dist=ctx,
+                 on_records=_Progress(total, config.train.batch_size) if run is not None else None)
+    if run is not None:
+        print(json.dumps({"run_dir": str(run.path), "run_id": run.id, "status": result.status,
+                          "message": result.message, "steps": result.steps, "test_accuracy": result.test_acc,
+                          "test_loss": result.test_loss, "images_per_second": round(result.images_per_second, 1),
+                          "elapsed_s": round(result.elapsed, 1), "data": data.name, "processes": ctx.world_size}))
     return 0 if result.status in ("finished", "stopped", "interrupted") else 1
 
 

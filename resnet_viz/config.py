@@ -112,7 +112,9 @@ class DataConfig:
     holdout_fraction: float = 0.1  # folder only: test share when there is no test/ folder
     synthetic_train: int = 10_000
     synthetic_test: int = 2_000
-    seed: int = 0  # synthetic generation and folder hold-out split
+    seed: int = 0  # synthetic generation, folder hold-out split and validation split
+    # Training images held out (seeded) as a validation set; 5000 gives the paper's 45k/5k split.
+    validation: int = 0
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -123,6 +125,8 @@ class DataConfig:
             raise ValueError(f"holdout_fraction must be between 0 and 1, got {self.holdout_fraction}")
         if self.synthetic_train < 10 or self.synthetic_test < 10:
             raise ValueError("the synthetic data set needs at least 10 training and 10 test images")
+        if not (_is_int(self.validation) and 0 <= self.validation <= 10_000_000):
+            raise ValueError(f"validation must be a count of training images >= 0, got {self.validation!r}")
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,8 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16; fp32 elsewhere
     threads: int | None = None  # torch intra-op threads; None = all cores
     channels_last: bool = True
+    sync_bn: bool = False  # several processes: batch-norm statistics over the global batch, not each shard
+    compile: bool = False  # torch.compile the model (on CPU this needs a C++ compiler)
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
@@ -193,12 +199,38 @@ class TrainConfig:
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
 
+    @classmethod
+    def recipe(cls, name: str, **overrides: Any) -> "TrainConfig":
+        """The named recipe (``RECIPES``) with ``overrides`` on top, e.g. ``recipe("paper", steps=300)``."""
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+        fields = {**RECIPES[name], **overrides}
+        if "epochs" in overrides and "steps" not in overrides:
+            fields["steps"] = None  # an explicit epoch budget replaces the recipe's step budget
+        if "steps" in overrides and "epochs" not in overrides:
+            fields["epochs"] = None
+        return cls(**fields)
+
     def total_steps(self, train_size: int) -> int:
         """The step budget for a training set of ``train_size`` images (last partial batch dropped)."""
         if self.steps is not None:
             return self.steps
         per_epoch = max(1, train_size // self.batch_size)
         return max(1, round(float(self.epochs or 0) * per_epoch))
+
+
+# Training recipes as TrainConfig fields over its defaults. "brief" is the defaults.
+# "paper": He et al. 2015, section 4.2: batch 128, SGD momentum 0.9 (not Nesterov), weight
+# decay 1e-4, LR 0.1 divided by 10 at 32k and 48k iterations, stop at 64k; for 110 layers
+# 0.01 for the first 400 iterations (schedule "paper" does both); single-view testing,
+# no label smoothing.
+RECIPES: dict[str, dict[str, Any]] = {
+    "brief": {},
+    "paper": {
+        "epochs": None, "steps": 64_000, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "nesterov": False,
+        "weight_decay": 1e-4, "schedule": "paper", "label_smoothing": 0.0, "eval_tta": False,
+    },
+}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ is built from file names, sizes and modification times, so editing the data rebu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -55,6 +56,8 @@ class ImageData:
     name: str  # shown in the UI
     synthetic: bool
     source: str  # "cifar10" | "folder" | "synthetic"
+    val_x: torch.Tensor | None = None  # (V, 3, 32, 32) uint8: held out of the training images
+    val_y: torch.Tensor | None = None  # (V,) int64
 
     @property
     def num_classes(self) -> int:
@@ -74,7 +77,35 @@ def default_cache_dir() -> Path:
 
 
 def load_data(cfg: DataConfig, cache_dir: Path | None = None, progress: ProgressFn | None = None) -> ImageData:
-    """The images ``cfg`` describes; a :class:`DataError` says why they cannot be had."""
+    """The images ``cfg`` describes, with ``cfg.validation`` training images held out as a
+    validation set; a :class:`DataError` says why they cannot be had."""
+    data = _load_source(cfg, cache_dir, progress)
+    return split_validation(data, cfg.validation, cfg.seed) if cfg.validation else data
+
+
+def split_validation(data: ImageData, n: int, seed: int) -> ImageData:
+    """Hold out a seeded random ``n`` of the training images as ``val_x``/``val_y``.
+
+    The split depends only on ``(seed, n, training set)``, so every process of a distributed
+    run, and a resumed run, holds out the same images. Training images keep their order.
+    """
+    if data.val_y is not None:
+        raise DataError(f"{data.name} already has a validation set of {len(data.val_y)} images")
+    if not 0 < n <= len(data.train_y) - 1:
+        raise DataError(
+            f"a validation set of {n} images needs more than {n} training images, but {data.name} has "
+            f"{len(data.train_y)}; use a smaller --val-split"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(data.train_y), generator=gen)
+    val_idx, train_idx = perm[:n].sort().values, perm[n:].sort().values
+    return dataclasses.replace(
+        data, train_x=data.train_x[train_idx].contiguous(), train_y=data.train_y[train_idx],
+        val_x=data.train_x[val_idx].contiguous(), val_y=data.train_y[val_idx],
+    )
+
+
+def _load_source(cfg: DataConfig, cache_dir: Path | None, progress: ProgressFn | None) -> ImageData:
     if cfg.source == "synthetic":
         return make_synthetic(cfg.synthetic_train, cfg.synthetic_test, cfg.seed)
     if cfg.source == "cifar10":

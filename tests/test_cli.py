@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from resnet_viz.config import TrainConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +44,10 @@ def test_summary_json_has_params_and_flops() -> None:
         (["train", "--steps", "1", "--epochs", "2"], "not allowed with"),
         (["train", "--depth", "abc"], "invalid int value"),
         (["train", "--data", "/nonexistent/folder", "--steps", "1"], "not cifar10, synthetic, or an existing folder"),
+        (["train", "--recipe", "fast"], "invalid choice"),
+        (["train", "--recipe", "paper", "--val-split", "-5"], "validation must be a count"),
+        (["train", "--momentum", "0", "--nesterov", "--steps", "1"], "Nesterov momentum needs momentum > 0"),
+        (["train", "--val-split", "20000", "--steps", "1"], "use a smaller --val-split"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
@@ -112,3 +118,22 @@ def test_sigterm_stops_cleanly_with_status_interrupted(tmp_path: Path) -> None:
     run_dir = Path(result["run_dir"])
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
     assert (run_dir / "checkpoint.safetensors").is_file()
+
+
+def test_recipe_paper_is_the_papers_schedule_and_given_flags_override_it() -> None:
+    from resnet_viz.cli import _run_config, build_parser
+
+    def train_config(*args: str):
+        return _run_config(build_parser().parse_args(["train", *args]), 10).train
+
+    p = train_config("--recipe", "paper")
+    assert (p.steps, p.epochs, p.batch_size, p.lr, p.momentum, p.nesterov) == (64_000, None, 128, 0.1, 0.9, False)
+    assert (p.weight_decay, p.schedule, p.label_smoothing, p.eval_tta) == (1e-4, "paper", 0.0, False)
+    short = train_config("--recipe", "paper", "--steps", "300", "--tta", "--sync-bn", "--compile")
+    assert (short.steps, short.lr, short.schedule, short.eval_tta, short.sync_bn, short.compile) == (
+        300, 0.1, "paper", True, True, True)
+    assert train_config("--recipe", "paper", "--epochs", "2").epochs == 2 and train_config().nesterov
+    assert train_config() == TrainConfig(probe_every=10)  # the brief recipe is the library's defaults
+    assert not train_config("--no-nesterov").nesterov and not train_config("--momentum", "0").nesterov
+    run = _run_config(build_parser().parse_args(["train", "--recipe", "paper", "--val-split", "5000"]), 10)
+    assert run.data.validation == 5000

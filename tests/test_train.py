@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -175,3 +176,16 @@ def test_eta_and_ips_are_finite_while_running(tiny_data) -> None:
     result = fit(tiny_config(steps=20), data=tiny_data, on_records=recs.extend)
     assert result.images_per_second > 0 and math.isfinite(result.images_per_second)
     assert all(r["ips"] > 0 for r in recs if r["kind"] == "step")
+
+
+def test_a_validation_split_is_held_out_and_evaluated(tiny_data) -> None:
+    cfg = RunConfig(model=ModelConfig(depth=8), data=DataConfig(validation=64),
+                    train=TrainConfig(steps=6, epochs=None, batch_size=32, probe_every=0, eval_every=3))
+    recs: list[dict] = []
+    result = fit(cfg, data=tiny_data, on_records=recs.extend)
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [3, 6]
+    assert all(0 <= e["val_acc"] <= 1 and e["val_loss"] > 0 and "test_acc" in e for e in evals)
+    assert result.test_acc == evals[-1]["test_acc"]  # test figures keep their meaning
+    with pytest.raises(ValueError, match="use a smaller --val-split"):
+        fit(dataclasses.replace(cfg, data=DataConfig(validation=640)), data=tiny_data)
