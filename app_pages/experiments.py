@@ -17,6 +17,9 @@ ref_a, ref_b = ui.pick_two_models("exp")
 refs = [r for r in (ref_a, ref_b) if r is not None]
 refs = refs[:1] if len(refs) == 2 and refs[0] == refs[1] else refs
 models = {r.key: ui.load_model(r) for r in refs}
+# Tasks are keyed by what they compute on: for the untrained model, the Build page's config of now.
+tags = {r.key: f"untrained {models[r.key][1]}" if r.kind == "untrained" else r.key for r in refs}
+names = {r.key: f"Untrained {models[r.key][1].label} (Build page)" if r.kind == "untrained" else r.label for r in refs}
 
 
 def fits(ref) -> bool:
@@ -42,9 +45,10 @@ with tabs[0]:
         idx = torch.arange(0, len(data.test_y), max(1, len(data.test_y) // n))[:n]  # every class: files are sorted
         x, y = normalize(data.test_x[idx], channels_last=False), data.test_y[idx]
         model = models[ref.key][0]
-        res = ui.run_task(f"lesion|{ref.key}|{n}", f"Lesion study: {ref.label}",
-                          lambda p, s, m=model, x=x, y=y, lb=ref.label: lesion.lesion_study(
-                              m, x, y, max_k=9, trials=5, progress=p, stop=s, label=lb).to_dict())
+        res = ui.run_task(f"lesion|{tags[ref.key]}|{n}", f"Lesion study: {ref.label}",
+                          lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: lesion.lesion_study(
+                              m, x, y, max_k=9, trials=5, progress=p, stop=s, label=lb).to_dict(),
+                          title=f"Lesion study: {names[ref.key]} ({n} test images of {data.name})")
         if res:
             results.append(res)
             st.caption(res.get("note", ""))
@@ -64,18 +68,21 @@ with tabs[1]:
             continue
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
         model = models[ref.key][0]
-        res = ui.run_task(f"slice|{ref.key}|{n}|{steps}|{seed}", f"1D slice: {ref.label}",
-                          lambda p, s, m=model, x=x, y=y: landscape.random_slice(
-                              m, x, y, seed=int(seed), steps=steps, progress=p, stop=s).to_dict())
+        res = ui.run_task(f"slice|{tags[ref.key]}|{n}|{steps}|{seed}", f"1D slice: {ref.label}",
+                          lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: landscape.random_slice(
+                              m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
+                          title=f"Loss along a random direction: {names[ref.key]} ({n} training images, "
+                                f"{steps} points, seed {seed})")
         if res:
-            slices.append({**res, "label": ref.label})
+            slices.append(res)
     st.plotly_chart(plots.slices_figure(slices), width="stretch", key="slices_fig")
     if refs and fits(refs[0]):
         ref = refs[0]
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
-        surf = ui.run_task(f"surface|{ref.key}|{n}|{steps}|{seed}", f"2D surface: {ref.label} ({steps}x{steps})",
-                           lambda p, s, m=models[ref.key][0], x=x, y=y: landscape.surface_2d(
-                               m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=ref.label).to_dict())
+        surf = ui.run_task(f"surface|{tags[ref.key]}|{n}|{steps}|{seed}", f"2D surface: {ref.label} ({steps}x{steps})",
+                           lambda p, s, m=models[ref.key][0], x=x, y=y, lb=names[ref.key]: landscape.surface_2d(
+                               m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
+                           title=f"Loss surface: {names[ref.key]} ({n} training images, {steps}x{steps}, seed {seed})")
         if surf:
             c1, c2 = st.columns(2)
             c1.plotly_chart(plots.surface_figure(surf), width="stretch", key="contour_fig")
@@ -87,7 +94,8 @@ with tabs[2]:
     depths = st.multiselect("Depths", [20, 32, 44, 56, 110], default=[20, 56, 110], key="sig_depths")
     prof = ui.run_task(f"signal|{','.join(map(str, sorted(depths)))}", "Measure signal propagation",
                        lambda p, s: [x.to_dict() for x in signal.signal_sweep(
-                           depths=tuple(sorted(depths)), progress=p, stop=s)])
+                           depths=tuple(sorted(depths)), progress=p, stop=s)],
+                       title=f"Signal propagation at initialization: depths {', '.join(map(str, sorted(depths)))}")
     if prof:
         st.plotly_chart(plots.signal_figure(prof), width="stretch", key="signal_fig")
         st.info("Gradient norm at the first block over the last block: " + "; ".join(
@@ -97,7 +105,8 @@ with tabs[2]:
     d = st.select_slider("Depth for shattered gradients", [20, 56, 110], value=56, key="shat_depth")
     shat = ui.run_task(f"shattered|{d}", "Measure shattered gradients",
                        lambda p, s: [signal.shattered_gradients(ModelConfig(depth=d, shortcut=sc), progress=p,
-                                                                stop=s).to_dict() for sc in ("none", "A")])
+                                                                stop=s).to_dict() for sc in ("none", "A")],
+                       title=f"Shattered gradients: plain and ResNet, depth {d}")
     if shat:
         st.plotly_chart(plots.shattered_figure(shat), width="stretch", key="shat_fig")
 
@@ -143,17 +152,28 @@ with tabs[5]:
     if refs and inputs:
         ref = refs[0]
         x = normalize(inputs[0][1][None], channels_last=False)
-        res = ui.run_task(f"sanity|{ref.key}|{inputs[0][0]}", f"Sanity check: {ref.label}",
+        res = ui.run_task(f"sanity|{tags[ref.key]}|{inputs[0][0]}", f"Sanity check: {ref.label}",
                           lambda p, s, m=models[ref.key][0], x=x: sanity.sanity_check(m, x, progress=p,
-                                                                                      stop=s).to_dict())
+                                                                                      stop=s).to_dict(),
+                          title=f"Sanity check: {names[ref.key]} on {inputs[0][0]}")
         if res:
             st.plotly_chart(plots.sanity_figure(res), width="stretch", key="sanity_fig")
 
 with tabs[6]:
+    st.markdown("One self-contained HTML file: the runs' curves, table, configurations (seeds included) and "
+                "environment, and the experiments run in the tabs above as figures, numbers and raw results.")
     infos = ui.runs()
     chosen = st.multiselect("Runs in the report", [i.id for i in infos], default=[i.id for i in infos[:4]],
                             format_func=lambda i: next(f"{r.label} · {r.name or r.id}" for r in infos if r.id == i))
-    if chosen and st.button("Build the report", icon=":material/description:"):
-        page = build_report(ui.runs_root(), chosen)
-        st.download_button("Download report (HTML)", page.encode(), file_name="resnet-lab-report.html",
-                           mime="text/html", icon=":material/download:")
+    done = {t.key: t for t in ui.task_registry().finished()}
+    picked = st.multiselect("Experiments in the report", list(done), default=list(done),
+                            format_func=lambda k: done[k].title, placeholder="Run an experiment in a tab above")
+    if not chosen and not picked:
+        st.info("Pick a run or an experiment: a report needs at least one of them.")
+    elif st.button("Build the report", icon=":material/description:"):
+        try:
+            page = build_report(ui.runs_root(), chosen, [(done[k].title, done[k].result) for k in picked])
+            st.download_button("Download report (HTML)", page.encode(), file_name="resnet-lab-report.html",
+                               mime="text/html", icon=":material/download:", on_click="ignore")
+        except ValueError as e:  # a run deleted meanwhile
+            st.error(str(e))

@@ -48,8 +48,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     model_arg(p)
     p.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, WebP, GIF or BMP)")
     p.add_argument("--method", default="saliency")
-    p = sub.add_parser("report", help="write a self-contained HTML comparison of runs")
-    p.add_argument("runs", metavar="RUN", nargs="+")
+    p = sub.add_parser("report", help="write a self-contained HTML comparison of runs and experiment results")
+    p.add_argument("runs", metavar="RUN", nargs="*", help="run ids (none: a report of experiments alone)")
+    p.add_argument("--experiment", metavar="[TITLE=]FILE", action="append", default=[],
+                   help="a JSON result printed by lesion, landscape, signal or sanity (repeatable)")
     p.add_argument("--out", default=None, help="runs folder")
     p.add_argument("--html", default="report.html", help="where to write the report")
 
@@ -82,6 +84,19 @@ def data_for(cfg: RunConfig):
     return data
 
 
+def read_experiment(arg: str) -> tuple[str, Any]:
+    """(title, result) from ``[TITLE=]FILE``; the title defaults to "<experiment>: <model>"
+    from the JSON, else the file's name."""
+    title, _, path = arg.partition("=") if "=" in arg and not Path(arg).exists() else ("", "", arg)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a JSON result ({e.msg} at line {e.lineno})") from None
+    if not title and isinstance(data, dict) and data.get("experiment"):
+        title = str(data["experiment"]) + (f": {data['model']}" if data.get("model") else "")
+    return title or Path(path).stem, data
+
+
 def _subset(x, y, n: int):
     from .augment import normalize
 
@@ -105,9 +120,11 @@ def run(args: argparse.Namespace) -> int:
         from .report import build_report
         from .runs import default_runs_dir
 
-        page = build_report(Path(args.out) if args.out else default_runs_dir(), args.runs)
+        exps = [read_experiment(e) for e in args.experiment]
+        page = build_report(Path(args.out) if args.out else default_runs_dir(), args.runs, exps)
         Path(args.html).write_text(page, encoding="utf-8")
-        result.update(path=str(Path(args.html).resolve()), bytes=len(page.encode()), runs=args.runs)
+        result.update(path=str(Path(args.html).resolve()), bytes=len(page.encode()), runs=args.runs,
+                      experiments=[t for t, _ in exps])
     else:
         model, cfg, label = load_model_ref(args.run, args.out)
         result["model"] = label

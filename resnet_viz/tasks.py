@@ -4,7 +4,9 @@ A task is a function ``fn(progress, stop) -> result`` run in a daemon thread. Th
 ``task.snapshot()`` and can ``stop()`` it; the function checks the stop event between
 batches (``experiments.check``) and raises ``Cancelled``. Tasks live in a ``TaskRegistry``
 keyed by what they compute (experiment + model + parameters), so a reloaded page asking
-for the same thing finds the running or finished task instead of starting it again.
+for the same thing finds the running or finished task instead of starting it again. Each
+task has a title (what it computed, in words); ``TaskRegistry.finished()`` lists the
+finished ones, for the report.
 No Streamlit here; the worker thread never touches the UI.
 """
 
@@ -29,6 +31,7 @@ class TaskSnapshot:
     result: Any
     error: str
     elapsed: float
+    title: str = ""
 
     @property
     def done(self) -> bool:
@@ -36,8 +39,8 @@ class TaskSnapshot:
 
 
 class Task:
-    def __init__(self, key: str, fn: TaskFn) -> None:
-        self.key, self._fn = key, fn
+    def __init__(self, key: str, fn: TaskFn, title: str = "") -> None:
+        self.key, self._fn, self.title = key, fn, title or key
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._state, self._fraction, self._message = "running", 0.0, "starting"
@@ -75,7 +78,7 @@ class Task:
         with self._lock:
             end = self._t1 if self._t1 is not None else time.monotonic()
             return TaskSnapshot(self.key, self._state, self._fraction, self._message, self._result,
-                                self._error, end - self._t0)
+                                self._error, end - self._t0, self.title)
 
 
 class TaskRegistry:
@@ -86,13 +89,14 @@ class TaskRegistry:
         self._lock = threading.Lock()
         self.keep = keep
 
-    def start(self, key: str, fn: TaskFn) -> Task:
-        """The task for ``key``: the existing one if it runs or succeeded, else a new one."""
+    def start(self, key: str, fn: TaskFn, title: str = "") -> Task:
+        """The task for ``key``: the existing one if it runs or succeeded, else a new one
+        (``title`` says what it computes, in words; the key by default)."""
         with self._lock:
             task = self._tasks.get(key)
             if task is not None and task.snapshot().state in ("running", "done"):
                 return task
-            task = Task(key, fn)
+            task = Task(key, fn, title)
             self._tasks[key] = task
             done = [k for k, t in self._tasks.items() if t.snapshot().done]
             for k in done[: max(0, len(self._tasks) - self.keep)]:
@@ -102,3 +106,10 @@ class TaskRegistry:
     def get(self, key: str) -> Task | None:
         with self._lock:
             return self._tasks.get(key)
+
+    def finished(self) -> list[TaskSnapshot]:
+        """Snapshots of the tasks that succeeded, in the order their keys were first started
+        (stopped and failed ones are left out)."""
+        with self._lock:
+            tasks = list(self._tasks.values())
+        return [s for s in (t.snapshot() for t in tasks) if s.state == "done"]

@@ -15,7 +15,7 @@ import io
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import streamlit as st
 import torch
@@ -28,6 +28,9 @@ from .model import CifarResNet, build_model
 from .modelio import ModelRef, class_names, load_model_file, load_run_model, shipped_models
 from .runlist import RunInfo, list_runs
 from .runs import RunDir, RunError, default_runs_dir
+
+if TYPE_CHECKING:
+    from .tasks import TaskRegistry
 
 UNTRAINED = ModelRef("untrained", "build", "Untrained model from the Build page")
 
@@ -298,16 +301,17 @@ def input_images(key: str, multiple: bool = False) -> list[tuple[str, Any]]:
 
 
 @st.cache_resource(show_spinner=False)
-def task_registry():
+def task_registry() -> TaskRegistry:
     from .tasks import TaskRegistry
 
     return TaskRegistry()
 
 
-def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "") -> Any:
+def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title: str = "") -> Any:
     """A Run button for a long computation, its progress bar and Stop while it runs, and
     its result (or None) once it is done. ``key`` names what is computed, so a reload or
-    another tab finds the same task and its result."""
+    another tab finds the same task and its result; ``title`` says it in words for the
+    report (the button's label by default)."""
     reg = task_registry()
     task = reg.get(key)
     if task is None or task.snapshot().state in ("stopped", "failed"):
@@ -316,7 +320,7 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "") -> An
             (st.error if snap.state == "failed" else st.info)(
                 f"The last run {snap.state}" + (f": {snap.error}" if snap.error else "."))
         if st.button(label, key=f"start_{key}", help=help, icon=":material/play_arrow:"):
-            reg.start(key, fn)
+            reg.start(key, fn, title=title or label)
             st.rerun()
         return None
     if not task.snapshot().done:

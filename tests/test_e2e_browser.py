@@ -3,15 +3,18 @@
 Starts ``streamlit run app.py`` on a free port (runs go to a temporary folder through
 ``RESNET_VIZ_RUNS``, never to the repository's ``runs/``), drives Debian's Chromium with
 Playwright, and walks every page: build a deeper net, train a 40-step run to the end,
-compare, inspect, explain an uploaded PNG, and refuse four hostile uploads.
+compare, inspect, run the experiments (signal, convolution, lesion, loss landscape, skip &
+branch, sanity check), download the HTML report and open it, explain an uploaded PNG, and
+refuse four hostile uploads.
 
 Chromium comes from the Debian package (``apt-get install -y chromium``; ``.ci/run``
 installs it); Playwright never downloads a browser here. Without /usr/bin/chromium the
 whole module is skipped. Screenshots go to ``$RESNET_VIZ_SCREENSHOTS`` (else a pytest
-temporary folder) as 01-home.png ... 08-bad-upload.png, for a person to look at.
+temporary folder) as 01-home.png ... 15-report-file.png, for a person to look at.
 
 The tests run in file order and share one browser page and one server: Train needs no
-earlier test, but Compare shows the run that Train made.
+earlier test, but Compare, Skip & branch and the report use the run that Train made, and
+the report holds the experiments the tests before it ran (the server keeps their results).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ VIEWPORT = {"width": 1400, "height": 1000}
 SERVER_START_S = 60
 RUN_TIMEOUT_MS = 60_000  # one script run; the first data load decodes CIFAR-10 (10-25 s) when the cache is cold
 TRAIN_TIMEOUT_MS = 180_000  # 40 steps of batch 32 plus the final test-set evaluation, on 2 shared cores
+EXPERIMENT_TIMEOUT_MS = 300_000  # a 7 x 7 loss surface of ResNet-8 on 500 images: under a minute on 2 loaded cores
+UNTRAINED = "Untrained model from the Build page"
 PAGES = {"": "ResNet Lab", "build": "Build a CIFAR ResNet", "train": "Train", "compare": "Compare runs",
          "inspect": "Look inside", "explain": "Explain a prediction", "experiments": "Experiments",
          "imagenet": "ImageNet ResNets"}
@@ -322,7 +327,9 @@ def test_experiments_signal_at_init(page, server: str, shots: Path) -> None:
     page.get_by_role("tab", name="Signal at init").click()
     page.get_by_role("button", name="Measure signal propagation").click()
     # The sweep runs in the background with a progress bar; its figure replaces the button.
-    expect(main(page).get_by_text("Signal propagation at initialization")).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+    # (exact: the Report tab lists the finished sweep as "Signal propagation at initialization: depths ...")
+    expect(main(page).get_by_text("Signal propagation at initialization", exact=True)).to_be_visible(
+        timeout=TRAIN_TIMEOUT_MS)
     wait_for_app(page)
     assert_healthy(page)
     shoot(page, shots, "09-experiments.png")
@@ -350,6 +357,153 @@ def test_experiments_lesion_of_the_shipped_resnet(page, server: str, shots: Path
     expect(main(page).locator("[data-testid='stException']")).to_have_count(0)
     assert_healthy(page)
     shoot(page, shots, "10-lesion.png")
+
+
+def open_tab(page, name: str):
+    """Select an Experiments tab; returns its panel (the hidden panels are not in the role tree)."""
+    page.get_by_role("tab", name=name).click()
+    panel = main(page).get_by_role("tabpanel")
+    expect(panel).to_have_count(1)
+    return panel
+
+
+def pick_option(page, field, option) -> None:
+    """Choose ``option`` (a name, or a pattern) in a Streamlit selectbox and wait for the rerun."""
+    field.click()
+    page.get_by_role("option", name=option, exact=isinstance(option, str)).click()
+    wait_for_app(page)
+
+
+def models_for_experiments(page, server: str, option, smallest_build: bool = False) -> None:
+    """The Experiments page with ``option`` as both models (one model: one task per experiment);
+    ``smallest_build`` first sets the Build page's net (the untrained model) to one block per
+    stage, ResNet-8; the sidebar link keeps that session, where a page load would start anew."""
+    if smallest_build:
+        open_page(page, server, "build")
+        thumb = main(page).locator("[data-testid='stSlider']").filter(has_text="Blocks per stage").get_by_role(
+            "slider")
+        thumb.focus()
+        thumb.press("Home")  # n = 1
+        expect(main(page).locator("[data-testid='stMetric']").filter(has_text="Layers").locator(
+            "[data-testid='stMetricValue']")).to_have_text("8", timeout=RUN_TIMEOUT_MS)
+        wait_for_app(page)
+        page.locator("[data-testid='stSidebarNav'] a[href$='/experiments']").click()
+        expect(page.locator("h1").first).to_have_text(PAGES["experiments"], timeout=RUN_TIMEOUT_MS)
+        wait_for_app(page)
+    else:
+        open_page(page, server, "experiments")
+    for label in ("Model", "Compare with"):
+        pick_option(page, main(page).get_by_label(label, exact=True), option)
+
+
+def step_slider(panel, name: str, key: str) -> None:
+    thumb = panel.locator("[data-testid='stSlider']").filter(has_text=name).get_by_role("slider")
+    thumb.focus()
+    thumb.press(key)
+
+
+def start_task(page, panel, name) -> None:
+    """Click a background task's Run button, once more if the click was lost.
+
+    Another task's progress fragment reruns the whole page when that task ends; a click
+    landing in that rerun can be dropped (seen here: the 2-D surface never started). The
+    button gives way to the task's progress bar, so its absence says the task started.
+    """
+    button = panel.get_by_role("button", name=name)
+    for attempt in range(3):
+        button.click()
+        try:
+            expect(button).to_have_count(0, timeout=20_000)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
+
+
+def test_experiments_loss_landscape(page, server: str, shots: Path) -> None:
+    # The untrained ResNet-8 fits either data set and needs no training: 7 + 49 passes over 500 images.
+    models_for_experiments(page, server, UNTRAINED, smallest_build=True)
+    panel = open_tab(page, "Loss landscape")
+    step_slider(panel, "Training images", "ArrowLeft")  # 1,000 -> 500
+    wait_for_app(page)
+    step_slider(panel, "Grid points per axis", "ArrowLeft")  # 11 -> 7: 7 points, then a 7 x 7 grid
+    wait_for_app(page)
+    start_task(page, panel, re.compile(r"2D surface: Untrained .*\(7x7\)"))  # the longer one first
+    start_task(page, panel, re.compile(r"1D slice: Untrained"))
+    expect(panel.get_by_text("Computed in")).to_have_count(2, timeout=EXPERIMENT_TIMEOUT_MS)
+    wait_for_app(page)
+    expect(panel.locator(".js-plotly-plot")).to_have_count(3)  # the slice, the contour, the 3-D surface
+    expect(panel.get_by_text("Loss along a direction")).to_be_visible()
+    expect(panel.get_by_text(re.compile(r"^Untrained ResNet\(A\)-8 \(Build page\) · filter-normalized directions, "
+                                        r"seed 0$"))).to_have_count(2)
+    expect(panel.get_by_text("No slices yet")).to_have_count(0)
+    assert_healthy(page)
+    shoot(page, shots, "11-landscape.png")
+
+
+def test_experiments_skip_and_branch_of_the_trained_run(page, server: str, shots: Path) -> None:
+    open_page(page, server, "experiments")
+    panel = open_tab(page, "Skip & branch")  # the run that test_train_a_short_run made
+    expect(panel.locator("[data-testid='stAlert']")).to_contain_text(
+        re.compile(r"At step [\d,]+ the residual branches add on average \d+% of the signal"))  # last probe
+    expect(panel.locator(".js-plotly-plot")).to_have_count(2)
+    expect(panel.get_by_text(re.compile(r"per block over training"))).to_have_count(2)  # ratio, cosine
+    assert_healthy(page)
+    shoot(page, shots, "12-skip-branch.png")
+
+
+def test_experiments_sanity_check_of_the_trained_run(page, server: str, shots: Path) -> None:
+    models_for_experiments(page, server, re.compile(r"· \d+\.\d%$"))  # the run: "label · id · 12.5%"
+    panel = open_tab(page, "Sanity check")
+    panel.get_by_label("Class", exact=True).click()
+    page.get_by_role("option").nth(1).click()  # a test image of the second class
+    wait_for_app(page)
+    start_task(page, panel, re.compile(r"Sanity check: "))
+    expect(panel.get_by_text(re.compile(r"Sanity check: saliency under cascading randomization"))).to_be_visible(
+        timeout=EXPERIMENT_TIMEOUT_MS)
+    wait_for_app(page)
+    expect(panel.locator(".js-plotly-plot")).to_have_count(1)
+    assert_healthy(page)
+    shoot(page, shots, "13-sanity.png")
+
+
+def test_experiments_report_download(page, server: str, shots: Path, tmp_path: Path) -> None:
+    open_page(page, server, "experiments")
+    panel = open_tab(page, "Report")
+    picked = panel.locator("[data-testid='stMultiSelect']").filter(has_text="Experiments in the report")
+    expect(picked).to_contain_text("Signal propagation at initialization")  # run by the tests above
+    expect(picked).to_contain_text("Loss surface")
+    panel.get_by_role("button", name="Build the report").click()
+    download = panel.get_by_role("button", name=re.compile(r"Download report \(HTML\)"))
+    expect(download).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert_healthy(page)
+    shoot(page, shots, "14-report-tab.png")
+    with page.expect_download(timeout=RUN_TIMEOUT_MS) as info:
+        download.click()
+    path = tmp_path / "report.html"
+    info.value.save_as(path)
+    html = path.read_text(encoding="utf-8")
+    assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
+    assert "<h2>Runs</h2><table>" in html and "<th>test error %</th>" in html  # the runs table
+    assert "<h2>Experiments</h2>" in html
+    assert re.search(r"<h3>Signal propagation at initialization: depths [\d, ]+</h3>", html)
+    assert "<h3>Loss surface: Untrained ResNet(A)-8 (Build page) (500 training images, 7x7, seed 0)</h3>" in html
+    assert not re.search(r"<script[^>]*\bsrc=", html)  # self-contained: plotly.js is inside
+    assert html.count("window.PlotlyConfig") == 1
+    # The file as a person opens it: every figure draws, offline, with no JavaScript error.
+    view = page.context.new_page()
+    errors: list[str] = []
+    view.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        view.set_viewport_size({"width": 1280, "height": 900})
+        view.goto(path.as_uri())
+        expect(view.locator(".js-plotly-plot .main-svg").first).to_be_visible()
+        expect(view.locator(".js-plotly-plot")).to_have_count(html.count("Plotly.newPlot"))
+        view.screenshot(path=str(shots / "15-report-file.png"), full_page=True)
+    finally:
+        view.close()
+    assert not errors, errors
 
 
 def choose_upload(page) -> None:

@@ -80,6 +80,35 @@ def test_build_controls_change_the_summary() -> None:
     assert at.session_state[Keys.BUILD_CONFIG].depth == 56
 
 
+def test_build_imagenet_family_leaves_the_cifar_build_alone() -> None:
+    at = page("build").run()
+    at.slider[0].set_value(9).run()  # a CIFAR ResNet-56: what Train will use
+    before = at.session_state[Keys.BUILD_CONFIG]
+    family = at.segmented_control(key="build_family")
+    family.set_value(next(o for o in family.options if o.startswith("ImageNet"))).run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Build an ImageNet ResNet"
+    for name, layers, params in (("resnet18", "18", "11.7M"), ("resnet34", "34", "21.8M"), ("resnet50", "50", "25.6M")):
+        at.segmented_control(key="build_imagenet_net").set_value(name).run()
+        assert not at.exception, (name, at.exception)
+        assert [m.value for m in at.metric][:2] == [layers, params]
+        figures = [c.proto.spec for c in at.get("plotly_chart")]
+        assert len(figures) == 2 and f"ResNet-{layers}: {layers} layers" in figures[0]
+        assert "Inside a block" in figures[1]
+        assert at.session_state[Keys.BUILD_CONFIG] == before  # unchanged: Train still gets the CIFAR net
+    # Back to CIFAR: the controls come back as they were left.
+    family.set_value(family.options[0]).run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Build a CIFAR ResNet"
+    assert [m.value for m in at.metric][:2] == ["56", "853,018"] and at.slider[0].value == 9
+    assert at.session_state[Keys.BUILD_CONFIG] == before
+
+
+def test_explain_links_to_the_imagenet_page() -> None:
+    at = page("explain").run()
+    assert [link.proto.page for link in at.get("page_link")] == ["imagenet"]  # photos at 224 px live there
+
+
 def _wait(at: AppTest, done, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -169,6 +198,12 @@ def test_experiments_page_runs_tasks_in_the_background() -> None:
     assert any("Lesion study" in t and "stage1.block0" in t for t in titles)
     # Convolution by hand on the default test image: the sum equals the layer's output.
     assert any("the same number" in s.value for s in at.success), [s.value for s in at.success]
+    # The Report tab offers both finished experiments, named by what they computed.
+    report = next(m for m in at.multiselect if m.label == "Experiments in the report")
+    assert sorted(report.options) == ["Lesion study: Untrained ResNet(A)-20 (Build page) (160 test images of "
+                                      "Synthetic shapes (not CIFAR-10))",
+                                      "Signal propagation at initialization: depths 20"], report.options
+    assert len(report.value) == 2
 
 
 def test_imagenet_page_explains_an_upload_with_random_weights() -> None:
@@ -202,3 +237,30 @@ def test_no_pages_folder_next_to_app_py() -> None:
     # data/device panel (seen in the browser test). The pages live in app_pages/.
     assert not (ROOT / "pages").exists()
     assert "app_pages/" in (ROOT / "app.py").read_text()
+
+
+def test_experiments_report_tab_offers_the_finished_experiments() -> None:
+    from resnet_viz import ui
+    from resnet_viz.experiments import signal
+
+    # Two finished tasks, as the tabs leave them in the registry (a small real result, and
+    # one with a hostile title); a failed one is not offered.
+    reg = ui.task_registry()
+    profiles = [p.to_dict() for p in signal.signal_sweep(depths=(8,), batch=8)]
+    done = [reg.start("signal|8", lambda p, s: profiles, title="Signal propagation at initialization: depths 8"),
+            reg.start("lesion|x", lambda p, s: {"baseline_acc": 0.5}, title="<b>Lesion</b> of x"),
+            reg.start("broken", lambda p, s: 1 / 0, title="Broken")]
+    assert all(t.wait(30) for t in done)
+    at = page("experiments").run()
+    assert not at.exception, at.exception
+    exps = next(m for m in at.multiselect if m.label == "Experiments in the report")
+    assert exps.options == ["Signal propagation at initialization: depths 8", "<b>Lesion</b> of x"]
+    assert exps.value == ["signal|8", "lesion|x"]  # every finished experiment by default
+    assert not next(m for m in at.multiselect if m.label == "Runs in the report").value  # no runs here
+    next(b for b in at.button if b.label == "Build the report").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.get("download_button"), "no download button after building the report"
+    exps.set_value([]).run()  # neither a run nor an experiment: no button, a hint instead
+    assert not any(b.label == "Build the report" for b in at.button)
+    assert any("a report needs at least one" in i.value for i in at.info)

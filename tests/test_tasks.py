@@ -48,3 +48,16 @@ def test_a_failing_task_keeps_its_message() -> None:
     task = TaskRegistry().start("c", boom)
     assert task.wait(5)
     assert task.snapshot().state == "failed" and "no block" in task.snapshot().error
+
+
+def test_finished_lists_the_succeeded_tasks_with_their_titles() -> None:
+    def boom(progress, stop):
+        raise ValueError("no")
+
+    reg = TaskRegistry()
+    tasks = [reg.start("lesion|a", slow(2), title="Lesion study: ResNet-20"), reg.start("broken", boom),
+             reg.start("signal|20", slow(3))]
+    assert all(t.wait(10) for t in tasks)
+    done = reg.finished()
+    assert [(s.key, s.title, s.result) for s in done] == [
+        ("lesion|a", "Lesion study: ResNet-20", {"n": 2}), ("signal|20", "signal|20", {"n": 3})]

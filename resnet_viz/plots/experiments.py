@@ -54,6 +54,10 @@ def slices_figure(slices: Sequence[dict[str, Any]], title: str = "Loss along a d
         fig.add_trace(go.Scatter(x=s["alphas"], y=[100 * a for a in s["acc"]], showlegend=False, **kw), row=1, col=2)
     xt = "α (0 = initial, 1 = trained)" if slices[0].get("kind") == "interpolation" else "α along the direction"
     fig.update_xaxes(title_text=xt)
+    losses = [v for s in slices for v in s["loss"] if isinstance(v, (int, float)) and v > 0]
+    if losses and max(losses) > 100 * min(losses):  # an untrained net far out: a linear axis flattens the rest
+        fig.update_yaxes(type="log", row=1, col=1)
+        fig.layout.annotations[0].text = "training loss (log scale)"
     fig.update_layout(legend={"orientation": "h", "y": -0.25, "x": 0})
     return fig
 
@@ -68,9 +72,10 @@ def surface_figure(surface: dict[str, Any], three_d: bool = False) -> go.Figure:
     else:
         fig = go.Figure(go.Contour(x=a, y=b, z=z, colorscale="Viridis", ncontours=25,
                                    colorbar={"title": {"text": "log10 loss"}}))
-        fig.update_xaxes(title_text="α (direction 1)")
-        fig.update_yaxes(title_text="β (direction 2)", scaleanchor="x")
-    return _style(fig, f"{label}: loss surface (filter-normalized directions, seed {surface.get('seed', 0)})", 520)
+        fig.update_xaxes(title_text="α (direction 1)", constrain="domain")
+        fig.update_yaxes(title_text="β (direction 2)", scaleanchor="x", constrain="domain")
+    return _style(fig, "Loss surface (3-D)" if three_d else "Loss surface", 520,
+                  subtitle=f"{label} · filter-normalized directions, seed {surface.get('seed', 0)}")
 
 
 def signal_figure(profiles: Sequence[dict[str, Any]]) -> go.Figure:
@@ -114,11 +119,14 @@ def sanity_figure(result: dict[str, Any]) -> go.Figure:
     titles = [f"{names[i] if i < len(names) else ''}<br>ρ={sims[i]:.2f}" for i in range(n)]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.12)
     _style(fig, f"Sanity check: {result['method']} under cascading randomization (Adebayo et al. 2018)",
-           240 * rows + 60)
+           200 * rows + 70)
     for i, m in enumerate(maps):
-        fig.add_trace(go.Heatmap(z=m, colorscale="Inferno", zmin=0, zmax=1, showscale=False), row=i // cols + 1,
-                      col=i % cols + 1)
-    fig.update_xaxes(visible=False)
+        r, c = i // cols + 1, i % cols + 1
+        fig.add_trace(go.Heatmap(z=m, colorscale="Inferno", zmin=0, zmax=1, showscale=False), row=r, col=c)
+        x_name = fig.get_subplot(r, c).xaxis.plotly_name  # "xaxis3": square pixels, anchored to "x3"
+        fig.update_yaxes(scaleanchor=x_name.replace("axis", ""), constrain="domain", constraintoward="top",
+                         row=r, col=c)
+    fig.update_xaxes(visible=False, constrain="domain")
     fig.update_yaxes(visible=False, autorange="reversed")
     fig.update_annotations(font_size=10)
     return fig
