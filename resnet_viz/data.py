@@ -1,4 +1,5 @@
 """Image sources (CIFAR-10, a folder of class folders, synthetic shapes) and their uint8 cache.
+(Scanning and decoding a folder of files is in ``imagefiles.py``.)
 
 Every source ends as :class:`ImageData`: uint8 tensors of shape (N, 3, 32, 32) that the
 trainer moves to its device once and augments there (see ``augment.py``). Decoding files
@@ -13,18 +14,16 @@ import dataclasses
 import logging
 import os
 import pickle
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any
 from urllib.error import URLError
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .config import IMAGE_SIZE, DataConfig
-from .datacache import cache_file, cache_load, cache_save, check_payload, digest, stat_key
+from .config import DataConfig
+from .datacache import cache_file, cache_load, cache_save, check_payload, stat_key
+from .imagefiles import DataError, ProgressFn, decode_files, files_key, scan_classes, stratified_split
 from .synthetic import generate
 
 log = logging.getLogger(__name__)
@@ -34,16 +33,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 )
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-# torchvision.datasets.ImageFolder's list: other files (README, .DS_Store) are skipped as it does.
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
-_DECODE_CHUNK = 500  # images per thread-pool task: few tasks, yet frequent progress reports
-
-ProgressFn = Callable[[int, int], None]
-
-
-class DataError(ValueError):
-    """A data source cannot be used; the message says what to do about it."""
 
 
 @dataclass(frozen=True)
@@ -179,13 +169,6 @@ def _official_cifar_present(root: Path) -> bool:
 # ---------------------------------------------------------------------------- folders
 
 
-class _File(NamedTuple):
-    rel: str  # path relative to the data folder, "/"-separated: stable across machines
-    size: int
-    mtime_ns: int
-    label: int
-
-
 def load_folder(
     path: Path,
     holdout_fraction: float,
@@ -206,8 +189,8 @@ def load_folder(
         raise DataError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
     split = (root / "train").is_dir() and (root / "test").is_dir()
     if split:
-        classes, train_files = _scan_classes(root / "train", root)
-        test_classes, test_files = _scan_classes(root / "test", root)
+        classes, train_files = scan_classes(root / "train", root)
+        test_classes, test_files = scan_classes(root / "test", root)
         if test_classes != classes:
             only_train = sorted(set(classes) - set(test_classes))
             only_test = sorted(set(test_classes) - set(classes))
@@ -217,13 +200,13 @@ def load_folder(
             )
     else:
         tree = root / "train" if (root / "train").is_dir() else root
-        classes, train_files = _scan_classes(tree, root)
+        classes, train_files = scan_classes(tree, root)
         test_files = []
-    key = _files_key([("split" if split else "tree", classes)], train_files + test_files)
+    key = files_key([("split" if split else "tree", classes)], train_files + test_files)
     cache = _cache_file(cache_dir, "folder", root, key)
     payload = cache_load(cache) if cache else None
     if payload is None:
-        everything = _decode_files(root, train_files + test_files, progress)  # (N, 3, 32, 32)
+        everything = decode_files(root, train_files + test_files, progress)  # (N, 3, 32, 32)
         n_train = len(train_files)
         payload = {
             "train_x": everything[:n_train],
@@ -237,7 +220,7 @@ def load_folder(
             cache_save(cache, payload)
     if not split:
         # The split is cheap and not cached, so changing the seed or fraction needs no decode.
-        train_idx, test_idx = _stratified_split(payload["train_y"], holdout_fraction, seed, root)
+        train_idx, test_idx = stratified_split(payload["train_y"], holdout_fraction, seed, root)
         x, y = payload["train_x"], payload["train_y"]
         payload = {**payload, "train_x": x[train_idx], "train_y": y[train_idx],
                    "test_x": x[test_idx], "test_y": y[test_idx]}  # fmt: skip
@@ -247,104 +230,6 @@ def load_folder(
     folder = root.resolve().name or str(root)
     name = f"CIFAR-10 (JPEG copy): {folder}" if looks_like_cifar else folder
     return _image_data(payload, name=name, source="folder")
-
-
-def _scan_classes(tree: Path, root: Path) -> tuple[tuple[str, ...], list[_File]]:
-    """ImageFolder's discovery: sorted sub-folder names are the classes, image files under each."""
-    with os.scandir(tree) as it:
-        entries = list(it)
-    # Hidden folders (.ipynb_checkpoints, .git) are tool droppings, never classes.
-    classes = tuple(sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".")))
-    if not classes:
-        loose = sum(e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS) for e in entries)
-        found = f" (found {loose} images directly in it)" if loose else ""
-        raise DataError(
-            f"no class folders in {tree}{found}; put each class's images in its own sub-folder, "
-            f"e.g. {tree}/cat/0001.png and {tree}/dog/0001.png"
-        )
-    if len(classes) < 2:
-        raise DataError(f"{tree} has only one class folder ({classes[0]}); a classifier needs at least two")
-    files: list[_File] = []
-    for label, name in enumerate(classes):
-        found: list[_File] = []
-        stack = [tree / name]
-        while stack:  # ImageFolder also looks into nested folders of a class
-            with os.scandir(stack.pop()) as it:
-                for e in it:
-                    if e.name.startswith("."):
-                        continue
-                    if e.is_dir():
-                        stack.append(Path(e.path))
-                    elif e.name.lower().endswith(IMG_EXTENSIONS):
-                        st = e.stat()
-                        rel = Path(e.path).relative_to(root).as_posix()
-                        found.append(_File(rel, st.st_size, st.st_mtime_ns, label))
-        if not found:
-            raise DataError(
-                f"class folder {tree / name} has no images ({', '.join(IMG_EXTENSIONS)}); add some or remove it"
-            )
-        files.extend(sorted(found))
-    return classes, files
-
-
-def _decode_image(path: Path) -> np.ndarray:
-    """One file as a (32, 32, 3) uint8 RGB array (any size or mode in)."""
-    with Image.open(path) as im:
-        if im.format == "JPEG" and min(im.size) > 2 * IMAGE_SIZE:
-            im.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # decode big JPEGs at 1/2..1/8 scale: far faster
-        rgb = im.convert("RGB") if im.mode != "RGB" else im
-        if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-            # A plain resize (no crop) keeps the whole picture; PIL's bilinear filter antialiases.
-            rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
-
-
-def _decode_files(root: Path, files: list[_File], progress: ProgressFn | None) -> torch.Tensor:
-    """Decode ``files`` in a few threads (PIL releases the GIL); returns (N, 3, 32, 32) uint8."""
-    n = len(files)
-    out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)  # (N, H, W, C) as PIL gives it
-
-    def work(lo: int, hi: int) -> int:
-        for i in range(lo, hi):
-            try:
-                out[i] = _decode_image(root / files[i].rel)
-            except Exception as exc:  # any failure here is the file's fault, whatever PIL raises
-                raise DataError(
-                    f"cannot read {files[i].rel} in {root} as an image ({type(exc).__name__}: {exc}); "
-                    "delete or replace that file"
-                ) from exc
-        return hi - lo
-
-    threads = max(2, min(4, os.cpu_count() or 2))
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
-        futures = [pool.submit(work, lo, min(lo + _DECODE_CHUNK, n)) for lo in range(0, n, _DECODE_CHUNK)]
-        done = 0
-        try:
-            for fut in as_completed(futures):
-                done += fut.result()  # re-raises a worker's DataError here
-                if progress is not None:
-                    progress(done, n)  # from the caller's thread: Streamlit widgets need that
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-
-
-def _stratified_split(y: torch.Tensor, fraction: float, seed: int, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per class, a seeded ``fraction`` of the indices (at least one when the class has two)."""
-    gen = torch.Generator().manual_seed(seed)
-    train_parts, test_parts = [], []
-    for c in range(int(y.max()) + 1 if len(y) else 0):
-        idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_test = min(max(round(len(idx) * fraction), 1 if len(idx) >= 2 else 0), len(idx) - 1)
-        test_parts.append(idx[:n_test])
-        train_parts.append(idx[n_test:])
-    train_idx, test_idx = torch.cat(train_parts).sort().values, torch.cat(test_parts).sort().values
-    if len(test_idx) == 0:
-        raise DataError(f"{root} has too few images to hold out a test set; add images or a test/ folder")
-    return train_idx, test_idx
 
 
 # ---------------------------------------------------------------------------- synthetic
@@ -395,10 +280,6 @@ def describe_default_source() -> str:
 
 def _cache_file(cache_dir: Path | None, kind: str, root: Path, key: str | None) -> Path | None:
     return cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), kind, root, key)
-
-
-def _files_key(extra: list[Any], files: list[_File]) -> str:
-    return digest(extra + [(f.rel, f.size, f.mtime_ns, f.label) for f in files])
 
 
 def _image_data(p: dict[str, Any], name: str, source: str) -> ImageData:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_viz import augment, data
+from resnet_viz import augment, data, imagefiles
 from resnet_viz.augment import BatchStream, eval_batches, normalize, random_crop, random_flip
 from resnet_viz.config import DataConfig
 from resnet_viz.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, DataError, ImageData
@@ -49,7 +49,7 @@ def test_cifar_jpeg_folder(cifar_jpeg: ImageData) -> None:
 
 
 def test_cifar_jpeg_second_load_uses_cache(cifar_jpeg: ImageData, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_decode_image", _no_decode)
+    monkeypatch.setattr(imagefiles, "decode_image", _no_decode)
     start = time.perf_counter()
     again = data.load_folder(CIFAR_JPEG, 0.1, 0)
     assert time.perf_counter() - start < 10  # ~1 s when the machine is idle; generous for busy CI
@@ -104,9 +104,9 @@ def test_folder_holdout_is_stratified_and_seeded(tree: Path, tmp_path: Path) -> 
 
 
 def _held_out_files(tree: Path, fraction: float, seed: int) -> list[int]:
-    _, files = data._scan_classes(tree, tree)
+    _, files = imagefiles.scan_classes(tree, tree)
     y = torch.tensor([f.label for f in files])
-    return data._stratified_split(y, fraction, seed, tree)[1].tolist()
+    return imagefiles.stratified_split(y, fraction, seed, tree)[1].tolist()
 
 
 def test_folder_uses_train_and_test_subfolders(tmp_path: Path) -> None:
@@ -143,14 +143,14 @@ def test_folder_errors_are_actionable(tree: Path, tmp_path: Path) -> None:
 def test_folder_cache_reused_then_invalidated(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
     first = data.load_folder(tree, 0.2, 0, cache_dir=cache)
-    monkeypatch.setattr(data, "_decode_image", _no_decode)
+    monkeypatch.setattr(imagefiles, "decode_image", _no_decode)
     again = data.load_folder(tree, 0.2, 0, cache_dir=cache)
     assert torch.equal(again.train_x, first.train_x) and torch.equal(again.test_y, first.test_y)
     monkeypatch.undo()
 
     decoded: list[Path] = []
-    real = data._decode_image
-    monkeypatch.setattr(data, "_decode_image", lambda p: decoded.append(p) or real(p))
+    real = imagefiles.decode_image
+    monkeypatch.setattr(imagefiles, "decode_image", lambda p: decoded.append(p) or real(p))
     Image.new("RGB", (32, 32), (255, 0, 0)).save(tree / "cherry" / "000.png")
     stat = (tree / "cherry" / "000.png").stat()
     os.utime(tree / "cherry" / "000.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
