@@ -14,6 +14,7 @@ Only rank 0 writes the run folder.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from contextlib import contextmanager
@@ -153,10 +154,17 @@ def from_env(env: dict[str, str] | None = None) -> DistContext:
 def session(env: dict[str, str] | None = None) -> Iterator[DistContext]:
     """``from_env()`` for the length of a ``with`` block; leaves the process group on the way out."""
     ctx = from_env(env)
+    ok = False
     try:
         yield ctx
+        ok = True
     finally:
         if ctx.is_distributed and dist.is_initialized():
+            if ok:  # no rank tears its group down while another is still in a collective
+                dist.barrier()
+            # The DDP wrapper holds the group too, possibly in a reference cycle: free it now,
+            # not during interpreter teardown, where gloo's threads may outlive Python.
+            gc.collect()
             dist.destroy_process_group()
 
 

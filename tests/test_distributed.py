@@ -23,13 +23,13 @@ from torch import nn
 import resnet_viz.distributed as distributed
 from resnet_viz.augment import BatchStream
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from resnet_viz.data import make_synthetic, split_validation
+from resnet_viz.data import load_data, make_synthetic, split_validation
 from resnet_viz.distributed import CompileError, CpuSyncBatchNorm, DistContext, check_batch_split, from_env
 from resnet_viz.model import build_model
 from resnet_viz.modelio import load_run_model
 from resnet_viz.runlist import list_runs
 from resnet_viz.runs import RunDir
-from resnet_viz.train import Control, fit
+from resnet_viz.train import Control, evaluate, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,7 +246,7 @@ def _step_losses(out: Path) -> tuple[list[float], list[dict]]:
     return [r["loss"] for r in steps], [r for r in recs if r["kind"] == "eval"]
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
+def test_torchrun_two_processes_match_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``torchrun --nproc_per_node=2`` with --sync-bn against one process, same global batch.
 
     Tolerance: the float64 test above shows the two are the same computation; in float32 they
@@ -254,6 +254,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     step 1 before any update. Training amplifies such rounding: here a single process with 2
     threads instead of 1 (nothing else changed) drifts up to ~1.5e-3 relative from it by step
     20, and the 2-process run drifts as much. We allow 1e-5 at step 1 and 2e-2 thereafter.
+
+    The test loss is far more sensitive to that drift than the training loss: with 2 threads
+    instead of 1 the single process's step-10 test loss moves by 1.0% (0.9291 -> 0.9197) and
+    the 2-process run's by 0.9-2.6%, so between runs it is held to 10%. What the split
+    evaluation itself computes is checked exactly: rank 0's recorded test loss equals a
+    single-process evaluation of the checkpoint it wrote, to float rounding.
     """
     _band_images(tmp_path / "bands")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RESNET_VIZ_CACHE": str(tmp_path / "cache"),
@@ -272,8 +278,16 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     assert ddp_losses[0] == pytest.approx(one_losses[0], rel=1e-5)
     assert ddp_losses == pytest.approx(one_losses, rel=2e-2)
     assert sum(ddp_losses[-5:]) < 0.6 * sum(ddp_losses[:5])  # it learns
-    assert ddp_evals[-1]["test_loss"] == pytest.approx(one_evals[-1]["test_loss"], rel=2e-2)
+    assert ddp_evals[-1]["test_loss"] == pytest.approx(one_evals[-1]["test_loss"], rel=0.1)
     assert abs(ddp_evals[-1]["test_acc"] - one_evals[-1]["test_acc"]) <= 0.05
+    # The sharded evaluation (each rank scores half the test set, sums all-reduced) against
+    # one process scoring the whole test set with the weights rank 0 saved after it.
+    (run_path,) = list((tmp_path / "ddp").iterdir())
+    model, cfg = load_run_model(RunDir.open(tmp_path / "ddp", run_path.name))
+    monkeypatch.setenv("RESNET_VIZ_CACHE", str(tmp_path / "cache"))
+    data = load_data(cfg.data)
+    loss, acc = evaluate(model, data.test_x, data.test_y, tta=cfg.train.eval_tta, precision="fp32")
+    assert loss == pytest.approx(ddp_evals[-1]["test_loss"], rel=1e-5) and acc == ddp_evals[-1]["test_acc"]
     info = list_runs(tmp_path / "ddp")[0]
     assert info.status == "finished" and not info.damaged
     config = json.loads(next((tmp_path / "ddp").iterdir()).joinpath("config.json").read_text())
