@@ -82,7 +82,10 @@ with tabs[1]:
         surf = ui.run_task(f"surface|{tags[ref.key]}|{n}|{steps}|{seed}", f"2D surface: {ref.label} ({steps}x{steps})",
                            lambda p, s, m=models[ref.key][0], x=x, y=y, lb=names[ref.key]: landscape.surface_2d(
                                m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
-                           title=f"Loss surface: {names[ref.key]} ({n} training images, {steps}x{steps}, seed {seed})")
+                           title=f"Loss surface: {names[ref.key]} ({n} training images, {steps}x{steps}, seed {seed})",
+                           preview=lambda part: st.plotly_chart(plots.surface_figure(
+                               part, title=f"Preview on a {len(part['alphas'])}x{len(part['alphas'])} grid "
+                                           f"(filling in to {steps}x{steps})"), width="stretch", key="contour_preview"))
         if surf:
             c1, c2 = st.columns(2)
             c1.plotly_chart(plots.surface_figure(surf), width="stretch", key="contour_fig")

@@ -7,6 +7,7 @@ import streamlit as st
 from resnet_viz import plots, ui
 from resnet_viz.config import SCHEDULES, DataConfig, RunConfig, TrainConfig
 from resnet_viz.data import default_source
+from resnet_viz.progress import clock
 
 st.title("Train")
 registry = ui.job_registry()
@@ -86,7 +87,7 @@ st.session_state[ui.Keys.WATCHED_RUN] = watched
 
 def controls(snap) -> None:
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
-    eta = f" · ETA {int(snap.eta_s) // 60}:{int(snap.eta_s) % 60:02d}" if snap.eta_s else ""
+    eta = f" · ETA {clock(snap.eta_s)}" if snap.eta_s else ""
     c1.progress(snap.progress, text=f"{snap.state} · step {snap.step:,} of {snap.total_steps:,} · "
                                     f"{snap.images_per_second:,.0f} images/s{eta}")
     job = registry.get(snap.run_id)

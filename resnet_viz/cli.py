@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import BLOCKS, RECIPES, SCHEDULES, SHORTCUTS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from .progress import ProgressLine, bar, clock
 
 if TYPE_CHECKING:  # torch is imported only by the commands that need it
     from .distributed import DistContext
@@ -147,37 +148,24 @@ def _run_config(args: argparse.Namespace, num_classes: int) -> RunConfig:
 
 
 class _Progress:
-    """A one-line progress bar with ETA on stderr (a line every 10 s when not a terminal)."""
+    """Training progress on stderr: bar, loss, accuracy, images/s and ETA; evaluations on lines of their own."""
 
     def __init__(self, total: int, batch_size: int) -> None:
         self.total, self.batch_size = total, batch_size
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
+        self.line = ProgressLine()
 
     def __call__(self, records: list[dict[str, Any]]) -> None:
         for r in records:
             if r["kind"] == "eval":
-                self._print(f"step {r['step']}: test accuracy {r['test_acc']:.2%}, test loss {r['test_loss']:.3f}", True)
+                self.line.print(f"step {r['step']}: test accuracy {r['test_acc']:.2%}, test loss {r['test_loss']:.3f}",
+                                True)
         steps = [r for r in records if r["kind"] == "step"]
-        if not steps:
+        if not steps or not self.line.due(steps[-1]["step"] == self.total):
             return
         r = steps[-1]
-        now = time.monotonic()
-        if now - self.last < (0.5 if self.tty else 10.0) and r["step"] != self.total:
-            return
-        self.last = now
-        frac = r["step"] / self.total
-        eta = (self.total - r["step"]) * self.batch_size / r["ips"] if r["ips"] > 0 else 0
-        bar = "#" * int(frac * 30)
-        self._print(f"[{bar:<30}] {frac:4.0%} step {r['step']}/{self.total} loss {r['loss']:.3f} "
-                    f"acc {r['acc']:.2f} {r['ips']:,.0f} img/s ETA {int(eta) // 60}:{int(eta) % 60:02d}")
-
-    def _print(self, text: str, newline: bool = False) -> None:
-        if self.tty:
-            sys.stderr.write("\r\033[K" + text + ("\n" if newline else ""))
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+        left = (self.total - r["step"]) * self.batch_size / r["ips"] if r["ips"] > 0 else 0
+        self.line.print(f"{bar(r['step'] / self.total)} step {r['step']}/{self.total} loss {r['loss']:.3f} "
+                        f"acc {r['acc']:.2f} {r['ips']:,.0f} img/s ETA {clock(left)}")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .config import SHORTCUTS, RunConfig
+from .progress import StderrProgress
 
 EXPERIMENTS = ("lesion", "landscape", "signal", "sanity", "report")
 
@@ -111,11 +112,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "signal":
         from .experiments.signal import shattered_gradients, signal_propagation
 
-        result["signal"] = signal_propagation(args.depth, args.shortcut, seed=args.seed).to_dict()
+        result["signal"] = signal_propagation(args.depth, args.shortcut, seed=args.seed,
+                                              progress=StderrProgress()).to_dict()
         from .config import ModelConfig
 
         result["shattered"] = shattered_gradients(ModelConfig(depth=args.depth, shortcut=args.shortcut),
-                                                  seed=args.seed).to_dict()
+                                                  seed=args.seed, progress=StderrProgress()).to_dict()
     elif args.command == "report":
         from .report import build_report
         from .runs import default_runs_dir
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             from .images import open_upload, to_input_tensor
 
             x = normalize(to_input_tensor(open_upload(Path(args.image).read_bytes()))[None], channels_last=False)
-            result.update(sanity_check(model, x, args.method).to_dict())
+            result.update(sanity_check(model, x, args.method, progress=StderrProgress()).to_dict())
         else:
             data = data_for(cfg)
             result["data"] = data.name
@@ -142,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
                 from .experiments.lesion import lesion_study
 
                 x, y = _subset(data.test_x, data.test_y, args.images)
-                result.update(lesion_study(model, x, y, trials=args.trials, max_k=args.max_k, label=label).to_dict())
+                result.update(lesion_study(model, x, y, trials=args.trials, max_k=args.max_k, label=label,
+                                           progress=StderrProgress()).to_dict())
             else:
                 result.update(_landscape(args, model, cfg, data, label))
     result["seconds"] = round(time.perf_counter() - t0, 2)
@@ -158,10 +161,13 @@ def _landscape(args: argparse.Namespace, model, cfg: RunConfig, data, label: str
     x, y = fixed_subset(data.train_x, data.train_y, n=args.images, seed=0)
     if args.steps is None:
         args.steps = 25 if args.kind == "interpolation" else 21
+    progress = StderrProgress()
     if args.kind == "surface":
-        return surface_2d(model, x, y, seed=args.seed, steps=args.steps, span=args.span, label=label).to_dict()
+        return surface_2d(model, x, y, seed=args.seed, steps=args.steps, span=args.span, label=label,
+                          progress=progress).to_dict()
     if args.kind == "random":
-        return random_slice(model, x, y, seed=args.seed, steps=args.steps, span=args.span).to_dict()
+        return random_slice(model, x, y, seed=args.seed, steps=args.steps, span=args.span,
+                            progress=progress).to_dict()
     torch.manual_seed(cfg.train.seed)  # fit() seeds exactly so before building: the run's initial weights
     initial = build_model(cfg.model).state_dict()
-    return interpolation_slice(initial, model, x, y, steps=args.steps).to_dict()
+    return interpolation_slice(initial, model, x, y, steps=args.steps, progress=progress).to_dict()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .experiments.common import Cancelled, ProgressFn
+from .progress import eta
 
 TaskFn = Callable[[ProgressFn, threading.Event], Any]
 
@@ -32,10 +33,16 @@ class TaskSnapshot:
     error: str
     elapsed: float
     title: str = ""
+    partial: Any = None  # the latest partial result the task published (e.g. a coarse preview)
 
     @property
     def done(self) -> bool:
         return self.state != "running"
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the pace so far; None until there is a pace to go by."""
+        return None if self.done else eta(self.elapsed, self.fraction)
 
 
 class Task:
@@ -45,15 +52,18 @@ class Task:
         self._lock = threading.Lock()
         self._state, self._fraction, self._message = "running", 0.0, "starting"
         self._result: Any = None
+        self._partial: Any = None
         self._error = ""
         self._t0 = time.monotonic()
         self._t1: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"task-{key[:40]}", daemon=True)
         self._thread.start()
 
-    def _progress(self, fraction: float, message: str) -> None:
+    def _progress(self, fraction: float, message: str, partial: Any = None) -> None:
         with self._lock:
             self._fraction, self._message = fraction, message
+            if partial is not None:
+                self._partial = partial
 
     def _run(self) -> None:
         try:
@@ -78,7 +88,7 @@ class Task:
         with self._lock:
             end = self._t1 if self._t1 is not None else time.monotonic()
             return TaskSnapshot(self.key, self._state, self._fraction, self._message, self._result,
-                                self._error, end - self._t0, self.title)
+                                self._error, end - self._t0, self.title, self._partial)
 
 
 class TaskRegistry:

@@ -26,6 +26,7 @@ from .device import describe_device, pick_device
 from .jobs import JobRegistry, JobSnapshot
 from .model import CifarResNet, build_model
 from .modelio import ModelRef, class_names, load_model_file, load_run_model, shipped_models
+from .progress import clock
 from .runlist import RunInfo, list_runs
 from .runs import RunDir, RunError, default_runs_dir
 
@@ -307,11 +308,13 @@ def task_registry() -> TaskRegistry:
     return TaskRegistry()
 
 
-def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title: str = "") -> Any:
+def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title: str = "",
+             preview: Callable[[Any], None] | None = None) -> Any:
     """A Run button for a long computation, its progress bar and Stop while it runs, and
     its result (or None) once it is done. ``key`` names what is computed, so a reload or
     another tab finds the same task and its result; ``title`` says it in words for the
-    report (the button's label by default)."""
+    report (the button's label by default). While it runs, ``preview`` (if given) draws the
+    latest partial result the task published, e.g. a loss surface on a coarse grid."""
     reg = task_registry()
     task = reg.get(key)
     if task is None or task.snapshot().state in ("stopped", "failed"):
@@ -324,7 +327,7 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
             st.rerun()
         return None
     if not task.snapshot().done:
-        _task_progress(key)
+        _task_progress(key, preview)
         return None
     snap = task.snapshot()
     st.caption(f"Computed in {snap.elapsed:.1f} s.")
@@ -332,12 +335,15 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
 
 
 @st.fragment(run_every=1.0)
-def _task_progress(key: str) -> None:
+def _task_progress(key: str, preview: Callable[[Any], None] | None = None) -> None:
     task = task_registry().get(key)
     if task is None or task.snapshot().done:
         st.rerun()
     snap = task.snapshot()
     c1, c2 = st.columns([5, 1])
-    c1.progress(snap.fraction, text=f"{snap.message} · {snap.elapsed:.0f} s")
+    eta = f" · about {clock(snap.eta_s)} left" if snap.eta_s is not None else ""
+    c1.progress(snap.fraction, text=f"{snap.message} · {clock(snap.elapsed)} elapsed{eta}")
+    if preview is not None and snap.partial is not None:
+        preview(snap.partial)
     if c2.button("Stop", key=f"stop_{key}", icon=":material/stop:"):
         task.stop()

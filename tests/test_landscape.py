@@ -17,6 +17,7 @@ from resnet_viz.experiments.landscape import (
     fixed_subset,
     interpolation_slice,
     random_direction,
+    preview_strides,
     random_slice,
     surface_2d,
 )
@@ -150,6 +151,31 @@ def test_surface_shape_and_centre_is_the_models_own_loss() -> None:
     # bf16 autocast (where this CPU has it) agrees to bf16 accuracy.
     bf = surface_2d(model, x, y, steps=3, span=0.5, precision="bf16", seed=4)
     assert bf.loss[1][1] == pytest.approx(surf.loss[1][1], rel=0.05)
+
+
+def test_surface_fills_in_coarse_to_fine_with_previews_of_the_same_values() -> None:
+    assert preview_strides(21) == [4, 2] and preview_strides(11) == [2] and preview_strides(7) == [2]
+    assert preview_strides(3) == [] and preview_strides(2) == [] and preview_strides(6) == []
+    model = _tiny(0)
+    x, y = _data()
+    reports: list[tuple[float, str, dict | None]] = []
+
+    def progress(fraction: float, message: str, partial: dict | None = None) -> None:
+        reports.append((fraction, message, partial))
+
+    surf = surface_2d(model, x, y, steps=5, span=0.5, batch_size=10, precision="fp32", progress=progress)
+    previews = [(f, p) for f, _, p in reports if p is not None]
+    assert len(previews) == 1  # 5 points per axis: one 3x3 preview on every 2nd point
+    fraction, preview = previews[0]
+    assert fraction == pytest.approx(9 / 25)  # after the 3x3 grid's 9 points, of 25
+    assert preview["alphas"] == preview["betas"] == [-0.5, 0.0, 0.5] == surf.alphas[::2]
+    assert preview["loss"] == [row[::2] for row in surf.loss[::2]]  # the same numbers, seen early
+    json.dumps(preview, allow_nan=False)
+    fractions = [f for f, _, p in reports if p is None]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 25  # each point once
+    # The order changes no value: the 3x3 surface on the same span is the coarse grid's.
+    small = surface_2d(model, x, y, steps=3, span=0.5, batch_size=10, precision="fp32")
+    assert small.loss == preview["loss"]
 
 
 def test_random_slice_centre_is_the_model_and_nan_becomes_none() -> None:

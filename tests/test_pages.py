@@ -264,3 +264,40 @@ def test_experiments_report_tab_offers_the_finished_experiments() -> None:
     exps.set_value([]).run()  # neither a run nor an experiment: no button, a hint instead
     assert not any(b.label == "Build the report" for b in at.button)
     assert any("a report needs at least one" in i.value for i in at.info)
+
+
+def test_a_running_task_shows_its_time_left_and_its_partial_result() -> None:
+    import threading
+
+    from resnet_viz import ui
+
+    gate = threading.Event()
+    coarse = {"alphas": [-1.0, 0.0, 1.0], "betas": [-1.0, 0.0, 1.0], "loss": [[3.0, 2.0, 3.0], [2.0, 1.0, 2.0],
+              [3.0, 2.0, 3.0]], "acc": [[0.1] * 3] * 3, "label": "ResNet-8", "seed": 0}
+
+    def fn(progress, stop):
+        progress(0.2, "surface 9/49: the 3x3 preview is ready", partial=coarse)
+        gate.wait(30)
+        return {"done": True}
+
+    task = ui.task_registry().start("preview-test", fn)
+    while task.snapshot().partial is None:
+        time.sleep(0.01)
+    time.sleep(1.1)  # a pace to estimate from
+    script = """
+import streamlit as st
+from resnet_viz import plots, ui
+res = ui.run_task("preview-test", "Run it", lambda p, s: None,
+                  preview=lambda part: st.plotly_chart(plots.surface_figure(part, title="Preview grid"), key="pv"))
+if res:
+    st.success("finished")
+"""
+    at = AppTest.from_string(script, default_timeout=30).run()
+    assert not at.exception, at.exception
+    assert any("Preview grid" in c.proto.spec for c in at.get("plotly_chart"))
+    text = at.get("progress")[0].proto.text
+    assert "the 3x3 preview is ready" in text and "elapsed" in text and "left" in text, text
+    gate.set()
+    assert task.wait(10)
+    at.run()
+    assert [s.value for s in at.success] == ["finished"] and not at.get("plotly_chart")

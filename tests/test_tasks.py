@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from resnet_viz.experiments import check, report
 from resnet_viz.tasks import TaskRegistry
 
@@ -61,3 +63,26 @@ def test_finished_lists_the_succeeded_tasks_with_their_titles() -> None:
     done = reg.finished()
     assert [(s.key, s.title, s.result) for s in done] == [
         ("lesion|a", "Lesion study: ResNet-20", {"n": 2}), ("signal|20", "signal|20", {"n": 3})]
+
+
+def test_a_task_keeps_its_latest_partial_result_and_estimates_the_time_left() -> None:
+    gate = threading.Event()
+
+    def fn(progress, stop: threading.Event):
+        report(progress, 0.25, "coarse grid done", partial={"grid": 3})
+        report(progress, 0.5, "half way")  # no partial: the last one stays
+        gate.wait(10)
+        return {"grid": 5}
+
+    task = TaskRegistry().start("partial", fn)
+    while task.snapshot().fraction < 0.5:
+        time.sleep(0.01)
+    snap = task.snapshot()
+    assert snap.partial == {"grid": 3} and not snap.done and snap.result is None
+    assert snap.eta_s is None or snap.eta_s == pytest.approx(snap.elapsed, rel=0.01)  # half done: as long again
+    time.sleep(1.05)
+    snap = task.snapshot()
+    assert snap.eta_s == pytest.approx(snap.elapsed, rel=0.01)
+    gate.set()
+    assert task.wait(10)
+    assert task.snapshot().result == {"grid": 5} and task.snapshot().eta_s is None

@@ -1,7 +1,10 @@
 """What every experiment shares: progress reports, cooperative stop, model evaluation.
 
 An experiment is a plain function that takes a model (or a config), its parameters, and
-optionally ``progress`` (called with a fraction in [0, 1] and a short message) and
+optionally ``progress`` (called with a fraction in [0, 1] and a short message; an experiment
+whose partial result is worth showing, such as a loss surface on a coarse grid, also passes
+it as ``partial=``, a ``to_dict()``-style dict, so a progress function that takes partials
+accepts a third argument) and
 ``stop`` (a ``threading.Event``; when set, the function raises ``Cancelled`` at its next
 check, within one batch). It returns a frozen dataclass whose ``to_dict()`` is
 JSON-serializable: the CLI prints it as one JSON object and the app plots it.
@@ -11,12 +14,12 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-ProgressFn = Callable[[float, str], None]
+ProgressFn = Callable[..., None]  # (fraction, message) or (fraction, message, partial=dict)
 
 
 class Cancelled(Exception):
@@ -28,9 +31,14 @@ def check(stop: threading.Event | None) -> None:
         raise Cancelled("stopped by the user")
 
 
-def report(progress: ProgressFn | None, fraction: float, message: str) -> None:
-    if progress is not None:
-        progress(min(1.0, max(0.0, fraction)), message)
+def report(progress: ProgressFn | None, fraction: float, message: str, partial: Any = None) -> None:
+    if progress is None:
+        return
+    fraction = min(1.0, max(0.0, fraction))
+    if partial is None:  # two-argument progress functions keep working
+        progress(fraction, message)
+    else:
+        progress(fraction, message, partial=partial)
 
 
 @contextmanager

@@ -42,7 +42,7 @@ from .common import ProgressFn, check, report
 EVAL_BATCH = 128
 
 __all__ = ["EVAL_BATCH", "Slice1D", "Surface2D", "fixed_subset", "interpolation_slice", "random_direction",
-           "random_slice", "surface_2d"]
+           "preview_strides", "random_slice", "surface_2d"]
 
 
 def _finite_or_none(v: float) -> float | None:
@@ -314,24 +314,53 @@ def random_slice(model: nn.Module, x: Tensor, y: Tensor, *, seed: int = 0, steps
     return Slice1D(alphas=alphas, loss=loss, acc=acc, kind="random", label=label)
 
 
+def preview_strides(steps: int) -> list[int]:
+    """Strides of the coarse grids a surface of ``steps`` x ``steps`` is filled in through,
+    coarsest first: 21 -> [4, 2] (a 6x6 grid, then 11x11, then all 21x21); [] when no
+    coarser grid with at least 3 points per axis shares the corners."""
+    strides, s = [], 2
+    while (steps - 1) % s == 0 and (steps - 1) // s >= 2:
+        strides.append(s)
+        s *= 2
+    return strides[::-1]
+
+
 @torch.no_grad()
 def surface_2d(model: nn.Module, x: Tensor, y: Tensor, *, seed: int = 0, steps: int = 21, span: float = 1.0,
                batch_size: int = EVAL_BATCH, precision: str = "auto", progress: ProgressFn | None = None,
                stop: threading.Event | None = None, label: str = "") -> Surface2D:
     """Loss on ``theta + a d1 + b d2`` for a, b in [-span, span] (steps x steps points), with
-    filter-normalized directions d1, d2 from seeds ``seed`` and ``seed + 1``."""
+    filter-normalized directions d1, d2 from seeds ``seed`` and ``seed + 1``.
+
+    The points are visited coarse to fine (every 4th, then every 2nd, then the rest: see
+    :func:`preview_strides`), and each finished coarse grid goes to ``progress`` as
+    ``partial=`` (a ``Surface2D.to_dict()`` on that grid): a person sees the whole surface
+    at low resolution after a tenth of the work. Each point is evaluated on its own, so the
+    order changes no value.
+    """
     grid = _grid(-_span(span), span, steps)
     probe = _Probe(model, x, y, batch_size, precision)
     moving = _moving(probe, [random_direction(model, seed), random_direction(model, seed + 1)])
     loss = [[0.0] * steps for _ in grid]  # (betas, alphas)
     acc = [[0.0] * steps for _ in grid]
-    total = steps * steps
-    for j, b in enumerate(grid):
-        for i, a in enumerate(grid):
-            check(stop)
-            for p, base, (d1, d2) in moving:
-                p.copy_(base).add_(d1, alpha=a).add_(d2, alpha=b)  # in place: no allocation per point
-            loss[j][i], acc[j][i] = probe.evaluate(stop)
-            k = j * steps + i + 1
-            report(progress, k / total, f"surface {k}/{total}: a={a:+.2f} b={b:+.2f} loss {loss[j][i]:.3f}")
+    total, k = steps * steps, 0
+    seen: set[tuple[int, int]] = set()
+    for stride in [*preview_strides(steps), 1]:
+        for j in range(0, steps, stride):
+            for i in range(0, steps, stride):
+                if (j, i) in seen:
+                    continue
+                seen.add((j, i))
+                check(stop)
+                a, b = grid[i], grid[j]
+                for p, base, (d1, d2) in moving:
+                    p.copy_(base).add_(d1, alpha=a).add_(d2, alpha=b)  # in place: no allocation per point
+                loss[j][i], acc[j][i] = probe.evaluate(stop)
+                k += 1
+                report(progress, k / total, f"surface {k}/{total}: a={a:+.2f} b={b:+.2f} loss {loss[j][i]:.3f}")
+        if stride > 1:
+            coarse = Surface2D(alphas=grid[::stride], betas=grid[::stride], loss=[r[::stride] for r in loss[::stride]],
+                               acc=[r[::stride] for r in acc[::stride]], label=label, seed=seed)
+            n = len(coarse.alphas)
+            report(progress, k / total, f"surface {k}/{total}: the {n}x{n} preview is ready", partial=coarse.to_dict())
     return Surface2D(alphas=grid, betas=list(grid), loss=loss, acc=acc, label=label, seed=seed)

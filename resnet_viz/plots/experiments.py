@@ -62,7 +62,7 @@ def slices_figure(slices: Sequence[dict[str, Any]], title: str = "Loss along a d
     return fig
 
 
-def surface_figure(surface: dict[str, Any], three_d: bool = False) -> go.Figure:
+def surface_figure(surface: dict[str, Any], three_d: bool = False, title: str = "") -> go.Figure:
     z = np.log10(np.maximum(np.asarray(surface["loss"], dtype=float), 1e-6))
     a, b = surface["alphas"], surface["betas"]
     label = surface.get("label") or "model"
@@ -74,7 +74,7 @@ def surface_figure(surface: dict[str, Any], three_d: bool = False) -> go.Figure:
                                    colorbar={"title": {"text": "log10 loss"}}))
         fig.update_xaxes(title_text="α (direction 1)", constrain="domain")
         fig.update_yaxes(title_text="β (direction 2)", scaleanchor="x", constrain="domain")
-    return _style(fig, "Loss surface (3-D)" if three_d else "Loss surface", 520,
+    return _style(fig, title or ("Loss surface (3-D)" if three_d else "Loss surface"), 520,
                   subtitle=f"{label} · filter-normalized directions, seed {surface.get('seed', 0)}")
 
 
