@@ -42,6 +42,14 @@ with st.container(border=True):
         (st.success if not pending and verdict.plain_degrades is not None else st.info)(verdict.text)
         st.plotly_chart(plots.compare_curves([(k, v) for k, v in results.items()], x_axis="iterations"),
                         width="stretch", key="degradation_curves")
+    elif (shipped := ui.shipped_degradation()) is not None:
+        results, about = shipped
+        st.markdown(f"**Until you run it, here is the project's own run** on {about.get('data', 'CIFAR-10')} "
+                    f"({about.get('steps', compare.DEFAULT_STEPS):,} steps per net, {about.get('machine', '')}). "
+                    "The verdict below is computed from those records by the same code that will judge yours.")
+        st.success(compare.degradation_verdict(results).text)
+        st.plotly_chart(plots.compare_curves([(k, v) for k, v in results.items()], x_axis="iterations"),
+                        width="stretch", key="degradation_curves")
 
 st.subheader("Any runs")
 if not all_runs:

@@ -65,10 +65,12 @@ if start:
             busy = registry.active()
             job = registry.submit(cfg, data=data)
             st.session_state[ui.Keys.WATCHED_RUN] = job.run_id
-            st.success(f"Queued behind {busy.snapshot().label}: it starts when that run ends." if busy
-                       else f"Started {cfg.model.label} on {data.name}, lr {cfg.train.lr:g}.")
+            ui.flash(f"Queued behind {busy.snapshot().label}: it starts when that run ends." if busy
+                     else f"Started {cfg.model.label} on {data.name}, lr {cfg.train.lr:g}.")
         except ValueError as e:
             st.error(str(e))
+        else:
+            st.rerun()  # from the top, so the sidebar shows the run being watched
 
 st.divider()
 all_runs = ui.runs()

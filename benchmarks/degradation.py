@@ -1,23 +1,30 @@
 """The degradation experiment from the command line, as the Compare page runs it.
 
-    python benchmarks/degradation.py [--steps 1000] [--out runs]
+    python benchmarks/degradation.py [--steps 1000] [--out runs] [--export assets/degradation.json]
 
 Trains plain-20, plain-56, ResNet-20 and ResNet-56 (shortcut A) one after another with
 the same seed, data order and budget on the default data set (CIFAR-10 when it is here),
 writes them to the runs folder under the names the Compare page groups, and prints each
 run's time and final errors, then the verdict in words and the total time. The reference
 it prints beside them is the bare-loop measurement quoted in the issue (600 steps).
+``--export`` writes the four runs' compact records and where they were measured: the file
+the Compare page shows until a person has run the experiment themselves.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 from resnet_viz import compare  # noqa: E402
 from resnet_viz.config import ModelConfig, RunConfig  # noqa: E402
@@ -32,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=compare.DEFAULT_STEPS)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--export", default=None, help="write the result for the Compare page (assets/degradation.json)")
     args = ap.parse_args()
     src = default_source()
     data = load_data(src)
@@ -40,7 +48,7 @@ def main() -> None:
     root = Path(args.out) if args.out else default_runs_dir()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     print(f"data: {data.name}; {args.steps} steps of batch {train.batch_size} per run; runs in {root}")
-    results, t_all = {}, time.perf_counter()
+    results, seconds, t_all = {}, {}, time.perf_counter()
     for cfg in compare.degradation_configs(base):
         cfg = dataclasses.replace(cfg, name=f"{cfg.name} #{stamp}")
         key = compare.run_key(cfg.model.depth, cfg.model.shortcut)
@@ -48,12 +56,30 @@ def main() -> None:
         records: list[dict] = []
         res = fit(cfg, data=data, run=RunDir.create(root, cfg, cfg.name), on_records=records.extend)
         results[key] = records
+        seconds[key] = round(time.perf_counter() - t0)
         err = compare.final_errors(records)
         print(f"{key:>10}: {time.perf_counter() - t0:6.0f} s, {res.images_per_second:5.0f} img/s, "
               f"train error {err['train_error']:.3f}, test error {err['test_error']:.3f}, "
               f"train loss {err['train_loss']:.3f}  (reference train error {REFERENCE[key]:.2f})", flush=True)
     print(compare.degradation_verdict(results).text)
     print(f"total: {time.perf_counter() - t_all:.0f} s")
+    if args.export:
+        about = {"data": data.name, "steps": args.steps, "batch_size": train.batch_size, "seed": train.seed,
+                 "machine": _machine(), "torch": torch.__version__, "seconds": seconds,
+                 "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/degradation.py " + " ".join(sys.argv[1:])}
+        Path(args.export).write_text(json.dumps(compare.export_result(results, about), separators=(",", ":")) + "\n")
+        print(f"wrote {args.export}")
+
+
+def _machine() -> str:
+    """E.g. "2-core Intel(R) Xeon(R) Processor, CPU": what the times were measured on."""
+    cpu = platform.processor() or "CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {cpu}, {gpu}"
 
 
 if __name__ == "__main__":

@@ -222,3 +222,41 @@ def degradation_verdict(results: Mapping[str, Sequence[dict]], depths: Sequence[
         sentences.append("Still missing: " + ", ".join(missing[k] for k in keys if k in missing) + ".")
     return Verdict(plain_degrades=verdicts["plain"], resnet_degrades=verdicts["resnet"],
                    text=" ".join(sentences), numbers=numbers)
+
+
+# ---------------------------------------------------------------- a measured result, shipped
+
+_KEEP = {"step": ("step", "epoch", "loss", "acc"), "eval": ("step", "epoch", "test_loss", "test_acc"),
+         "end": ("status", "steps", "elapsed")}
+
+
+def _compact(records: Sequence[dict]) -> list[dict]:
+    """The records the verdict and the curves read, floats to 5 significant digits (a
+    1,000-step run is then ~50 kB of JSON instead of ~200 kB)."""
+    out = []
+    for r in records:
+        keep = _KEEP.get(r.get("kind", "")) if isinstance(r, dict) else None
+        if keep:
+            out.append({"kind": r["kind"], **{k: (float(f"{r[k]:.5g}") if isinstance(r[k], float) else r[k])
+                                              for k in keep if k in r}})
+    return out
+
+
+def export_result(results: Mapping[str, Sequence[dict]], about: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished experiment as one JSON-ready dict: ``about`` (data set, budget, machine,
+    times) and each run's compact records, for ``assets/degradation.json``."""
+    missing = [k for k in (run_key(d, s) for s in ("none", RESNET_SHORTCUT) for d in DEGRADATION_DEPTHS)
+               if _missing(results, k, require_finished=True)]
+    if missing:
+        raise ValueError(f"the experiment is not finished: {', '.join(missing)}")
+    return {"about": dict(about), "runs": {k: _compact(v) for k, v in results.items()}}
+
+
+def read_result(doc: Any) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+    """(runs' records, about) from ``export_result``'s dict; a ValueError if it is not one."""
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    about = doc.get("about") if isinstance(doc, dict) else None
+    if not isinstance(runs, dict) or not isinstance(about, dict) or not all(
+            isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in runs.values()):
+        raise ValueError("not a degradation result: expected {'about': {...}, 'runs': {'plain-20': [records], ...}}")
+    return {str(k): list(v) for k, v in runs.items()}, about

@@ -26,6 +26,7 @@ from .model import CifarResNet, build_model
 from .runs import RunDir
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+DEGRADATION_FILE = ASSETS_DIR / "degradation.json"  # the project's own run of the experiment (compare.py)
 
 
 class ModelFileError(ValueError):

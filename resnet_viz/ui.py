@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,8 @@ from .data import ImageData, default_source, describe_default_source, load_data
 from .device import describe_device, pick_device
 from .jobs import JobRegistry, JobSnapshot
 from .model import CifarResNet, build_model
-from .modelio import ModelRef, class_names, load_model_file, load_run_model, shipped_models
+from . import compare
+from .modelio import DEGRADATION_FILE, ModelRef, class_names, load_model_file, load_run_model, shipped_models
 from .progress import clock
 from .runlist import RunInfo, list_runs
 from .runs import RunDir, RunError, default_runs_dir
@@ -187,6 +189,16 @@ def run_records(run_id: str) -> list[dict[str, Any]]:
     except RunError as e:
         st.warning(str(e))
         return []
+
+
+@st.cache_data(show_spinner=False)
+def shipped_degradation() -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]] | None:
+    """The degradation experiment the project ran on CIFAR-10 (``assets/degradation.json``):
+    (records per run, what/where/how long), or None when the file is absent or unreadable."""
+    try:
+        return compare.read_result(json.loads(DEGRADATION_FILE.read_text(encoding="utf-8")))
+    except (OSError, ValueError):  # json.JSONDecodeError is a ValueError
+        return None
 
 
 def metrics_csv(records: list[dict[str, Any]]) -> bytes:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +18,9 @@ from resnet_viz.compare import (
     degradation_configs,
     degradation_groups,
     degradation_verdict,
+    export_result,
     final_errors,
+    read_result,
     run_key,
 )
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -131,3 +135,36 @@ def test_default_budget_and_groups():
     assert {k: r.id for k, r in groups[0][1].items()} == {"resnet-56": "6", "plain-20": "5"}
     assert {k: r.id for k, r in groups[1][1].items()} == {"plain-20": "4"}  # newest wins; depth 32 is not in it
     assert degradation_groups([]) == []
+
+
+def test_a_finished_experiment_exports_to_json_and_reads_back_to_the_same_verdict():
+    results = _four(0.35, 0.65, 0.27, 0.274)
+    for recs in results.values():  # records the file leaves out: probes, and fields the page never reads
+        recs.insert(0, {"kind": "probe", "step": 1, "blocks": {"stage1.block0": {"ratio": 0.5}}})
+    doc = json.loads(json.dumps(export_result(results, {"data": "CIFAR-10 (JPEG copy)", "steps": 80})))
+    runs, about = read_result(doc)
+    assert about == {"data": "CIFAR-10 (JPEG copy)", "steps": 80} and sorted(runs) == sorted(results)
+    assert all(r["kind"] in ("step", "eval", "end") and "ips" not in r for v in runs.values() for r in v)
+    assert degradation_verdict(runs).text == degradation_verdict(results).text
+    unfinished = dict(results, **{"plain-56": _records(0.65, end=None)})
+    with pytest.raises(ValueError, match="not finished: plain-56"):
+        export_result(unfinished, {})
+    for bad in ([], {"runs": {}}, {"about": {}, "runs": {"plain-20": "x"}}):
+        with pytest.raises(ValueError, match="not a degradation result"):
+            read_result(bad)
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "degradation.json"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no assets/degradation.json (benchmarks/degradation.py --export)")
+def test_the_shipped_result_shows_the_degradation_problem_and_its_fix():
+    """The Compare page shows this file before a person runs the experiment: it must say
+    what the paper says, from real CIFAR-10 numbers measured by the benchmark."""
+    runs, about = read_result(json.loads(SHIPPED.read_text()))
+    assert "CIFAR-10" in about["data"] and about["steps"] == DEFAULT_STEPS
+    v = degradation_verdict(runs)
+    assert v.plain_degrades is True and "(degradation)" in v.text
+    gap = {k: v.numbers[f"{k}-56"]["train_error"] - v.numbers[f"{k}-20"]["train_error"] for k in ("plain", "resnet")}
+    assert gap["plain"] > 0.1 and gap["resnet"] < gap["plain"] / 2, gap
+    assert all(r["step"] == i + 1 for recs in runs.values() for i, r in enumerate(x for x in recs if x["kind"] == "step"))

@@ -354,6 +354,11 @@ def test_experiments_lesion_of_the_shipped_resnet(page, server: str, shots: Path
     main(page).get_by_role("button", name=re.compile(r"Lesion study: ResNet\(A\)-20")).click()
     expect(main(page).get_by_text("Computed in")).to_have_count(1, timeout=TRAIN_TIMEOUT_MS)  # ran in the background
     wait_for_app(page)
+    # The plain net beside it (the "Compare with" model): both curves in one figure.
+    start_task(page, main(page), re.compile(r"Lesion study: plain-20"))
+    expect(main(page).get_by_text("Computed in")).to_have_count(2, timeout=TRAIN_TIMEOUT_MS)
+    wait_for_app(page)
+    expect(main(page).get_by_text("Run the lesion study to see")).to_have_count(0)
     expect(main(page).locator("[data-testid='stException']")).to_have_count(0)
     assert_healthy(page)
     shoot(page, shots, "10-lesion.png")

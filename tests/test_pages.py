@@ -126,8 +126,10 @@ def test_train_starts_and_stops_a_tiny_run() -> None:
     next(s for s in at.selectbox if s.label == "Batch size").set_value(32)
     at.button[0].click().run()  # the form's submit button
     assert not at.exception, at.exception
-    assert any("Started" in s.value for s in at.success), [s.value for s in at.success]
+    assert any("Started" in t.value for t in at.toast), [t.value for t in at.toast]
     run_id = at.session_state[Keys.WATCHED_RUN]
+    # The page reran from the top, so the sidebar already names the run being watched.
+    assert any(c.value.startswith("**Watching:**") for c in at.sidebar.caption), [c.value for c in at.sidebar.caption]
     from resnet_viz import ui
 
     job = ui.job_registry().get(run_id)
@@ -301,3 +303,30 @@ if res:
     assert task.wait(10)
     at.run()
     assert [s.value for s in at.success] == ["finished"] and not at.get("plotly_chart")
+
+
+def test_compare_shows_the_shipped_degradation_result_until_the_user_has_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from test_compare import _four  # tests/ is on sys.path under pytest's default import mode
+
+    from resnet_viz import compare, ui
+
+    shipped = tmp_path / "degradation.json"
+    doc = compare.export_result(_four(0.35, 0.65, 0.27, 0.274), {"data": "CIFAR-10 (JPEG copy)", "steps": 1000,
+                                                                  "machine": "2-core test CPU"})
+    shipped.write_text(json.dumps(doc))
+    monkeypatch.setattr(ui, "DEGRADATION_FILE", shipped)
+    ui.shipped_degradation.clear()
+    at = page("compare").run()
+    assert not at.exception, at.exception
+    assert any("project's own run" in m.value and "2-core test CPU" in m.value for m in at.markdown)
+    verdict = " ".join(s.value for s in at.success)
+    assert "trained worse by 30 points (degradation)" in verdict and "removed the degradation" in verdict, verdict
+    assert any("plain-56" in c.proto.spec for c in at.get("plotly_chart"))
+    shipped.write_text("{not json")  # a damaged file: the page goes on without it
+    ui.shipped_degradation.clear()
+    at = page("compare").run()
+    assert not at.exception and not any("project's own run" in m.value for m in at.markdown)
+    ui.shipped_degradation.clear()
