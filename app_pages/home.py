@@ -11,7 +11,7 @@ st.markdown(
 STEPS = [
     ("1. The degradation problem", "app_pages/compare.py", ":material/trending_down:",
      "A deeper **plain** net ends with a *higher training error* than a shallower one: not overfitting, "
-     "but an optimization failure. Run the four-network experiment and see it in your own numbers."),
+     "but an optimization failure. See the project's own CIFAR-10 run, then run the four networks yourself."),
     ("2. The residual idea", "app_pages/build.py", ":material/alt_route:",
      "Let each block learn a change F(x) and add it to its input: y = F(x) + x. If the best thing a block can "
      "do is nothing, it only has to push F(x) to zero."),

@@ -59,7 +59,11 @@ def runs_root() -> Path:
     return job_registry().runs_root
 
 
-@st.cache_resource(show_spinner="Loading the data set (the first time decodes it; later starts take a second)...")
+# Two data sets at most stay in memory (CIFAR-10 as uint8 is 184 MB): switching back and forth
+# between two is instant, a third evicts the one used least recently (a job training on it
+# keeps its own reference), so a long-lived server does not hold every set it ever loaded.
+@st.cache_resource(show_spinner="Loading the data set (the first time decodes it; later starts take a second)...",
+                   max_entries=2)
 def _data(cfg: DataConfig) -> ImageData:
     return load_data(cfg)
 

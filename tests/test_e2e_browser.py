@@ -312,6 +312,9 @@ def test_train_a_short_run(page, server: str, shots: Path) -> None:
 def test_compare(page, server: str, shots: Path) -> None:
     open_page(page, server, "compare")
     expect(main(page).get_by_role("button", name="Run the degradation experiment")).to_be_visible()
+    if (ROOT / "assets" / "degradation.json").exists():  # the project's own run, until the user has one
+        expect(main(page).get_by_text(re.compile(r"trained worse by .* \(degradation\)"))).to_be_visible()
+        expect(main(page).get_by_text("plain-56").first).to_be_visible()  # the curves' legend
     shoot(page, shots, "05-compare.png")
 
 
