@@ -17,7 +17,7 @@ with st.container(border=True):
     st.subheader("The degradation experiment")
     st.markdown(
         "Trains **plain-20, plain-56, ResNet-20 and ResNet-56** (shortcut A) with the same seed, data order and "
-        f"budget ({compare.DEFAULT_STEPS:,} steps of batch 128, about 15 minutes on a 2-core CPU with CIFAR-10), "
+        f"budget ({compare.DEFAULT_STEPS:,} steps of batch 128, 15 to 30 minutes on a 2-core CPU with CIFAR-10), "
         "one after another in the background. When they are done this page says what *their* numbers show."
     )
     if st.button("Run the degradation experiment", type="primary", icon=":material/science:"):
