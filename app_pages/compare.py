@@ -30,6 +30,7 @@ with st.container(border=True):
                 registry.submit(replace(cfg, name=f"{cfg.name} #{stamp}"), data=data)
             st.success(f"Queued 4 runs on {data.name}. Leave this page open or come back later: they keep training.")
             st.rerun()
+    results = None
     if groups:
         stamp, members = groups[0]
         results = {key: ui.run_records(info.id) for key, info in members.items()}
@@ -40,14 +41,13 @@ with st.container(border=True):
             done = sum(s.step for s in live if s) / max(1, sum(s.total_steps for s in live if s))
             st.progress(done, text=f"Experiment #{stamp}: {len(pending)} run(s) still training or queued")
         (st.success if not pending and verdict.plain_degrades is not None else st.info)(verdict.text)
-        st.plotly_chart(plots.compare_curves([(k, v) for k, v in results.items()], x_axis="iterations"),
-                        width="stretch", key="degradation_curves")
     elif (shipped := ui.shipped_degradation()) is not None:
         results, about = shipped
         st.markdown(f"**Until you run it, here is the project's own run** on {about.get('data', 'CIFAR-10')} "
                     f"({about.get('steps', compare.DEFAULT_STEPS):,} steps per net, {about.get('machine', '')}). "
                     "The verdict below is computed from those records by the same code that will judge yours.")
         st.success(compare.degradation_verdict(results).text)
+    if results is not None:
         st.plotly_chart(plots.compare_curves([(k, v) for k, v in results.items()], x_axis="iterations"),
                         width="stretch", key="degradation_curves")
 

@@ -86,3 +86,12 @@ def test_a_task_keeps_its_latest_partial_result_and_estimates_the_time_left() ->
     gate.set()
     assert task.wait(10)
     assert task.snapshot().result == {"grid": 5} and task.snapshot().eta_s is None
+
+
+def test_clock_and_eta_read_as_a_person_expects() -> None:
+    from resnet_viz.progress import bar, clock, eta
+
+    assert [clock(s) for s in (0, 59.4, 83.4, 3599.6, 3725)] == ["0:00", "0:59", "1:23", "1:00:00", "1:02:05"]
+    assert clock(-3) == "0:00"
+    assert eta(10.0, 0.25) == 30.0 and eta(0.5, 0.5) is None and eta(10.0, 0.01) is None and eta(10.0, 1.0) is None
+    assert bar(0.5, 10) == "[#####     ]  50%"
