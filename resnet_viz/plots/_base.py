@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -119,6 +119,50 @@ def _note(fig: go.Figure, text: str) -> go.Figure:
                        font={"size": 15, "color": "#777"})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
+    return fig
+
+
+def _numbers(values: Any) -> Iterator[float]:
+    """Every number in nested sequences (lists of traces' y, arrays), in order."""
+    if isinstance(values, (list, tuple, np.ndarray)):
+        for x in values:
+            yield from _numbers(x)
+    elif _num(values) is not None:
+        yield float(values)
+
+
+def log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Ticks between the log10 values lo and hi: (their log10 positions, full labels).
+
+    1-2-5 steps, decades when those are more than eight, every digit when they are fewer
+    than three. Plotly's own log ticks over less than a few decades label 20, 30 ... 80 as
+    "2", "3" ... "8" beside a "10" below them, which reads as if 10 were under 2.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        raise ValueError(f"log tick range must be finite with lo <= hi, got {lo}, {hi}")
+    def at(mults: Sequence[int]) -> list[float]:
+        return [m * 10.0**d for d in range(math.floor(lo), math.ceil(hi) + 1) for m in mults
+                if lo - 1e-9 <= math.log10(m * 10.0**d) <= hi + 1e-9]
+
+    vals = at((1, 2, 5))
+    if len(vals) > 8:
+        vals = at((1,))
+        vals = vals[:: math.ceil(len(vals) / 8)]  # every other decade (or sparser) over a huge range
+    elif len(vals) < 3:
+        vals = at(range(1, 10))
+    return [math.log10(v) for v in vals], [f"{v:g}" for v in vals]
+
+
+def log_yaxis(fig: go.Figure, values: Any, **where: Any) -> go.Figure:
+    """A log y axis (``where``: row=, col= of a subplot) labelled with ``log_ticks`` of the
+    positive finite ``values`` it shows; Plotly's own ticks where there are none."""
+    v = np.fromiter(_numbers(values), dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    fig.update_yaxes(type="log", **where)
+    if len(v):
+        tv, tt = log_ticks(math.log10(v.min()), math.log10(v.max()))
+        if tv:
+            fig.update_yaxes(tickvals=[10.0**t for t in tv], ticktext=tt, **where)
     return fig
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._base import _note, _style, run_color
+from ._base import _note, _style, log_yaxis, run_color
 
 
 def lesion_figure(results: Sequence[dict[str, Any]]) -> go.Figure:
@@ -56,7 +56,7 @@ def slices_figure(slices: Sequence[dict[str, Any]], title: str = "Loss along a d
     fig.update_xaxes(title_text=xt)
     losses = [v for s in slices for v in s["loss"] if isinstance(v, (int, float)) and v > 0]
     if losses and max(losses) > 100 * min(losses):  # an untrained net far out: a linear axis flattens the rest
-        fig.update_yaxes(type="log", row=1, col=1)
+        log_yaxis(fig, losses, row=1, col=1)
         fig.layout.annotations[0].text = "training loss (log scale)"
     fig.update_layout(legend={"orientation": "h", "y": -0.25, "x": 0})
     return fig
@@ -89,7 +89,8 @@ def signal_figure(profiles: Sequence[dict[str, Any]]) -> go.Figure:
         x = np.arange(1, len(p["blocks"]) + 1) / max(1, len(p["blocks"]))
         fig.add_trace(go.Scatter(x=x, y=p["forward_var"], name=p["label"], **kw), row=1, col=1)
         fig.add_trace(go.Scatter(x=x, y=p["grad_norm"], showlegend=False, **kw), row=1, col=2)
-    fig.update_yaxes(type="log")
+    for col in (1, 2):
+        log_yaxis(fig, [t.y for t in fig.select_traces(col=col)], row=1, col=col)
     fig.update_xaxes(title_text="relative depth of the block (0 = input, 1 = output)")
     fig.update_layout(legend={"orientation": "h", "y": -0.25, "x": 0})
     return fig

@@ -17,6 +17,8 @@ from ._base import (
     _note,
     _num,
     _style,
+    log_ticks,
+    log_yaxis,
     run_color,
 )
 
@@ -110,22 +112,14 @@ def depth_profile(series: Sequence[tuple[str, Sequence[str], Sequence[float]]], 
                 fig.add_vline(x=j + 0.5, line={"color": "#bbb", "dash": "dot", "width": 1},
                               annotation_text=f"stage {keys[j][0]}", annotation_font={"size": 11, "color": "#888"})
     fig.update_xaxes(title_text="block (1 = nearest the input)")
-    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
+    fig.update_yaxes(title_text=y_title)
+    if log_y:
+        log_yaxis(fig, [t.y for t in fig.data])
     # Legend below the plot: run labels are long and a side legend would squeeze a half-width plot.
     fig.update_layout(hovermode="closest", height=460,
                       legend={"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0},
                       margin={"b": 110})
     return fig
-
-
-def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
-    """Colour-bar ticks for log10 values: 1-2-5 steps, or decades when that is too many."""
-    decades = range(math.floor(lo), math.ceil(hi) + 1)
-    for mults in ((1, 2, 5), (1,)):
-        vals = [m * 10.0**d for d in decades for m in mults if lo - 1e-9 <= math.log10(m * 10.0**d) <= hi + 1e-9]
-        if len(vals) <= 8:
-            break
-    return [math.log10(v) for v in vals], [f"{v:g}" for v in vals]
 
 
 def probe_heatmap(records: Sequence[dict], stat: str = "grad_norm", title: str = "") -> go.Figure:
@@ -164,7 +158,7 @@ def probe_heatmap(records: Sequence[dict], stat: str = "grad_norm", title: str =
         lo, hi = float(z[pos].min()), float(z[pos].max())
         if hi - lo < 1e-9:
             lo, hi = lo - 0.5, hi + 0.5
-        tv, tt = _log_ticks(lo, hi)
+        tv, tt = log_ticks(lo, hi)
         cb = {"title": {"text": label}, "tickvals": tv, "ticktext": tt}
         if stat == "ratio":  # below 1 the skip dominates, above 1 the branch: diverge at 1
             m = max(abs(lo), abs(hi))
