@@ -50,7 +50,8 @@ def _run(n: int, eval_every: int = 100, err0: float = 0.9, err1: float = 0.3, se
 def summaries():
     # Summaries run a forward pass; depth 110 is the slow one, so build each once.
     return {k: summarize(ModelConfig(depth=d, shortcut=s)) for k, (d, s) in
-            {"a8": (8, "A"), "a20": (20, "A"), "plain20": (20, "none"), "c20": (20, "C"), "b110": (110, "B")}.items()}
+            {"a8": (8, "A"), "a20": (20, "A"), "plain20": (20, "none"), "c20": (20, "C"), "b110": (110, "B"),
+             "a38": (38, "A"), "a56": (56, "A")}.items()}
 
 
 def test_helpers():
@@ -148,6 +149,18 @@ def test_architecture_small_projection_and_deep(summaries):
     arcs = _arcs(deep)
     assert {n for n, t in arcs.items() if t.line.dash == "dot"} == {"stage2.block0", "stage3.block0"}
     assert _notes(deep).count("1×1") == 2 and "18 blocks" in _notes(deep)
+
+
+def test_architecture_crowded_rows_stay_legible(summaries):
+    # Six blocks a row (ResNet-38) are drawn whole, named without their stage (its colour and
+    # caption say it); ResNet-56's nine a stage are compressed to four boxes, names in full.
+    a38 = next(t for t in _ok(plots.architecture_diagram(summaries["a38"])).data if t.name == "layers")
+    assert len(a38.x) == 20 and a38.text[1].startswith("<b>block0</b>") and "stage1.block0" in a38.hovertext[1]
+    a56 = next(t for t in _ok(plots.architecture_diagram(summaries["a56"])).data if t.name == "layers")
+    assert len(a56.x) == 14 and sum("6 more blocks" in t for t in a56.text) == 3
+    assert a56.text[1].startswith("<b>stage1.block0</b>")
+    a20 = next(t for t in _ok(plots.architecture_diagram(summaries["a20"])).data if t.name == "layers")
+    assert a20.text[1].startswith("<b>stage1.block0</b>")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ from the neutral description in ``archspec`` that CIFAR and ImageNet summaries c
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,8 @@ if TYPE_CHECKING:  # the summary module pulls in torch; figures only need its da
 # --- architecture diagram ---------------------------------------------------------------
 _BOX_W, _BOX_H, _GAP, _ROW_H = 1.0, 0.62, 0.32, 2.0  # _BOX_H holds three lines of text
 _LINE_H = 0.19  # box height per line of text beyond three
-_MAX_PER_STAGE = 9  # ResNet-56 (9 blocks per stage) is drawn whole; deeper stages are compressed
+_MAX_PER_STAGE = 6  # ResNet-38 (6 blocks per stage) is drawn whole; ResNet-56's 9 become 4 boxes
+_CROWDED = 7  # boxes in a row from which a box is too narrow for "stage1.block0": it says "block0"
 _ONE_ROW_MAX = 8  # boxes whose labels fit one row of the Build page's right column (ResNet-20, 11, does not)
 _STAGE_FILL = ("#E8F1FB", "#E5F4EE", "#FBEDE5", "#F3EAF6")
 _STAGE_LINE = ("#0072B2", "#009E73", "#D55E00", "#882255")
@@ -83,10 +85,12 @@ def _arc(fig: go.Figure, g: _Geom, cx: float, cy: float, kind: str, changes: boo
                            bgcolor="white", borderpad=1)
 
 
-def _block_text(b: ArchBlock) -> tuple[str, str]:
-    """A block's box text and hover text."""
+def _block_text(b: ArchBlock, short: bool = False) -> tuple[str, str]:
+    """A block's box text and hover text; ``short`` drops the stage from the box's name
+    (the stage's colour and caption say it), the hover keeps it."""
     convs = "".join(f"{conv_text(c)}<br>" for c in b.convs)
-    text = f"<b>{b.name}</b><br>{convs}{shape_text(b.out_shape)}<br>{count_text(b.params)} params"
+    name = b.name.split(".", 1)[-1] if short else b.name
+    text = f"<b>{name}</b><br>{convs}{shape_text(b.out_shape)}<br>{count_text(b.params)} params"
     rf = "" if b.receptive_field is None else f"<br>receptive field {b.receptive_field}px"
     hover = (f"<b>{b.name}</b>{f' ({b.kind} block)' if b.kind else ''}<br>{shape_text(b.in_shape)} → "
              f"{shape_text(b.out_shape)}<br>{convs}params {b.params:,}<br>{b.flops / 1e6:.2f} MFLOPs{rf}<br>"
@@ -131,6 +135,7 @@ def architecture_diagram(summary: ModelSummary | Mapping[str, Any] | Architectur
             placed.append((row, col, "more" if isinstance(it, list) else "block", it, s))
             col += 1
     placed.append((row, col, "layer", arch.head, -1))
+    crowded = not has_convs and max(Counter(r for r, *_ in placed).values()) >= _CROWDED
 
     fig = go.Figure()
     xs, ys, texts, hovers = [], [], [], []
@@ -144,7 +149,7 @@ def architecture_diagram(summary: ModelSummary | Mapping[str, Any] | Architectur
             text, hover = "<br>".join((f"<b>{it.title}</b>", *it.lines)), it.hover
         elif kind == "block":
             fill, line = _STAGE_FILL[s % 4], _STAGE_LINE[s % 4]
-            text, hover = _block_text(it)
+            text, hover = _block_text(it, short=crowded)
             if it.shortcut != "none":
                 _arc(fig, g, cx, cy, it.shortcut, it.shape_changes, it.name, f"{it.name} shortcut: {it.shortcut}", seen)
         else:  # a compressed run of blocks
