@@ -8,6 +8,7 @@ from resnet_viz import plots, ui
 from resnet_viz.config import SCHEDULES, DataConfig, RunConfig, TrainConfig
 from resnet_viz.data import default_source
 from resnet_viz.progress import clock
+from resnet_viz.runlist import metrics_csv
 
 st.title("Train")
 registry = ui.job_registry()
@@ -128,7 +129,7 @@ else:
         msg + (f" · damaged: {info.damaged}" if info.damaged else ""))
     st.plotly_chart(plots.training_curves(records, title=info.label), width="stretch")
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Metrics (CSV)", ui.metrics_csv(records), file_name=f"{watched}-metrics.csv",
+    c1.download_button("Metrics (CSV)", metrics_csv(records), file_name=f"{watched}-metrics.csv",
                        mime="text/csv", icon=":material/download:")
     ckpt = info.path / "checkpoint.safetensors"
     if ckpt.is_file():

@@ -6,8 +6,10 @@ listed with the reason and never breaks the listing of the runs next to it.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as _dt
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -163,3 +165,13 @@ def list_runs(root: Path) -> list[RunInfo]:
         except Exception as e:  # noqa: BLE001 - one unreadable run must never hide the others
             infos.append(RunInfo(id=entry.name, path=path, status="unknown", damaged=f"cannot be read: {e!r}"))
     return sorted(infos, key=_sort_key, reverse=True)
+
+
+def metrics_csv(records: list[dict[str, Any]]) -> bytes:
+    """Step and eval records as CSV (probe records are nested and left out)."""
+    cols = ["kind", "step", "epoch", "loss", "acc", "lr", "ips", "test_loss", "test_acc", "elapsed"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(r for r in records if r.get("kind") in ("step", "eval"))
+    return buf.getvalue().encode()

@@ -10,8 +10,6 @@ Captum is hooking.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from contextlib import contextmanager
 from dataclasses import replace
@@ -203,16 +201,6 @@ def shipped_degradation() -> tuple[dict[str, list[dict[str, Any]]], dict[str, An
         return compare.read_result(json.loads(DEGRADATION_FILE.read_text(encoding="utf-8")))
     except (OSError, ValueError):  # json.JSONDecodeError is a ValueError
         return None
-
-
-def metrics_csv(records: list[dict[str, Any]]) -> bytes:
-    """Step and eval records as CSV (probe records are nested and left out)."""
-    cols = ["kind", "step", "epoch", "loss", "acc", "lr", "ips", "test_loss", "test_acc", "elapsed"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(r for r in records if r.get("kind") in ("step", "eval"))
-    return buf.getvalue().encode()
 
 
 def snapshot(run_id: str) -> JobSnapshot | None:

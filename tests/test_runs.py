@@ -251,3 +251,14 @@ def test_tensorboard_event_file_in_run_folder(tmp_path: Path) -> None:
         assert run.tensorboard() is run.tensorboard()
     assert any(p.name.startswith("events.out.tfevents") for p in run.path.iterdir())
     assert list_runs(tmp_path)[0].damaged is None
+
+
+def test_metrics_csv_holds_step_and_eval_rows_only():
+    from resnet_viz.runlist import metrics_csv
+
+    recs = [{"kind": "step", "step": 1, "loss": 2.3, "acc": 0.1, "extra": "x"},
+            {"kind": "probe", "step": 1, "blocks": {"stage1.block0": {"grad_norm": 1.0}}},
+            {"kind": "eval", "step": 1, "test_loss": 2.2, "test_acc": 0.15}]
+    lines = metrics_csv(recs).decode().splitlines()
+    assert lines[0].startswith("kind,step,epoch,loss,acc") and len(lines) == 3
+    assert lines[1].startswith("step,1,,2.3,0.1") and lines[2].startswith("eval,1,") and "0.15" in lines[2]
