@@ -150,7 +150,15 @@ def log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
         vals = vals[:: math.ceil(len(vals) / 8)]  # every other decade (or sparser) over a huge range
     elif len(vals) < 3:
         vals = at(range(1, 10))
-    return [math.log10(v) for v in vals], [f"{v:g}" for v in vals]
+    return [math.log10(v) for v in vals], [_tick_text(v) for v in vals]
+
+
+def _tick_text(v: float) -> str:
+    """0.001 ... 5000 as written; beyond, 1e4 and 2e-5 (not Python's 1e+04 beside a 1000)."""
+    if 1e-3 <= v < 1e4:
+        return f"{v:g}"
+    m, e = f"{v:.0e}".split("e")
+    return f"{m}e{int(e)}"
 
 
 def log_yaxis(fig: go.Figure, values: Any, **where: Any) -> go.Figure:
