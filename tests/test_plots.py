@@ -268,6 +268,22 @@ def test_log_ticks_label_values_in_full():
     assert list(sig.layout.yaxis.ticktext)[-1] == "1e4" and list(sig.layout.yaxis2.ticktext) == ["0.05", "0.1", "0.2", "0.5"]
 
 
+def test_surface_figure_is_labelled_in_loss():
+    a = b = [-1.0, 0.0, 1.0]
+    loss = [[30.0, 4.0, 40.0], [3.0, 0.4, 5.0], [float("nan"), 6.0, 80.0]]
+    surf = {"alphas": a, "betas": b, "loss": loss, "label": "ResNet-20", "seed": 3}
+    contour = _ok(plots.surface_figure(surf))
+    bar = contour.data[0].colorbar
+    assert bar.title.text == "training loss" and list(bar.ticktext) == ["0.5", "1", "2", "5", "10", "20", "50"]
+    assert bar.tickvals[1] == pytest.approx(0.0)  # ticks sit at log10 of the loss they name
+    assert math.isnan(contour.data[0].z[2][0]) and contour.data[0].customdata[1][1] == 0.4
+    assert "seed 3" in contour.layout.title.subtitle.text
+    solid = _ok(plots.surface_figure(surf, three_d=True))
+    assert list(solid.layout.scene.zaxis.ticktext) == list(bar.ticktext)
+    with pytest.raises(ValueError, match="len\\(betas\\)"):
+        plots.surface_figure({"alphas": a, "betas": b[:2], "loss": loss})
+
+
 def test_probe_heatmap():
     recs = _run(200)
     fig = _ok(plots.probe_heatmap(recs, "grad_norm"))

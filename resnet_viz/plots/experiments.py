@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._base import _note, _style, log_yaxis, run_color
+from ._base import _note, _style, log_ticks, log_yaxis, run_color
 
 
 def lesion_figure(results: Sequence[dict[str, Any]]) -> go.Figure:
@@ -63,15 +63,26 @@ def slices_figure(slices: Sequence[dict[str, Any]], title: str = "Loss along a d
 
 
 def surface_figure(surface: dict[str, Any], three_d: bool = False, title: str = "") -> go.Figure:
-    z = np.log10(np.maximum(np.asarray(surface["loss"], dtype=float), 1e-6))
+    """The loss over the (α, β) grid, coloured (and in 3-D raised) by log10 loss so that the
+    basin and the walls both show; the colour bar and z axis are labelled in loss itself."""
+    loss = np.asarray(surface["loss"], dtype=float)
+    if loss.ndim != 2 or loss.shape != (len(surface["betas"]), len(surface["alphas"])):
+        raise ValueError(f"loss must be (len(betas), len(alphas)) = ({len(surface['betas'])}, "
+                         f"{len(surface['alphas'])}), got shape {loss.shape}")
+    z = np.log10(np.maximum(loss, 1e-6))  # NaN (a diverged point) stays NaN: a hole, not a colour
     a, b = surface["alphas"], surface["betas"]
     label = surface.get("label") or "model"
+    finite = z[np.isfinite(z)]
+    tv, tt = log_ticks(float(finite.min()), float(finite.max())) if finite.size else ([], [])
+    bar = {"title": {"text": "training loss"}, **({"tickvals": tv, "ticktext": tt} if tv else {})}
+    kw = {"x": a, "y": b, "z": z, "colorscale": "Viridis", "colorbar": bar, "customdata": loss,
+          "hovertemplate": "α %{x:.2f}, β %{y:.2f}<br>loss %{customdata:.4g}<extra></extra>"}
     if three_d:
-        fig = go.Figure(go.Surface(x=a, y=b, z=z, colorscale="Viridis", colorbar={"title": {"text": "log10 loss"}}))
-        fig.update_layout(scene={"xaxis_title": "α", "yaxis_title": "β", "zaxis_title": "log10 loss"})
+        fig = go.Figure(go.Surface(**kw))
+        zaxis = {"title": {"text": "loss (log scale)"}, **({"tickvals": tv, "ticktext": tt} if tv else {})}
+        fig.update_layout(scene={"xaxis_title": "α", "yaxis_title": "β", "zaxis": zaxis})
     else:
-        fig = go.Figure(go.Contour(x=a, y=b, z=z, colorscale="Viridis", ncontours=25,
-                                   colorbar={"title": {"text": "log10 loss"}}))
+        fig = go.Figure(go.Contour(ncontours=25, **kw))
         fig.update_xaxes(title_text="α (direction 1)", constrain="domain")
         fig.update_yaxes(title_text="β (direction 2)", scaleanchor="x", constrain="domain")
     return _style(fig, title or ("Loss surface (3-D)" if three_d else "Loss surface"), 520,
