@@ -13,6 +13,20 @@ registry = ui.job_registry()
 all_runs = [r for r in ui.runs() if r.config is not None]
 groups = compare.degradation_groups(all_runs)
 
+
+def queue_degradation() -> None:
+    """The button's callback: the four runs, queued one after another on the data in use."""
+    data = ui.data()
+    if data is None:
+        return
+    base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=ui.data_config(),
+                     train=compare.default_train_config())
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for cfg in compare.degradation_configs(base):
+        registry.submit(replace(cfg, name=f"{cfg.name} #{stamp}"), data=data)
+    ui.flash(f"Queued 4 runs on {data.name}. Leave this page open or come back later: they keep training.")
+
+
 with st.container(border=True):
     st.subheader("The degradation experiment")
     st.markdown(
@@ -20,16 +34,9 @@ with st.container(border=True):
         f"budget ({compare.DEFAULT_STEPS:,} steps of batch 128, 15 to 30 minutes on a 2-core CPU with CIFAR-10), "
         "one after another in the background. When they are done this page says what *their* numbers show."
     )
-    if st.button("Run the degradation experiment", type="primary", icon=":material/science:"):
-        data = ui.data()
-        if data is not None:
-            base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=ui.data_config(),
-                             train=compare.default_train_config())
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            for cfg in compare.degradation_configs(base):
-                registry.submit(replace(cfg, name=f"{cfg.name} #{stamp}"), data=data)
-            st.success(f"Queued 4 runs on {data.name}. Leave this page open or come back later: they keep training.")
-            st.rerun()
+    st.button("Run the degradation experiment", type="primary", icon=":material/science:",
+              on_click=ui.clicked(queue_degradation))
+    ui.show_error()
     results = None
     if groups:
         stamp, members = groups[0]

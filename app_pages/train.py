@@ -32,46 +32,48 @@ try:
 except ValueError as e:
     st.error(str(e))
 
+
+def start_training() -> None:
+    """The form's submit callback (runs before the page, so a rerun cannot drop the click)."""
+    f, data = st.session_state, ui.data()
+    if data is None:
+        return
+    steps = {"epochs": float(f.tr_budget), "steps": None} if f.tr_kind == "epochs" else {"epochs": None, "steps": int(f.tr_budget)}
+    cfg = RunConfig(
+        model=replace(model_cfg, num_classes=len(data.classes)),
+        data=ui.data_config(),
+        train=TrainConfig(**steps, batch_size=f.tr_batch, lr=f.tr_lr128 * f.tr_batch / 128, weight_decay=f.tr_wd,
+                          schedule=f.tr_schedule, label_smoothing=f.tr_smoothing, augment=f.tr_augment,
+                          seed=int(f.tr_seed)),
+        name=f.tr_name.strip(),
+    )
+    busy = registry.active()
+    job = registry.submit(cfg, data=data)
+    st.session_state[ui.Keys.WATCHED_RUN] = job.run_id
+    ui.flash(f"Queued behind {busy.snapshot().label}: it starts when that run ends." if busy
+             else f"Started {cfg.model.label} on {data.name}, lr {cfg.train.lr:g}.")
+
+
 with st.form("train_form"):
     st.markdown(f"**Model:** {model_cfg.label} ({model_cfg.depth} layers) — change it on the Build page.")
     c1, c2, c3 = st.columns(3)
-    budget_kind = c1.radio("Budget in", ["epochs", "steps"], horizontal=True)
-    budget = c1.number_input("Budget", min_value=1, max_value=100_000, value=5, step=1)
-    batch = c2.selectbox("Batch size", [32, 64, 128, 256, 512], index=2)
-    schedule = c2.selectbox("LR schedule", SCHEDULES, help="onecycle: warm up, then linear decay (best for brief runs); "
-                            "paper: 0.1, divided by 10 at 50% and 75% of the budget")
-    lr128 = c3.number_input("Peak learning rate at batch 128", min_value=0.0001, max_value=10.0, value=0.2,
-                            format="%.4f", help="scaled linearly with the batch size (Goyal et al. 2017): "
-                            "0.2 at batch 128 is 0.05 at batch 32")
-    wd = c3.number_input("Weight decay", min_value=0.0, max_value=0.1, value=5e-4, format="%.5f")
+    c1.radio("Budget in", ["epochs", "steps"], horizontal=True, key="tr_kind")
+    c1.number_input("Budget", min_value=1, max_value=100_000, value=5, step=1, key="tr_budget")
+    c2.selectbox("Batch size", [32, 64, 128, 256, 512], index=2, key="tr_batch")
+    c2.selectbox("LR schedule", SCHEDULES, key="tr_schedule", help="onecycle: warm up, then linear decay (best for "
+                 "brief runs); paper: 0.1, divided by 10 at 50% and 75% of the budget")
+    c3.number_input("Peak learning rate at batch 128", min_value=0.0001, max_value=10.0, value=0.2, key="tr_lr128",
+                    format="%.4f", help="scaled linearly with the batch size (Goyal et al. 2017): "
+                    "0.2 at batch 128 is 0.05 at batch 32")
+    c3.number_input("Weight decay", min_value=0.0, max_value=0.1, value=5e-4, format="%.5f", key="tr_wd")
     c4, c5, c6 = st.columns(3)
-    smoothing = c4.slider("Label smoothing", 0.0, 0.3, 0.1, 0.05)
-    augment = c5.toggle("Augment (crop + flip)", value=True)
-    seed = c6.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0)
-    name = st.text_input("Name (optional)", max_chars=60)
-    start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
-
-if start:
-    data = ui.data()
-    if data is not None:
-        try:
-            steps = {"epochs": float(budget), "steps": None} if budget_kind == "epochs" else {"epochs": None, "steps": int(budget)}
-            cfg = RunConfig(
-                model=replace(model_cfg, num_classes=len(data.classes)),
-                data=ui.data_config(),
-                train=TrainConfig(**steps, batch_size=batch, lr=lr128 * batch / 128, weight_decay=wd, schedule=schedule,
-                                  label_smoothing=smoothing, augment=augment, seed=int(seed)),
-                name=name.strip(),
-            )
-            busy = registry.active()
-            job = registry.submit(cfg, data=data)
-            st.session_state[ui.Keys.WATCHED_RUN] = job.run_id
-            ui.flash(f"Queued behind {busy.snapshot().label}: it starts when that run ends." if busy
-                     else f"Started {cfg.model.label} on {data.name}, lr {cfg.train.lr:g}.")
-        except ValueError as e:
-            st.error(str(e))
-        else:
-            st.rerun()  # from the top, so the sidebar shows the run being watched
+    c4.slider("Label smoothing", 0.0, 0.3, 0.1, 0.05, key="tr_smoothing")
+    c5.toggle("Augment (crop + flip)", value=True, key="tr_augment")
+    c6.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="tr_seed")
+    st.text_input("Name (optional)", max_chars=60, key="tr_name")
+    st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:",
+                          on_click=ui.clicked(start_training))
+ui.show_error()
 
 st.divider()
 all_runs = ui.runs()
@@ -95,14 +97,14 @@ def controls(snap) -> None:
                                     f"{snap.images_per_second:,.0f} images/s{eta}")
     job = registry.get(snap.run_id)
     if snap.state == "paused":
-        if c2.button("Resume", icon=":material/play_arrow:", key="resume"):
-            job.resume_training()
-    elif c2.button("Pause", icon=":material/pause:", key="pause", disabled=snap.state != "running"):
-        job.pause()
-    if c3.button("Stop", icon=":material/stop:", key="stop"):
-        job.stop()
-        st.toast("Stopping after this batch; the checkpoint is saved.")
+        c2.button("Resume", icon=":material/play_arrow:", key="resume", on_click=ui.clicked(job.resume_training))
+    else:
+        c2.button("Pause", icon=":material/pause:", key="pause", disabled=snap.state != "running",
+                  on_click=ui.clicked(job.pause))
+    c3.button("Stop", icon=":material/stop:", key="stop",
+              on_click=ui.clicked(job.stop, done="Stopping after this batch; the checkpoint is saved."))
     c4.caption(snap.message)
+    ui.show_flash()  # this fragment's own reruns skip app.py, which shows the rest
 
 
 @st.fragment(run_every=1.5)
@@ -135,9 +137,7 @@ else:
     if ckpt.is_file():
         c2.download_button("Checkpoint (safetensors)", ckpt.read_bytes(), file_name=f"{watched}.safetensors",
                            icon=":material/download:")
-        if info.status in ("stopped", "interrupted") and c3.button("Resume training", icon=":material/replay:"):
-            try:
-                registry.resume(watched)
-                st.rerun()
-            except ValueError as e:
-                st.error(str(e))
+        if info.status in ("stopped", "interrupted"):
+            c3.button("Resume training", icon=":material/replay:",
+                      on_click=ui.clicked(registry.resume, watched, done="Resumed from the last checkpoint."))
+    ui.show_error()

@@ -43,6 +43,7 @@ class Keys:
     DATA_CONFIG = "data_config"
     BUILD_CONFIG = "build_config"
     MESSAGE = "flash_message"
+    ERROR = "flash_error"  # a button callback's error, shown where the page draws ``show_error``
 
 
 # ------------------------------------------------------------------ shared resources
@@ -222,6 +223,29 @@ def show_flash() -> None:
         st.toast(msg)
 
 
+def clicked(fn: Callable[..., Any], *args: Any, done: str = "") -> Callable[[], None]:
+    """A button's ``on_click``: ``fn(*args)`` in the run that follows the click (a return
+    value read later in the script is lost when that run is cut short by another rerun);
+    ``done`` is flashed on success (a callback draws nothing itself: in a fragment's run
+    Streamlit would put it at the top of the page), a ValueError is kept for ``show_error``."""
+    def callback() -> None:
+        try:
+            fn(*args)
+        except ValueError as e:
+            st.session_state[Keys.ERROR] = str(e)
+        else:
+            if done:
+                flash(done)
+    return callback
+
+
+def show_error() -> None:
+    """The error the last button callback kept, once."""
+    err = st.session_state.pop(Keys.ERROR, None)
+    if err:
+        st.error(err)
+
+
 def sidebar() -> None:
     """What every page shows: the data set in use, the device, the run being watched."""
     with st.sidebar:
@@ -326,9 +350,12 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
             snap = task.snapshot()
             (st.error if snap.state == "failed" else st.info)(
                 f"The last run {snap.state}" + (f": {snap.error}" if snap.error else "."))
-        if st.button(label, key=f"start_{key}", help=help, icon=":material/play_arrow:"):
-            reg.start(key, fn, title=title or label)
-            st.rerun()
+        # Started in the click's callback, not on the button's return value: Streamlit runs
+        # callbacks first thing in whatever run follows the click, while a return value is
+        # lost when that run is cut short by the next rerun (a second click, or another
+        # task's progress fragment ending in a full rerun); seen here as starts that never happened.
+        st.button(label, key=f"start_{key}", help=help, icon=":material/play_arrow:",
+                  on_click=reg.start, args=(key, fn), kwargs={"title": title or label})
         return None
     if not task.snapshot().done:
         _task_progress(key, preview)
@@ -349,5 +376,4 @@ def _task_progress(key: str, preview: Callable[[Any], None] | None = None) -> No
     c1.progress(snap.fraction, text=f"{snap.message} · {clock(snap.elapsed)} elapsed{eta}")
     if preview is not None and snap.partial is not None:
         preview(snap.partial)
-    if c2.button("Stop", key=f"stop_{key}", icon=":material/stop:"):
-        task.stop()
+    c2.button("Stop", key=f"stop_{key}", icon=":material/stop:", on_click=task.stop)

@@ -143,7 +143,43 @@ def test_train_starts_and_stops_a_tiny_run() -> None:
     assert job.snapshot().state == "stopped"
     at.run()
     assert not at.exception
-    assert any(b.label == "Resume training" for b in at.button)
+    resume = next(b for b in at.button if b.label == "Resume training")
+    resume.click().run()  # started in the click's callback: the same run already shows it training
+    assert not at.exception, at.exception
+    assert any("Resumed" in t.value for t in at.toast), [t.value for t in at.toast]
+    again = ui.job_registry().get(run_id)
+    assert again is not job and not again.snapshot().done
+    again.stop()
+    assert again.wait(60) and again.snapshot().state == "stopped"
+
+
+def test_button_callbacks_start_tasks_and_keep_their_errors() -> None:
+    """ui.run_task starts its task in the click's callback, and ui.clicked keeps a callback's
+    ValueError for ui.show_error: the page shows it instead of a traceback."""
+    script = """
+import streamlit as st
+from resnet_viz import ui
+
+def fail():
+    raise ValueError("that setting cannot work")
+
+st.button("Break", on_click=ui.clicked(fail))
+ui.show_error()
+res = ui.run_task("callback-test", "Run it", lambda p, s: 42)
+st.write(f"result {res}")
+"""
+    at = AppTest.from_string(script, default_timeout=30).run()
+    next(b for b in at.button if b.label == "Break").click().run()
+    assert not at.exception and [e.value for e in at.error] == ["that setting cannot work"]
+    at.run()
+    assert not at.error  # shown once
+    next(b for b in at.button if b.label == "Run it").click().run()
+    from resnet_viz import ui
+
+    task = ui.task_registry().get("callback-test")
+    assert task is not None and task.wait(10)
+    at.run()
+    assert any(m.value == "result 42" for m in at.markdown), [m.value for m in at.markdown]
 
 
 def _png_bytes(color=(200, 30, 30)) -> bytes:
