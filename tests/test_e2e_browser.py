@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 
@@ -124,16 +125,14 @@ def data_kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Iterator[str]:
-    """The app on a free port; yields its base URL. Its log is printed if it fails to start."""
-    tmp = tmp_path_factory.mktemp("e2e-server")
+@contextmanager
+def streamlit_server(script: Path, tmp: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``streamlit run script`` on a free port (from the repository root, runs going to
+    ``tmp``); yields its base URL. Its log is printed if it fails to start or has a traceback."""
     port = _free_port()
-    env = {**os.environ, "RESNET_VIZ_RUNS": str(tmp / "runs"), "PYTHONUNBUFFERED": "1"}
-    if data_kind == "synthetic":
-        env["RESNET_VIZ_DEFAULT_DATA"] = "synthetic"
+    env = {**os.environ, "RESNET_VIZ_RUNS": str(tmp / "runs"), "PYTHONUNBUFFERED": "1", **(env or {})}
     log_path = tmp / "streamlit.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
            "--browser.gatherUsageStats", "false"]
     with open(log_path, "wb") as log:
@@ -162,6 +161,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Iterator
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Iterator[str]:
+    """The app on a free port; yields its base URL."""
+    env = {"RESNET_VIZ_DEFAULT_DATA": "synthetic"} if data_kind == "synthetic" else {}
+    with streamlit_server(ROOT / "app.py", tmp_path_factory.mktemp("e2e-server"), env) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Path:
     env = os.environ.get("RESNET_VIZ_SCREENSHOTS")
     folder = Path(env) if env else tmp_path_factory.mktemp("screenshots")
@@ -171,9 +178,9 @@ def shots(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def page(server: str) -> Iterator:
-    """One Chromium tab for the whole module; JavaScript errors on it fail the test that caused them."""
+@contextmanager
+def browser_tab() -> Iterator:
+    """One headless Chromium tab; JavaScript errors on it are collected in ``tab.js_errors``."""
     profile = tempfile.mkdtemp(prefix="resnet-viz-chromium-")
     try:
         with playwright_sync.sync_playwright() as p:
@@ -189,6 +196,13 @@ def page(server: str) -> Iterator:
                 ctx.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator:
+    """One Chromium tab for the whole module; JavaScript errors on it fail the test that caused them."""
+    with browser_tab() as pg:
+        yield pg
 
 
 # ------------------------------------------------------------------ helpers
