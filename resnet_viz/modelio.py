@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from .config import RunConfig
 from .fsutil import atomic_path
 from .model import CifarResNet, build_model
+from .runlist import list_runs
 from .runs import RunDir
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -135,3 +136,20 @@ def shipped_models(folder: Path = ASSETS_DIR) -> list[ModelRef]:
         tail = f" · {acc:.1%} test accuracy" if isinstance(acc, (int, float)) else ""
         refs.append((cfg.model.shortcut == "none", ModelRef("file", str(p), f"{cfg.model.label} · shipped{tail}")))
     return [ref for _, ref in sorted(refs, key=lambda t: t[0])]  # residual nets first, then plain
+
+
+UNTRAINED = ModelRef("untrained", "build", "Untrained model from the Build page")
+
+
+def model_refs(runs_root: Path, include_untrained: bool = True, folder: Path = ASSETS_DIR) -> list[ModelRef]:
+    """What a model picker offers: the shipped models, then every run under ``runs_root``
+    with a readable config and a checkpoint (newest first, labelled with its test accuracy),
+    then (``include_untrained``) the Build page's untrained model. Damaged runs are left out."""
+    refs = list(shipped_models(folder))
+    for info in list_runs(runs_root):
+        if info.damaged is None and (info.path / "checkpoint.safetensors").is_file() and info.config is not None:
+            acc = f" · {info.test_accuracy:.1%}" if info.test_accuracy is not None else ""
+            refs.append(ModelRef("run", info.id, f"{info.label} · {info.name or info.id}{acc}"))
+    if include_untrained:
+        refs.append(UNTRAINED)
+    return refs

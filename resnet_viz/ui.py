@@ -25,16 +25,14 @@ from .device import describe_device, pick_device
 from .jobs import JobRegistry, JobSnapshot
 from .model import CifarResNet, build_model
 from . import compare
-from .modelio import DEGRADATION_FILE, ModelRef, class_names, load_model_file, load_run_model, shipped_models
+from . import modelio
+from .modelio import DEGRADATION_FILE, ModelRef, class_names, load_model_file, load_run_model
 from .progress import clock
 from .runlist import RunInfo, list_runs
 from .runs import RunDir, RunError, default_runs_dir
 
 if TYPE_CHECKING:
     from .tasks import TaskRegistry
-
-UNTRAINED = ModelRef("untrained", "build", "Untrained model from the Build page")
-
 
 class Keys:
     """Every st.session_state key the pages use, in one place."""
@@ -123,14 +121,7 @@ def load_model(ref: ModelRef) -> tuple[CifarResNet, ModelConfig, tuple[str, ...]
 
 def model_refs(include_untrained: bool = True) -> list[ModelRef]:
     """Shipped models, then runs with a checkpoint (newest first), then the Build model."""
-    refs = list(shipped_models())
-    for info in list_runs(runs_root()):
-        if info.damaged is None and (info.path / "checkpoint.safetensors").is_file() and info.config is not None:
-            acc = f" · {info.test_accuracy:.1%}" if info.test_accuracy is not None else ""
-            refs.append(ModelRef("run", info.id, f"{info.label} · {info.name or info.id}{acc}"))
-    if include_untrained:
-        refs.append(UNTRAINED)
-    return refs
+    return modelio.model_refs(runs_root(), include_untrained)
 
 
 def pick_model(label: str, key: str, default_index: int = 0, refs: list[ModelRef] | None = None) -> ModelRef | None:

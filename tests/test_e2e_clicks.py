@@ -10,8 +10,6 @@ as the main browser test is.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import test_e2e_browser as e2e  # tests/ is on sys.path; skips this module too without chromium

@@ -86,3 +86,16 @@ def test_shipped_models_load_and_are_trained() -> None:
         assert cfg.data.source == "folder" and cfg.model.num_classes == 10
         assert float(meta["test_acc"]) > 0.8  # trained on CIFAR-10 by the CLI (assets/README.md)
         assert Path(ref.key).stat().st_size < 1.5e6
+
+
+def test_model_refs_list_shipped_then_runs_then_untrained(tmp_path: Path) -> None:
+    from resnet_viz.modelio import UNTRAINED, model_refs
+
+    run, _ = _run_with_checkpoint(tmp_path / "runs")
+    bare = RunDir.create(tmp_path / "runs", run.config(), "no-checkpoint")  # nothing to load: left out
+    refs = model_refs(tmp_path / "runs")
+    kinds = [r.kind for r in refs]
+    assert kinds == ["file"] * len(shipped_models()) + ["run", "untrained"] and refs[-1] == UNTRAINED
+    assert refs[-2].key == run.path.name and bare.path.name not in {r.key for r in refs}
+    assert model_refs(tmp_path / "runs", include_untrained=False)[-1].kind == "run"
+    assert model_refs(tmp_path / "none", folder=tmp_path / "no-assets") == [UNTRAINED]
