@@ -160,6 +160,7 @@ with tabs[5]:
                                                                                       stop=s).to_dict(),
                           title=f"Sanity check: {names[ref.key]} on {inputs[0][0]}")
         if res:
+            st.info(res.get("reading", ""))
             st.plotly_chart(plots.sanity_figure(res), width="stretch", key="sanity_fig")
 
 with tabs[6]:

@@ -148,12 +148,11 @@ def _figures_and_numbers(kind: str, result: Any) -> tuple[list[Any], list[str]]:
             f"{r['label']}: correlation length {_fmt(r['corr_length'])} points" for r in items]
     if kind == "sanity":
         figs, lines = [], []
+        from .experiments.sanity import reading  # the same words as the app's Sanity check tab
+
         for r in items:
-            names, sims = ["trained"] + list(r["layers"]), r["similarity"]
-            low = next((names[i] for i, v in enumerate(sims) if isinstance(v, (int, float)) and v < 0.5), None)
-            lines.append(f"{r['method']} map of class {r.get('target')}: ρ = {_fmt(sims[-1])} with every layer "
-                         "randomized; " + (f"ρ first falls below 0.5 after randomizing {low}" if low else
-                                           "ρ never falls below 0.5 (the map may not depend on the weights)"))
+            said = reading(list(r["similarity"]), list(r["layers"]), r["method"])
+            lines.append(f"class {r.get('target')}, {said or 'no reading: the result is incomplete'}")
             figs.append(plots.sanity_figure(_small_sanity(r)))
         return figs, lines
     if kind == "signal+shattered":

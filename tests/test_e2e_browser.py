@@ -486,6 +486,7 @@ def test_experiments_sanity_check_of_the_trained_run(page, server: str, shots: P
         timeout=EXPERIMENT_TIMEOUT_MS)
     wait_for_app(page)
     expect(panel.locator(".js-plotly-plot")).to_have_count(1)
+    expect(panel.get_by_text(re.compile(r"^saliency: ρ = .* the check|^saliency: ρ = .* only in part"))).to_be_visible()
     assert_healthy(page)
     shoot(page, shots, "13-sanity.png")
 

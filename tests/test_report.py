@@ -3,6 +3,7 @@ experiments that were run drawn as the app draws them (small models throughout).
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -99,6 +100,8 @@ def test_a_report_of_experiments_alone_draws_each_one(tmp_path: Path, results: d
     assert "intact" in page and "correlation length" in page and "ρ" in page
     # The sanity check's pixel maps: rounded in the figure, left out of the raw JSON.
     assert "maps of 32 × 32 pixels (drawn in the figure)" in page
+    said = sanity.reading(results["Sanity check"]["similarity"], results["Sanity check"]["layers"])
+    assert html.escape(said) in page  # the app's words for the same numbers
     section = page.split("Sanity check</h3>", 1)[1].split("</section>", 1)[0]
     maps = [json.loads(z) for z in re.findall(r'"z":(\[\[[-0-9.,\[\]e]*\]\])', section)]
     assert len(maps) == len(results["Sanity check"]["maps"])

@@ -17,7 +17,7 @@ from resnet_viz.augment import normalize
 from resnet_viz.config import DataConfig
 from resnet_viz.data import load_data
 from resnet_viz.experiments import Cancelled
-from resnet_viz.experiments.sanity import sanity_check, spearman, ssim
+from resnet_viz.experiments.sanity import reading, sanity_check, spearman, ssim
 from resnet_viz.modelio import ASSETS_DIR, load_model_file
 
 CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg"
@@ -91,6 +91,18 @@ def test_bad_arguments(model: nn.Module, image: torch.Tensor) -> None:
         sanity_check(nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)), image)
 
 
+def test_reading_says_pass_fail_or_in_part() -> None:
+    layers = ["fc", "stage3.block0", "stage2.block0", "stage1.block0", "stem"]  # top half: fc, stage3.block0
+    passed = reading([1.0, 0.4, 0.3, 0.2, 0.1, 0.1], layers)
+    assert passed.startswith("saliency: ρ = 0.40 once fc is random, 0.30 with fc to stage3.block0 random, 0.10")
+    assert "it passes the check" in passed
+    assert "it fails the check" in reading([1.0, 0.95, 0.9, 0.8, 0.6, 0.5], layers, "guided_backprop")
+    assert "only in part" in reading([1.0, 0.6, 0.6, 0.4, 0.3, 0.2], layers)
+    assert "only in part" in reading([1.0, 0.86, 0.45, 0.3, 0.2, 0.1], layers)  # a random head hardly mattered
+    assert "fc random" in reading([1.0, 0.2], ["fc"]) and reading([1.0], []) == ""
+    assert reading([1.0, 0.5], layers) == ""  # mismatched lengths: nothing to say
+
+
 def test_trained_saliency_fails_to_survive_randomization() -> None:
     path = ASSETS_DIR / "resnet20.safetensors"
     if not path.is_file():
@@ -107,7 +119,9 @@ def test_trained_saliency_fails_to_survive_randomization() -> None:
             steps = zip(["trained"] + r.layers, r.similarity)
             print(f"\n{method} image {i}: " + ", ".join(f"{n} {s:.2f}" for n, s in steps))
             top[method].append(r.similarity[1])
+            print(r.to_dict()["reading"])
             if method == "saliency":
+                assert "it passes the check" in r.to_dict()["reading"]
                 # A map of the model, not the image: once the head and the last blocks are
                 # random it no longer ranks pixels like the trained one.
                 assert max(r.similarity[2:]) < 0.5

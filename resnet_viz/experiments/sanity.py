@@ -27,7 +27,7 @@ from ..attribution import METHODS, attribute, normalize_map, predict
 from ..model import block_names, get_block
 from .common import ProgressFn, check, report
 
-__all__ = ["SanityResult", "sanity_check", "spearman", "ssim"]
+__all__ = ["SanityResult", "reading", "sanity_check", "spearman", "ssim"]
 
 STEM = "stem"  # the first conv + BN, before any block (attribution.STEM names the same place)
 
@@ -42,7 +42,34 @@ class SanityResult:
     ssim: list[float] | None  # SSIM of the displayed maps with the trained one (1.0 first)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "reading": reading(self.similarity, self.layers, self.method)}
+
+
+PASS_BELOW, FAIL_FROM = 0.5, 0.7  # ρ with the top half of the layers random: the map has changed / has not
+
+
+def reading(similarity: list[float], layers: list[str], method: str = "saliency") -> str:
+    """What the numbers say, in words: does the map depend on the learned weights?
+
+    Judged at the point where the top half of the layers (from the head down) is random, as
+    Adebayo et al. read their Fig. 2: a map that still correlates with the trained one there
+    (ρ >= 0.7) shows the image or the architecture, not what the net learned. One that
+    hardly changes when only the head is random (their finding for Guided Backprop) passes
+    at most in part, whatever the layers below do.
+    """
+    sims, n = similarity[1:], len(layers)
+    if not sims or len(sims) != n:
+        return ""
+    mid = n // 2 - 1 if n > 1 else 0  # the last layer of the top half
+    at, last = sims[mid], sims[-1]
+    where = f"with {layers[0]} to {layers[mid]} random" if mid else f"with {layers[0]} random"
+    head = f"{method}: ρ = {sims[0]:.2f} once {layers[0]} is random, {at:.2f} {where}, {last:.2f} with every layer random."
+    if at < PASS_BELOW and sims[0] < FAIL_FROM:
+        return f"{head} The map changes with the weights: it passes the check, it depends on what the net learned."
+    if at >= FAIL_FROM:
+        return (f"{head} With half the net random the map still looks like the trained one: it fails the check, "
+                "it shows the image (edges, the architecture's prior) more than what the net learned.")
+    return f"{head} The map changes only in part: it depends on the weights, but much of it is the image."
 
 
 def _ranks(v: Tensor) -> Tensor:
