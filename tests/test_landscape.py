@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from pathlib import Path
@@ -236,3 +237,63 @@ def test_trained_models_sit_at_the_minimum_of_a_random_slice() -> None:
                                         for a, lv, ac in zip(s.alphas, s.loss, s.acc)))
         assert s.alphas[3] == 0.0
         assert s.loss[3] == min(s.loss), f"{name}: the trained weights are not the slice's minimum"
+
+
+def test_two_experiments_on_one_model_at_once_match_one_at_a_time() -> None:
+    """The app may run a slice and a lesion study of the same model object in two threads.
+
+    Both work on private copies, and the slice's BN fold no longer traces with torch.fx,
+    whose tracer patched nn.Module.__call__ for the whole process: the other thread's
+    forward passes broke the trace ("module is not installed as a submodule", seen in the
+    browser test when two tasks started in the same second)."""
+    from resnet_viz.experiments.lesion import lesion_study
+
+    model = _tiny(4)
+    x, y = _data(16)
+    before = _state(model)
+    alone = (random_slice(model, x, y, seed=1, steps=3).loss, lesion_study(model, x, y, max_k=1, trials=1).single)
+    errors: list[BaseException] = []
+    out: dict[str, list] = {"slice": [], "lesion": []}
+
+    def slices() -> None:
+        try:
+            for _ in range(8):  # a new Probe, a new fold, each time
+                out["slice"].append(random_slice(model, x, y, seed=1, steps=3).loss)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    def lesions() -> None:
+        try:
+            for _ in range(3):
+                out["lesion"].append(lesion_study(model, x, y, max_k=1, trials=1).single)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=slices), threading.Thread(target=lesions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert all(s == pytest.approx(alone[0], rel=1e-5) for s in out["slice"]) and len(out["slice"]) == 8
+    assert all(s == alone[1] for s in out["lesion"]) and len(out["lesion"]) == 3
+    assert _same(_state(model), before)
+
+
+@pytest.mark.parametrize(("shortcut", "block"), [("A", "basic"), ("B", "basic"), ("C", "basic"), ("B", "bottleneck")])
+def test_probe_folds_every_batch_norm_and_keeps_the_numbers(shortcut: str, block: str) -> None:
+    from resnet_viz.experiments.folded import Probe
+
+    torch.manual_seed(2)
+    model = _tiny(5, shortcut) if block == "basic" else build_model(ModelConfig(depth=11, shortcut=shortcut, block=block))
+    x, y = _data(12)
+    probe = Probe(model, x, y, batch_size=5, precision="fp32")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in probe.net.modules())
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert len(probe._folds) == n_bn
+    loss, _ = probe.evaluate(None)
+    assert loss == pytest.approx(_own_loss(model, x, y), rel=1e-5)
+    with torch.no_grad():
+        probe.params[0].mul_(1.5)  # the caller moves the work copy; the fold follows
+        moved = copy.deepcopy(probe.work)
+    assert probe.evaluate(None)[0] == pytest.approx(_own_loss(moved, x, y), rel=1e-5)

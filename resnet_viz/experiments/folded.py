@@ -1,7 +1,7 @@
 """Fast evaluation of one model at many parameter settings, for the loss landscape.
 
 :class:`Probe` keeps a private copy of a model (``work``, whose parameters the caller
-moves) and a traced twin (``net``) in which each batch norm is folded into the conv before
+moves) and a twin (``net``) in which each batch norm is folded into the conv before
 it (``W' = W * gamma / sqrt(var + eps)``): BN statistics are fixed in eval mode, so the
 fold is exact and removes a memory-bound pass per conv. ``evaluate()`` refreshes the fold
 from the moved weights (far cheaper than one batch) and returns the loss and accuracy on a
@@ -15,7 +15,7 @@ import threading
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from ..device import autocast, resolve_precision
 from .common import check
@@ -24,7 +24,7 @@ __all__ = ["Probe"]
 
 
 class Probe:
-    """A private copy of a model (``work``, whose parameters the caller moves) and a traced,
+    """A private copy of a model (``work``, whose parameters the caller moves) and a
     BN-folded twin (``net``) that is evaluated on a fixed (x, y)."""
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int, precision: str) -> None:
@@ -43,45 +43,57 @@ class Probe:
         self.y = y.to(self.device, dtype=torch.int64)  # (N,)
         self.work = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
         self.params = list(self.work.parameters())
-        self.net, self._folds, self._copies = self._fold(self.work)
+        with torch.no_grad():
+            self.net, self._folds, self._copies = self._fold(self.work, self.x)
 
     @staticmethod
-    def _fold(work: nn.Module) -> tuple[nn.Module, list[tuple[nn.Conv2d, nn.Conv2d, nn.BatchNorm2d]],
-                                        list[tuple[Tensor, Tensor]]]:
-        """(net, [(net conv, work conv, work bn)], [(net tensor, work tensor)]) for the refresh."""
-        try:
-            net = fx.symbolic_trace(copy.deepcopy(work))
-        except Exception:  # noqa: BLE001 - a net fx cannot trace is evaluated unfolded: slower, same numbers
-            return work, [], []
-        mods = dict(net.named_modules())
+    def _fold(work: nn.Module, x: Tensor) -> tuple[nn.Module, list[tuple[nn.Conv2d, nn.Conv2d, nn.BatchNorm2d]],
+                                                    list[tuple[Tensor, Tensor]]]:
+        """(net, [(net conv, work conv, work bn)], [(net tensor, work tensor)]) for the refresh.
+
+        A batch norm named ``bnS`` (or ``bn``) is folded into its sibling conv ``convS`` (or
+        ``conv``), as every block of ``model.py`` names them, and becomes an identity. Not
+        with torch.fx: its tracer patches ``nn.Module.__call__`` for the whole process while
+        it runs, so a forward pass in another thread (a second experiment) broke either one
+        ("module is not installed as a submodule", seen here). The fold is checked on a few
+        images of x; a net it does not fit is evaluated unfolded: slower, the same numbers.
+        """
+        net = copy.deepcopy(work)
         work_mods = dict(work.named_modules())
         folds = []
-        for node in list(net.graph.nodes):
-            bn = mods.get(node.target) if node.op == "call_module" else None
-            src = node.args[0] if node.args else None
-            if not (isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.running_var is not None
-                    and isinstance(src, fx.Node) and src.op == "call_module"
-                    and isinstance(mods[src.target], nn.Conv2d) and len(src.users) == 1):
-                continue
-            conv = mods[src.target]
-            if conv.bias is None:
-                conv.bias = nn.Parameter(torch.zeros_like(conv.weight[:, 0, 0, 0]))  # (C_out,)
-            node.replace_all_uses_with(src)
-            net.graph.erase_node(node)
-            folds.append((conv, work_mods[src.target], work_mods[node.target]))
-        net.delete_all_unused_submodules()
-        net.recompile()
+        for parent_name, parent in list(net.named_modules()):
+            for name, bn in list(parent.named_children()):
+                conv = getattr(parent, "conv" + name.removeprefix("bn"), None) if name.startswith("bn") else None
+                if not (isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.running_var is not None
+                        and isinstance(conv, nn.Conv2d)):
+                    continue
+                conv_name = f"{parent_name}.conv{name.removeprefix('bn')}".lstrip(".")
+                if conv.bias is None:
+                    conv.bias = nn.Parameter(torch.zeros_like(conv.weight[:, 0, 0, 0]))  # (C_out,)
+                setattr(parent, name, nn.Identity())
+                folds.append((conv, work_mods[conv_name], work_mods[f"{parent_name}.{name}".lstrip(".")]))
         folded = {id(t) for c, _, _ in folds for t in (c.weight, c.bias)}
         work_state = dict(work.named_parameters()) | dict(work.named_buffers())
         copies = [(t, work_state[name]) for name, t in [*net.named_parameters(), *net.named_buffers()]
                   if id(t) not in folded]
-        return net.eval().to(memory_format=torch.channels_last), folds, copies
+        net = net.eval().to(memory_format=torch.channels_last)
+        Probe._refresh_fold(folds, copies)
+        xb = x[:4]
+        if folds and not torch.allclose(net(xb), work(xb), rtol=1e-3, atol=1e-4):
+            return work, [], []  # something runs between a conv and its bn: fold nothing
+        return net, folds, copies
 
     def _refresh(self) -> None:
         """Carry the work copy's current parameters into the folded net."""
-        for dst, src in self._copies:
+        self._refresh_fold(self._folds, self._copies)
+
+    @staticmethod
+    @torch.no_grad()
+    def _refresh_fold(folds: list[tuple[nn.Conv2d, nn.Conv2d, nn.BatchNorm2d]],
+                      copies: list[tuple[Tensor, Tensor]]) -> None:
+        for dst, src in copies:
             dst.copy_(src)
-        for conv, w_conv, bn in self._folds:
+        for conv, w_conv, bn in folds:
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C_out,)
             torch.mul(w_conv.weight, scale.view(-1, 1, 1, 1), out=conv.weight)
             shift = -bn.running_mean if w_conv.bias is None else w_conv.bias - bn.running_mean

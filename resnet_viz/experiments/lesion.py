@@ -28,6 +28,7 @@ touched, and afterwards the model is the same module tree with the same weights.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -212,9 +213,11 @@ def lesion_study(
     already evaluated (the baseline, single blocks) is not run again. ``batch_size`` is
     small on purpose: on a CPU, batches of 64 ran twice as fast as 250 or 500 (ResNet-20,
     one thread), the larger ones' activations falling out of cache. ``progress`` is called
-    after every configuration; ``stop`` is checked between batches. The model is left as
-    found (modules, weights, every module's ``training`` flag), also when stopped.
+    after every configuration; ``stop`` is checked between batches. Blocks are deleted
+    from a private copy: the caller's model is never touched, so another thread (a second
+    experiment on the same model) may use it meanwhile.
     """
+    model = copy.deepcopy(model)
     names = block_names(model)
     if not names:
         raise ValueError("the model has no blocks to delete; lesion studies need a CifarResNet")
@@ -243,23 +246,17 @@ def lesion_study(
         report(progress, done / total, message)
         return cache[key]
 
-    # accuracy() sets one mode for the whole model on the way out; a caller may mix them.
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        baseline = evaluate((), "intact model")
-        single = []
-        for i, (name, blk) in enumerate(zip(names, blocks)):
-            acc = evaluate((i,), f"without {name}")
-            single.append({"block": name, "acc": acc, "drop": baseline - acc, "downsampling": _changes_shape(blk)})
-        random_k = []
-        for k, subsets in enumerate(per_k):
-            accs = [evaluate(s, f"{k} random blocks deleted, trial {t + 1}/{len(subsets)}")
-                    for t, s in enumerate(subsets)]
-            random_k.append({"k": k, "mean_acc": statistics.fmean(accs), "std_acc": statistics.pstdev(accs),
-                             "trials": len(accs)})
-    finally:
-        for m, training in modes:
-            m.training = training
+    baseline = evaluate((), "intact model")
+    single = []
+    for i, (name, blk) in enumerate(zip(names, blocks)):
+        acc = evaluate((i,), f"without {name}")
+        single.append({"block": name, "acc": acc, "drop": baseline - acc, "downsampling": _changes_shape(blk)})
+    random_k = []
+    for k, subsets in enumerate(per_k):
+        accs = [evaluate(s, f"{k} random blocks deleted, trial {t + 1}/{len(subsets)}")
+                for t, s in enumerate(subsets)]
+        random_k.append({"k": k, "mean_acc": statistics.fmean(accs), "std_acc": statistics.pstdev(accs),
+                         "trials": len(accs)})
     config = getattr(model, "config", None)
     return LesionResult(
         label=label or str(getattr(config, "label", type(model).__name__)),
