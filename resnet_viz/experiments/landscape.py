@@ -14,9 +14,10 @@ landscape. Every function works on a private deep copy: the caller's model is ne
 
 Speed: each grid point is one forward pass over the subset (441 of them for a 21x21 surface).
 Because the BN statistics of the copy are fixed during a forward pass, each BN is folded into
-the conv before it (``W' = W * gamma / sqrt(var + eps)``) in a traced copy of the net, which
-removes a memory-bound pass per conv; the fold is refreshed from the moved weights at every
-point, which costs far less than one batch (``folded.Probe``).
+the conv before it (``W' = W * gamma / sqrt(var + eps)``) in a copy of the net (paired by the
+blocks' names, not by torch.fx tracing), which removes a memory-bound pass per conv; the fold
+is refreshed from the moved weights at every point, which costs far less than one batch
+(``folded.Probe``).
 """
 
 from __future__ import annotations
