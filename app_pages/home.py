@@ -1,4 +1,4 @@
-"""Home: the story of residual learning in six steps, each a page."""
+"""Home: the story of residual learning in eight steps, each a page."""
 
 import streamlit as st
 
@@ -9,7 +9,7 @@ st.markdown(
     "and look inside them while they learn."
 )
 STEPS = [
-    ("1. The degradation problem", "app_pages/compare.py", ":material/trending_down:",
+    ("1. Degradation", "app_pages/compare.py", ":material/trending_down:",
      "A deeper **plain** net ends with a *higher training error* than a shallower one: not overfitting, "
      "but an optimization failure. See the project's own CIFAR-10 run, then run the four networks yourself."),
     ("2. The residual idea", "app_pages/build.py", ":material/alt_route:",
@@ -25,11 +25,17 @@ STEPS = [
      "Overlay runs as in the paper's Fig. 6: training error solid, test error dashed."),
     ("6. Look inside", "app_pages/inspect.py", ":material/visibility:",
      "Feature maps of every block, activation and gradient norms against depth for a plain and a residual "
-     "net, and the trainer's per-block records over time. Then **Explain** a prediction with saliency maps."),
+     "net, and the trainer's per-block records over time."),
+    ("7. Why it works", "app_pages/experiments.py", ":material/science:",
+     "Delete blocks (a ResNet degrades gently, a plain net collapses), walk the loss landscape, follow the "
+     "gradient through a deep net at initialization, and see how much each branch adds to its skip."),
+    ("8. Explain", "app_pages/explain.py", ":material/lightbulb:",
+     "Saliency maps for your own images, two models side by side, and a sanity check that the map is "
+     "about the model; ImageNet ResNets for photos."),
 ]
-cols = st.columns(3)
+cols = st.columns(4)
 for i, (title, page, icon, text) in enumerate(STEPS):
-    with cols[i % 3].container(border=True, height=250):
+    with cols[i % 4].container(border=True, height=270):
         st.page_link(page, label=title, icon=icon)
         st.markdown(text)
 st.caption("Start with step 1 if you are new to ResNets; step 3 if you want to build your own. "

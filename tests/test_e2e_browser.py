@@ -259,7 +259,7 @@ def test_home_and_navigation(page, server: str, shots: Path, record_property) ->
     expect(nav).to_have_count(len(PAGES))
     hrefs = [re.sub(r"^https?://[^/]+/?", "", nav.nth(i).get_attribute("href") or "") for i in range(len(PAGES))]
     assert hrefs == list(PAGES), hrefs  # st.navigation names each page by its file: /build, /train, ...
-    expect(main(page).locator("[data-testid='stPageLink']")).to_have_count(6)
+    expect(main(page).locator("[data-testid='stPageLink']")).to_have_count(8)
     sidebar = page.locator("[data-testid='stSidebar'] [data-testid='stAlert']").first
     expect(sidebar).to_contain_text("Data:")
     label = "Data: " + sidebar.inner_text().split("Data:", 1)[1].strip()  # drop the icon's ligature text
