@@ -135,11 +135,13 @@ def log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     """Ticks between the log10 values lo and hi: (their log10 positions, full labels).
 
     1-2-5 steps; decades when those are more than eight; 1-2-3-5, then every digit, while
-    they are fewer than three. Plotly's own log ticks over less than a few decades label 20, 30 ... 80 as
-    "2", "3" ... "8" beside a "10" below them, which reads as if 10 were under 2.
+    they are fewer than three. Plotly's own log ticks over less than a few decades label
+    20, 30 ... 80 as "2", "3" ... "8" beside a "10" below them, which reads as if 10 were
+    under 2.
     """
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
         raise ValueError(f"log tick range must be finite with lo <= hi, got {lo}, {hi}")
+
     def at(mults: Sequence[float]) -> list[float]:
         return [m * 10.0**d for d in range(math.floor(lo), math.ceil(hi) + 1) for m in mults
                 if lo - 1e-9 <= math.log10(m * 10.0**d) <= hi + 1e-9]
