@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from resnet_viz import ui
+from resnet_viz.app import ui
 
 st.set_page_config(page_title="ResNet Lab", page_icon=":material/account_tree:", layout="wide")
 pages = [

@@ -3,9 +3,18 @@ makes; or look at torchvision's ImageNet ResNet-18/34/50 (basic against bottlene
 
 import streamlit as st
 
-from resnet_viz import imagenet, plots, ui
-from resnet_viz.config import BLOCKS, LAYERS_PER_BLOCK, SHORTCUT_HELP, SHORTCUTS, ModelConfig, depth_for
-from resnet_viz.summary import summarize
+from resnet_viz import plots
+from resnet_viz.app import ui
+from resnet_viz.config import (
+    BLOCKS,
+    LAYERS_PER_BLOCK,
+    SHORTCUT_HELP,
+    SHORTCUTS,
+    ModelConfig,
+    depth_for,
+)
+from resnet_viz.nets import imagenet
+from resnet_viz.nets.summary import summarize
 
 CIFAR, IMAGENET = "CIFAR ResNet (section 4.2)", "ImageNet ResNet (Table 1)"
 

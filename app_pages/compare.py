@@ -5,13 +5,15 @@ from dataclasses import replace
 
 import streamlit as st
 
-from resnet_viz import compare, plots, ui
+from resnet_viz import plots
+from resnet_viz.app import ui
 from resnet_viz.config import ModelConfig, RunConfig
+from resnet_viz.experiments import degradation
 
 st.title("Compare runs")
 registry = ui.job_registry()
 all_runs = [r for r in ui.runs() if r.config is not None]
-groups = compare.degradation_groups(all_runs)
+groups = degradation.degradation_groups(all_runs)
 
 
 def queue_degradation() -> None:
@@ -20,9 +22,9 @@ def queue_degradation() -> None:
     if data is None:
         return
     base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=ui.data_config(),
-                     train=compare.default_train_config())
+                     train=degradation.default_train_config())
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for cfg in compare.degradation_configs(base):
+    for cfg in degradation.degradation_configs(base):
         registry.submit(replace(cfg, name=f"{cfg.name} #{stamp}"), data=data)
     ui.flash(f"Queued 4 runs on {data.name}. Leave this page open or come back later: they keep training.")
 
@@ -31,7 +33,7 @@ with st.container(border=True):
     st.subheader("The degradation experiment")
     st.markdown(
         "Trains **plain-20, plain-56, ResNet-20 and ResNet-56** (shortcut A) with the same seed, data order and "
-        f"budget ({compare.DEFAULT_STEPS:,} steps of batch 128, 15 to 30 minutes on a 2-core CPU with CIFAR-10), "
+        f"budget ({degradation.DEFAULT_STEPS:,} steps of batch 128, 15 to 30 minutes on a 2-core CPU with CIFAR-10), "
         "one after another in the background. When they are done this page says what *their* numbers show."
     )
     st.button("Run the degradation experiment", type="primary", icon=":material/science:",
@@ -41,7 +43,7 @@ with st.container(border=True):
     if groups:
         stamp, members = groups[0]
         results = {key: ui.run_records(info.id) for key, info in members.items()}
-        verdict = compare.degradation_verdict(results)
+        verdict = degradation.degradation_verdict(results)
         live = [ui.snapshot(i.id) for i in members.values()]
         pending = [s for s in live if s is not None and not s.done]
         if pending:
@@ -51,9 +53,9 @@ with st.container(border=True):
     elif (shipped := ui.shipped_degradation()) is not None:
         results, about = shipped
         st.markdown(f"**Until you run it, here is the project's own run** on {about.get('data', 'CIFAR-10')} "
-                    f"({about.get('steps', compare.DEFAULT_STEPS):,} steps per net, {about.get('machine', '')}). "
+                    f"({about.get('steps', degradation.DEFAULT_STEPS):,} steps per net, {about.get('machine', '')}). "
                     "The verdict below is computed from those records by the same code that will judge yours.")
-        st.success(compare.degradation_verdict(results).text)
+        st.success(degradation.degradation_verdict(results).text)
     if results is not None:
         st.plotly_chart(plots.compare_curves([(k, v) for k, v in results.items()], x_axis="iterations"),
                         width="stretch", key="degradation_curves")

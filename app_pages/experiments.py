@@ -3,12 +3,13 @@
 import streamlit as st
 import torch
 
-from resnet_viz import plots, ui
-from resnet_viz.augment import normalize
+from resnet_viz import plots
+from resnet_viz.app import ui
 from resnet_viz.config import ModelConfig
-from resnet_viz.experiments import convolution, lesion, landscape, sanity, signal
+from resnet_viz.data.batches import normalize
+from resnet_viz.experiments import convolution, landscape, lesion, sanity, signal
 from resnet_viz.experiments.skipbranch import skip_branch
-from resnet_viz.report import build_report
+from resnet_viz.report.html import build_report
 
 st.title("Experiments")
 st.caption("Each computation runs in the background with progress and Stop; results stay when you reload.")

@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from resnet_viz import attribution, plots, ui
-from resnet_viz.augment import normalize
-from resnet_viz.model import block_names
+from resnet_viz import plots
+from resnet_viz.app import ui
+from resnet_viz.data.batches import normalize
+from resnet_viz.experiments import attribution
+from resnet_viz.nets.cifar import block_names
 
 st.title("Explain a prediction")
 st.page_link("app_pages/imagenet.py", icon=":material/photo_camera:",

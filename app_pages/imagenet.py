@@ -4,7 +4,10 @@ import numpy as np
 import streamlit as st
 from PIL import ImageOps
 
-from resnet_viz import attribution, imagenet, plots, ui
+from resnet_viz import plots
+from resnet_viz.app import ui
+from resnet_viz.experiments import attribution
+from resnet_viz.nets import imagenet
 
 st.title("ImageNet ResNets")
 st.caption("He et al. (2015), Table 1 and Fig. 3: the 18- and 34-layer nets stack basic blocks (two 3x3 convs), "

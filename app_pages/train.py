@@ -4,11 +4,12 @@ from dataclasses import replace
 
 import streamlit as st
 
-from resnet_viz import plots, ui
+from resnet_viz import plots
+from resnet_viz.app import ui
+from resnet_viz.background.progress import clock
 from resnet_viz.config import SCHEDULES, DataConfig, RunConfig, TrainConfig
-from resnet_viz.data import default_source
-from resnet_viz.progress import clock
-from resnet_viz.runlist import metrics_csv
+from resnet_viz.data.sources import default_source
+from resnet_viz.store.listing import metrics_csv
 
 st.title("Train")
 registry = ui.job_registry()

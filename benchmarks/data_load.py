@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_viz.config import DataConfig  # noqa: E402
-from resnet_viz.data import load_data  # noqa: E402
+from resnet_viz.data.sources import load_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

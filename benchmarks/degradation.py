@@ -26,48 +26,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from resnet_viz import compare  # noqa: E402
 from resnet_viz.config import ModelConfig, RunConfig  # noqa: E402
-from resnet_viz.data import default_source, load_data  # noqa: E402
-from resnet_viz.runs import RunDir, default_runs_dir  # noqa: E402
-from resnet_viz.train import fit  # noqa: E402
+from resnet_viz.data.sources import default_source, load_data  # noqa: E402
+from resnet_viz.experiments import degradation  # noqa: E402
+from resnet_viz.store.rundir import RunDir, default_runs_dir  # noqa: E402
+from resnet_viz.training.loop import fit  # noqa: E402
 
 REFERENCE = {"plain-20": 0.43, "plain-56": 0.72, "resnet-20": 0.36, "resnet-56": 0.38}  # bare loop, 600 steps
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=compare.DEFAULT_STEPS)
+    ap.add_argument("--steps", type=int, default=degradation.DEFAULT_STEPS)
     ap.add_argument("--out", default=None)
     ap.add_argument("--export", default=None, help="write the result for the Compare page (assets/degradation.json)")
     args = ap.parse_args()
     src = default_source()
     data = load_data(src)
-    train = dataclasses.replace(compare.default_train_config(), steps=args.steps)
+    train = dataclasses.replace(degradation.default_train_config(), steps=args.steps)
     base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=src, train=train)
     root = Path(args.out) if args.out else default_runs_dir()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     print(f"data: {data.name}; {args.steps} steps of batch {train.batch_size} per run; runs in {root}")
     results, seconds, t_all = {}, {}, time.perf_counter()
-    for cfg in compare.degradation_configs(base):
+    for cfg in degradation.degradation_configs(base):
         cfg = dataclasses.replace(cfg, name=f"{cfg.name} #{stamp}")
-        key = compare.run_key(cfg.model.depth, cfg.model.shortcut)
+        key = degradation.run_key(cfg.model.depth, cfg.model.shortcut)
         t0 = time.perf_counter()
         records: list[dict] = []
         res = fit(cfg, data=data, run=RunDir.create(root, cfg, cfg.name), on_records=records.extend)
         results[key] = records
         seconds[key] = round(time.perf_counter() - t0)
-        err = compare.final_errors(records)
+        err = degradation.final_errors(records)
         print(f"{key:>10}: {time.perf_counter() - t0:6.0f} s, {res.images_per_second:5.0f} img/s, "
               f"train error {err['train_error']:.3f}, test error {err['test_error']:.3f}, "
               f"train loss {err['train_loss']:.3f}  (reference train error {REFERENCE[key]:.2f})", flush=True)
-    print(compare.degradation_verdict(results).text)
+    print(degradation.degradation_verdict(results).text)
     print(f"total: {time.perf_counter() - t_all:.0f} s")
     if args.export:
         about = {"data": data.name, "steps": args.steps, "batch_size": train.batch_size, "seed": train.seed,
                  "machine": _machine(), "torch": torch.__version__, "seconds": seconds,
                  "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/degradation.py " + " ".join(sys.argv[1:])}
-        Path(args.export).write_text(json.dumps(compare.export_result(results, about), separators=(",", ":")) + "\n")
+        Path(args.export).write_text(json.dumps(degradation.export_result(results, about), separators=(",", ":")) + "\n")
         print(f"wrote {args.export}")
 
 

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from resnet_viz.data import ImageData, load_data  # noqa: E402
-from resnet_viz.device import cpu_has_native_bf16  # noqa: E402
-from resnet_viz.distributed import CompileError  # noqa: E402
-from resnet_viz.train import fit  # noqa: E402
+from resnet_viz.data.sources import ImageData, load_data  # noqa: E402
+from resnet_viz.training.device import cpu_has_native_bf16  # noqa: E402
+from resnet_viz.training.distributed import CompileError  # noqa: E402
+from resnet_viz.training.loop import fit  # noqa: E402
 
 TARGET = 0.91
 WARMUP = 10  # steps before the clock starts: the first window holds allocation and compilation

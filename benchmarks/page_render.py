@@ -23,8 +23,8 @@ import os  # noqa: E402
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from resnet_viz.app.ui import Keys  # noqa: E402
 from resnet_viz.config import DataConfig  # noqa: E402
-from resnet_viz.ui import Keys  # noqa: E402
 
 PAGES = ["home", "build", "train", "compare", "inspect", "explain"]
 
@@ -55,8 +55,8 @@ def reference(repeats: int = 3) -> float:
 def explain_core() -> float:
     import torch
 
-    from resnet_viz import attribution
-    from resnet_viz.model import build_model
+    from resnet_viz.experiments import attribution
+    from resnet_viz.nets.cifar import build_model
 
     model = build_model("resnet20").eval()
     x = torch.randn(1, 3, 32, 32)

@@ -25,11 +25,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from resnet_viz.data import ImageData, default_source, load_data, make_synthetic  # noqa: E402
-from resnet_viz.device import autocast, describe_device, pick_device, resolve_precision  # noqa: E402
-from resnet_viz.model import build_model  # noqa: E402
-from resnet_viz.runs import RunDir  # noqa: E402
-from resnet_viz.train import fit  # noqa: E402
+from resnet_viz.data.sources import ImageData, default_source, load_data, make_synthetic  # noqa: E402
+from resnet_viz.nets.cifar import build_model  # noqa: E402
+from resnet_viz.store.rundir import RunDir  # noqa: E402
+from resnet_viz.training.device import (  # noqa: E402
+    autocast,
+    describe_device,
+    pick_device,
+    resolve_precision,
+)
+from resnet_viz.training.loop import fit  # noqa: E402
 
 WARMUP = 10
 

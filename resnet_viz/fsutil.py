@@ -26,6 +26,9 @@ _CHUNK = 1 << 20
 # Temporary files start with a dot so run listings and TensorBoard skip them.
 TEMP_PREFIX = ".tmp-"
 
+# The checkout this package runs from: runs/, data/ and assets/ sit beside resnet_viz/.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
 
 def fsync_dir(folder: Path) -> None:
     """Make a rename or file creation inside ``folder`` durable (a no-op off POSIX)."""

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_viz.augment import normalize
 from resnet_viz.config import ModelConfig
-from resnet_viz.model import build_model
+from resnet_viz.data.batches import normalize
+from resnet_viz.nets.cifar import build_model
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_viz.attribution import METHODS, attribute, block_norms, feature_maps, normalize_map, predict, top_k
 from resnet_viz.config import ModelConfig
-from resnet_viz.data import CIFAR10_CLASSES
-from resnet_viz.model import block_names, build_model
+from resnet_viz.data.sources import CIFAR10_CLASSES
+from resnet_viz.experiments.attribution import (
+    METHODS,
+    attribute,
+    block_norms,
+    feature_maps,
+    normalize_map,
+    predict,
+    top_k,
+)
+from resnet_viz.nets.cifar import block_names, build_model
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 

@@ -121,7 +121,7 @@ def test_sigterm_stops_cleanly_with_status_interrupted(tmp_path: Path) -> None:
 
 
 def test_recipe_paper_is_the_papers_schedule_and_given_flags_override_it() -> None:
-    from resnet_viz.cli import _run_config, build_parser
+    from resnet_viz.cli.main import _run_config, build_parser
 
     def train_config(*args: str):
         return _run_config(build_parser().parse_args(["train", *args]), 10).train

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from test_cli import cli
 
 

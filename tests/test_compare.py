@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from resnet_viz.compare import (
+from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from resnet_viz.experiments.degradation import (
     DEFAULT_STEPS,
     DEGRADATION_DEPTHS,
     SAME_TOLERANCE,
@@ -23,7 +24,6 @@ from resnet_viz.compare import (
     read_result,
     run_key,
 )
-from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
 def _records(train_error: float, test_error: float | None = None, end: str | None = "finished", n: int = 80,

@@ -9,8 +9,7 @@ import torch
 
 from resnet_viz.config import ModelConfig
 from resnet_viz.experiments.convolution import conv_layers, convolution_by_hand
-from resnet_viz.model import build_model
-
+from resnet_viz.nets.cifar import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

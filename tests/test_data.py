@@ -14,10 +14,23 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_viz import augment, data, imagefiles
-from resnet_viz.augment import BatchStream, eval_batches, normalize, random_crop, random_flip
 from resnet_viz.config import DataConfig
-from resnet_viz.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, DataError, ImageData
+from resnet_viz.data import batches, sources
+from resnet_viz.data import files as imagefiles
+from resnet_viz.data.batches import (
+    BatchStream,
+    eval_batches,
+    normalize,
+    random_crop,
+    random_flip,
+)
+from resnet_viz.data.sources import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    DataError,
+    ImageData,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpg"
@@ -32,7 +45,7 @@ def cifar_jpeg() -> ImageData:
         pytest.skip(f"the CIFAR-10 JPEG copy is not at {CIFAR_JPEG}")
     # The default cache on purpose: the first run on a machine decodes 60,000 JPEGs
     # (tens of seconds), every later run reads the cache in about a second.
-    return data.load_folder(CIFAR_JPEG, 0.1, 0)
+    return sources.load_folder(CIFAR_JPEG, 0.1, 0)
 
 
 def test_cifar_jpeg_folder(cifar_jpeg: ImageData) -> None:
@@ -51,7 +64,7 @@ def test_cifar_jpeg_folder(cifar_jpeg: ImageData) -> None:
 def test_cifar_jpeg_second_load_uses_cache(cifar_jpeg: ImageData, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(imagefiles, "decode_image", _no_decode)
     start = time.perf_counter()
-    again = data.load_folder(CIFAR_JPEG, 0.1, 0)
+    again = sources.load_folder(CIFAR_JPEG, 0.1, 0)
     assert time.perf_counter() - start < 10  # ~1 s when the machine is idle; generous for busy CI
     assert torch.equal(again.test_x, cifar_jpeg.test_x) and torch.equal(again.train_y, cifar_jpeg.train_y)
 
@@ -86,7 +99,7 @@ def tree(tmp_path: Path) -> Path:
 
 def test_folder_holdout_is_stratified_and_seeded(tree: Path, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
-    d = data.load_folder(tree, 0.2, seed=0, cache_dir=tmp_path / "cache", progress=lambda i, n: calls.append((i, n)))
+    d = sources.load_folder(tree, 0.2, seed=0, cache_dir=tmp_path / "cache", progress=lambda i, n: calls.append((i, n)))
     assert calls[-1] == (30, 30)
     assert d.classes == ("apple", "banana", "cherry") and d.name == "fruit" and d.source == "folder"
     assert torch.bincount(d.train_y).tolist() == [8, 8, 8] and torch.bincount(d.test_y).tolist() == [2, 2, 2]
@@ -96,8 +109,8 @@ def test_folder_holdout_is_stratified_and_seeded(tree: Path, tmp_path: Path) -> 
     for x, y in ((d.train_x, d.train_y), (d.test_x, d.test_y)):
         shade = torch.tensor(list(_SHADES.values()))[y].view(-1, 1, 1, 1)
         assert (x.int() - shade).abs().max() <= 3
-    same = data.load_folder(tree, 0.2, seed=0, cache_dir=tmp_path / "cache")
-    other = data.load_folder(tree, 0.2, seed=1, cache_dir=tmp_path / "cache")
+    same = sources.load_folder(tree, 0.2, seed=0, cache_dir=tmp_path / "cache")
+    other = sources.load_folder(tree, 0.2, seed=1, cache_dir=tmp_path / "cache")
     assert torch.equal(same.test_x, d.test_x) and torch.equal(same.train_y, d.train_y)
     assert torch.bincount(other.test_y).tolist() == [2, 2, 2]
     assert _held_out_files(tree, 0.2, 0) != _held_out_files(tree, 0.2, 1)
@@ -112,39 +125,39 @@ def _held_out_files(tree: Path, fraction: float, seed: int) -> list[int]:
 def test_folder_uses_train_and_test_subfolders(tmp_path: Path) -> None:
     _write_tree(tmp_path / "set" / "train", per_class=6)
     _write_tree(tmp_path / "set" / "test", per_class=2)
-    d = data.load_folder(tmp_path / "set", 0.5, 0, cache_dir=tmp_path / "cache")
+    d = sources.load_folder(tmp_path / "set", 0.5, 0, cache_dir=tmp_path / "cache")
     assert len(d.train_y) == 18 and len(d.test_y) == 6
     assert torch.bincount(d.test_y).tolist() == [2, 2, 2]
     (tmp_path / "set" / "test" / "durian").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "set" / "test" / "durian" / "0.png")
     with pytest.raises(DataError, match="only in test: \\['durian'\\]"):
-        data.load_folder(tmp_path / "set", 0.5, 0, cache_dir=tmp_path / "cache")
+        sources.load_folder(tmp_path / "set", 0.5, 0, cache_dir=tmp_path / "cache")
 
 
 def test_folder_errors_are_actionable(tree: Path, tmp_path: Path) -> None:
     (tree / "banana" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
     with pytest.raises(DataError, match="banana/broken.jpg"):
-        data.load_folder(tree, 0.2, 0, cache_dir=tmp_path / "cache")
+        sources.load_folder(tree, 0.2, 0, cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match="does not exist"):
-        data.load_folder(tmp_path / "nowhere", 0.2, 0, cache_dir=tmp_path / "cache")
+        sources.load_folder(tmp_path / "nowhere", 0.2, 0, cache_dir=tmp_path / "cache")
     flat = tmp_path / "flat"
     flat.mkdir()
     Image.new("RGB", (32, 32)).save(flat / "a.png")
     with pytest.raises(DataError, match="no class folders .*found 1 images"):
-        data.load_folder(flat, 0.2, 0, cache_dir=tmp_path / "cache")
+        sources.load_folder(flat, 0.2, 0, cache_dir=tmp_path / "cache")
     (flat / "only").mkdir()
     with pytest.raises(DataError, match="only one class folder"):
-        data.load_folder(flat, 0.2, 0, cache_dir=tmp_path / "cache")
+        sources.load_folder(flat, 0.2, 0, cache_dir=tmp_path / "cache")
     (flat / "second").mkdir()
     with pytest.raises(DataError, match="has no images"):
-        data.load_folder(flat, 0.2, 0, cache_dir=tmp_path / "cache")
+        sources.load_folder(flat, 0.2, 0, cache_dir=tmp_path / "cache")
 
 
 def test_folder_cache_reused_then_invalidated(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
-    first = data.load_folder(tree, 0.2, 0, cache_dir=cache)
+    first = sources.load_folder(tree, 0.2, 0, cache_dir=cache)
     monkeypatch.setattr(imagefiles, "decode_image", _no_decode)
-    again = data.load_folder(tree, 0.2, 0, cache_dir=cache)
+    again = sources.load_folder(tree, 0.2, 0, cache_dir=cache)
     assert torch.equal(again.train_x, first.train_x) and torch.equal(again.test_y, first.test_y)
     monkeypatch.undo()
 
@@ -154,7 +167,7 @@ def test_folder_cache_reused_then_invalidated(tree: Path, tmp_path: Path, monkey
     Image.new("RGB", (32, 32), (255, 0, 0)).save(tree / "cherry" / "000.png")
     stat = (tree / "cherry" / "000.png").stat()
     os.utime(tree / "cherry" / "000.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    changed = data.load_folder(tree, 0.2, 0, cache_dir=cache)
+    changed = sources.load_folder(tree, 0.2, 0, cache_dir=cache)
     assert len(decoded) == 30  # the change invalidated the cache: everything decoded again
     red = [(x[:, 0] == 255).flatten(1).all(1).sum() for x in (changed.train_x, changed.test_x)]
     assert int(sum(red)) == 1  # the new red picture is in
@@ -163,23 +176,23 @@ def test_folder_cache_reused_then_invalidated(tree: Path, tmp_path: Path, monkey
 
 def test_damaged_cache_is_rebuilt(tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = tmp_path / "cache"
-    first = data.load_folder(tree, 0.2, 0, cache_dir=cache)
+    first = sources.load_folder(tree, 0.2, 0, cache_dir=cache)
     (cache_file,) = cache.glob("*.pt")
     cache_file.write_bytes(cache_file.read_bytes()[:1000])  # truncated, as by a crash or full disk
-    with caplog.at_level(logging.WARNING, logger="resnet_viz.data"):
-        again = data.load_folder(tree, 0.2, 0, cache_dir=cache)
+    with caplog.at_level(logging.WARNING, logger="resnet_viz.data.sources"):
+        again = sources.load_folder(tree, 0.2, 0, cache_dir=cache)
     assert "damaged data cache" in caplog.text
     assert torch.equal(again.train_x, first.train_x)
-    assert data.cache_load(cache_file) is not None  # rewritten whole
+    assert sources.cache_load(cache_file) is not None  # rewritten whole
 
 
 # ---------------------------------------------------------------------------- synthetic
 
 
 def test_synthetic_shapes_determinism_and_balance() -> None:
-    a = data.make_synthetic(500, 200, seed=3)
-    b = data.make_synthetic(500, 200, seed=3)
-    c = data.make_synthetic(500, 200, seed=4)
+    a = sources.make_synthetic(500, 200, seed=3)
+    b = sources.make_synthetic(500, 200, seed=3)
+    c = sources.make_synthetic(500, 200, seed=4)
     assert a.train_x.shape == (500, 3, 32, 32) and a.test_x.shape == (200, 3, 32, 32)
     assert a.train_x.dtype == torch.uint8 and a.train_y.dtype == torch.int64 and a.train_x.is_contiguous()
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
@@ -189,11 +202,11 @@ def test_synthetic_shapes_determinism_and_balance() -> None:
     assert a.synthetic and a.source == "synthetic" and len(a.classes) == 10 and "not CIFAR-10" in a.name
     assert a.train_x.float().std() > 30  # real pictures, not a constant
     # The test set does not depend on the size of the training set.
-    assert torch.equal(data.make_synthetic(100, 200, seed=3).test_x, a.test_x)
+    assert torch.equal(sources.make_synthetic(100, 200, seed=3).test_x, a.test_x)
 
 
 def test_load_data_dispatch() -> None:
-    d = data.load_data(DataConfig(source="synthetic", synthetic_train=40, synthetic_test=20, seed=1))
+    d = sources.load_data(DataConfig(source="synthetic", synthetic_train=40, synthetic_test=20, seed=1))
     assert len(d.train_y) == 40 and len(d.test_y) == 20
 
 
@@ -225,7 +238,7 @@ def test_random_flip_flips_about_half() -> None:
 
 def test_fused_crop_flip_matches_crop_then_flip() -> None:
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    fused = augment._crop_flip(x, 2, torch.Generator().manual_seed(5))
+    fused = batches._crop_flip(x, 2, torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     assert torch.equal(fused, random_flip(random_crop(x, 2, g), g))
 
@@ -241,7 +254,7 @@ def test_normalize() -> None:
 
 
 def test_batch_stream_is_a_function_of_seed_and_step() -> None:
-    d = data.make_synthetic(300, 20, seed=0)
+    d = sources.make_synthetic(300, 20, seed=0)
     a = BatchStream(d.train_x, d.train_y, 64, seed=7, augment=True, device="cpu")
     b = BatchStream(d.train_x, d.train_y, 64, seed=7, augment=True, device="cpu")
     assert a.steps_per_epoch() == 4  # 300 // 64: the last partial batch is dropped
@@ -266,7 +279,7 @@ def test_batch_stream_is_a_function_of_seed_and_step() -> None:
 
 
 def test_eval_batches_cover_everything_in_order() -> None:
-    d = data.make_synthetic(20, 25, seed=0)
+    d = sources.make_synthetic(20, 25, seed=0)
     batches = list(eval_batches(d.test_x, d.test_y, 10, "cpu"))
     assert [len(y) for _, y in batches] == [10, 10, 5]
     assert torch.equal(torch.cat([y for _, y in batches]), d.test_y)
@@ -274,7 +287,7 @@ def test_eval_batches_cover_everything_in_order() -> None:
 
 
 def test_mix_spreads_seeds() -> None:
-    seeds = {augment._mix(0, 2, s) for s in range(1000)} | {augment._mix(1, 2, s) for s in range(1000)}
+    seeds = {batches._mix(0, 2, s) for s in range(1000)} | {batches._mix(1, 2, s) for s in range(1000)}
     assert len(seeds) == 2000 and all(0 <= s < 2**63 for s in seeds)
 
 
@@ -315,7 +328,7 @@ def no_md5(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_load_cifar10_from_official_pickles(tmp_path: Path, no_md5: None, monkeypatch: pytest.MonkeyPatch) -> None:
     train_rows, train_labels, test_rows, test_labels = _fake_cifar(tmp_path / "data")
-    d = data.load_cifar10(tmp_path / "data", download=False, cache_dir=tmp_path / "cache")
+    d = sources.load_cifar10(tmp_path / "data", download=False, cache_dir=tmp_path / "cache")
     assert d.name == "CIFAR-10" and d.source == "cifar10" and d.classes == CIFAR10_CLASSES
     assert torch.equal(d.train_x, torch.from_numpy(train_rows).view(20, 3, 32, 32))
     assert d.train_y.tolist() == train_labels and d.test_y.tolist() == test_labels
@@ -324,7 +337,7 @@ def test_load_cifar10_from_official_pickles(tmp_path: Path, no_md5: None, monkey
         raise AssertionError("should have come from the cache")
 
     monkeypatch.setattr("torchvision.datasets.CIFAR10", no_torchvision)
-    again = data.load_data(DataConfig(source="cifar10", path=str(tmp_path / "data")), cache_dir=tmp_path / "cache")
+    again = sources.load_data(DataConfig(source="cifar10", path=str(tmp_path / "data")), cache_dir=tmp_path / "cache")
     assert torch.equal(again.train_x, d.train_x)
 
 
@@ -336,23 +349,23 @@ def test_cifar10_offline_says_what_to_do(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
     with pytest.raises(DataError, match="could not download") as err:
-        data.load_cifar10(tmp_path, download=True, cache_dir=tmp_path / "cache")
+        sources.load_cifar10(tmp_path, download=True, cache_dir=tmp_path / "cache")
     for hint in ("cifar-10-python.tar.gz", "cifar-10-batches-py", "--data", "synthetic", str(tmp_path)):
         assert hint in str(err.value)
     with pytest.raises(DataError, match="downloading is off"):
-        data.load_cifar10(tmp_path, download=False, cache_dir=tmp_path / "cache")
+        sources.load_cifar10(tmp_path, download=False, cache_dir=tmp_path / "cache")
 
 
 def test_default_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_REPO_ROOT", tmp_path / "repo")  # no ../shared copy next to it
+    monkeypatch.setattr(sources, "_REPO_ROOT", tmp_path / "repo")  # no ../shared copy next to it
     monkeypatch.setenv("RESNET_VIZ_DATA", str(tmp_path / "data"))
     monkeypatch.delenv("RESNET_VIZ_CIFAR_FOLDER", raising=False)
     monkeypatch.delenv("RESNET_VIZ_CACHE", raising=False)
-    assert data.default_cache_dir() == tmp_path / "data" / "cache"
-    assert data.default_source().source == "synthetic" and "Synthetic" in data.describe_default_source()
+    assert sources.default_cache_dir() == tmp_path / "data" / "cache"
+    assert sources.default_source().source == "synthetic" and "Synthetic" in sources.describe_default_source()
     _write_tree(tmp_path / "jpegs", per_class=1)
     monkeypatch.setenv("RESNET_VIZ_CIFAR_FOLDER", str(tmp_path / "jpegs"))
-    assert data.default_source() == DataConfig(source="folder", path=str(tmp_path / "jpegs"))
+    assert sources.default_source() == DataConfig(source="folder", path=str(tmp_path / "jpegs"))
     _fake_cifar(tmp_path / "data")
-    assert data.default_source() == DataConfig(source="cifar10", download=False)  # present: no download
-    assert str(tmp_path / "data") in data.describe_default_source()
+    assert sources.default_source() == DataConfig(source="cifar10", download=False)  # present: no download
+    assert str(tmp_path / "data") in sources.describe_default_source()

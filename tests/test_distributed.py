@@ -20,16 +20,22 @@ import torch.multiprocessing as mp
 from PIL import Image
 from torch import nn
 
-import resnet_viz.distributed as distributed
-from resnet_viz.augment import BatchStream
+import resnet_viz.training.distributed as distributed
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from resnet_viz.data import load_data, make_synthetic, split_validation
-from resnet_viz.distributed import CompileError, CpuSyncBatchNorm, DistContext, check_batch_split, from_env
-from resnet_viz.model import build_model
-from resnet_viz.modelio import load_run_model
-from resnet_viz.runlist import list_runs
-from resnet_viz.runs import RunDir
-from resnet_viz.train import Control, evaluate, fit
+from resnet_viz.data.batches import BatchStream
+from resnet_viz.data.sources import load_data, make_synthetic, split_validation
+from resnet_viz.nets.cifar import build_model
+from resnet_viz.store.listing import list_runs
+from resnet_viz.store.models import load_run_model
+from resnet_viz.store.rundir import RunDir
+from resnet_viz.training.distributed import (
+    CompileError,
+    CpuSyncBatchNorm,
+    DistContext,
+    check_batch_split,
+    from_env,
+)
+from resnet_viz.training.loop import Control, evaluate, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -37,8 +37,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from test_images import SVG, _png_header_only  # tests/ is on sys.path under pytest's default import mode
+from test_images import (  # tests/ is on sys.path under pytest's default import mode
+    SVG,
+    _png_header_only,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

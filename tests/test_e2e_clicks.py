@@ -11,13 +11,12 @@ as the main browser test is.
 from __future__ import annotations
 
 import pytest
-
 import test_e2e_browser as e2e  # tests/ is on sys.path; skips this module too without chromium
 
 SLOW_PAGE = '''
 import time
 import streamlit as st
-from resnet_viz import ui
+from resnet_viz.app import ui
 
 round_ = st.number_input("round", 0, 100, 0, key="round")
 time.sleep(1.5)  # a heavy page: plots, models, data

@@ -14,9 +14,9 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from resnet_viz import imagenet
-from resnet_viz.attribution import AttributionError, attribute
-from resnet_viz.imagenet import (
+from resnet_viz.experiments.attribution import AttributionError, attribute
+from resnet_viz.nets import imagenet
+from resnet_viz.nets.imagenet import (
     IMAGENET_MEAN,
     IMAGENET_MODELS,
     IMAGENET_STD,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from resnet_viz.images import ImageError, open_upload, to_input_tensor
+from resnet_viz.data.uploads import ImageError, open_upload, to_input_tensor
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

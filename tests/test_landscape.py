@@ -17,13 +17,13 @@ from resnet_viz.experiments.landscape import (
     Slice1D,
     fixed_subset,
     interpolation_slice,
-    random_direction,
     preview_strides,
+    random_direction,
     random_slice,
     surface_2d,
 )
-from resnet_viz.model import build_model
-from resnet_viz.modelio import ASSETS_DIR, load_model_file
+from resnet_viz.nets.cifar import build_model
+from resnet_viz.store.models import ASSETS_DIR, load_model_file
 
 CIFAR_JPG = Path("/work/shared/data/cifar10-jpg")
 
@@ -226,7 +226,7 @@ def test_trained_models_sit_at_the_minimum_of_a_random_slice() -> None:
     if not (CIFAR_JPG / "train").is_dir():
         pytest.skip(f"the CIFAR-10 JPEG copy is not at {CIFAR_JPG}")
     from resnet_viz.config import DataConfig
-    from resnet_viz.data import load_data
+    from resnet_viz.data.sources import load_data
 
     data = load_data(DataConfig(source="folder", path=str(CIFAR_JPG)))
     x, y = fixed_subset(data.train_x, data.train_y, n=500, seed=0)

@@ -1,5 +1,6 @@
 """The project's layout rules, checked on the source: Streamlit stays in one UI module,
-pages stay thin, and training never runs in a page script."""
+the library is layered by
+package, pages stay thin, and training never runs in a page script."""
 
 from __future__ import annotations
 
@@ -22,12 +23,49 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_only_the_ui_module_imports_streamlit():
+def test_only_the_app_package_imports_streamlit():
     users = {p.relative_to(ROOT).as_posix() for p in LIBRARY.rglob("*.py") if "streamlit" in _imports(p)}
-    # report.py reads streamlit.__version__ for the report's environment table and nothing else.
-    assert users == {"resnet_viz/ui.py", "resnet_viz/report.py"}, users
-    report = (LIBRARY / "report.py").read_text(encoding="utf-8")
-    assert "streamlit." not in report.replace("streamlit.__version__", ""), "report.py may read the version only"
+    assert users and all(u.startswith("resnet_viz/app/") for u in users), users
+
+
+# A package imports only from packages of a lower rank: the arrows of the README's layout.
+# Packages of one rank (nets and data) stay independent of each other.
+RANKS = {
+    "config": 0, "fsutil": 0,
+    "nets": 1, "data": 1,
+    "store": 2, "plots": 2,
+    "training": 3,
+    "experiments": 4,
+    "background": 5,
+    "report": 6,
+    "app": 7, "cli": 7,
+}
+
+
+def _package_of(path: Path) -> str:
+    parts = path.relative_to(LIBRARY).with_suffix("").parts
+    return parts[0]
+
+
+def test_every_module_sits_in_a_layer_package():
+    top = {p.stem for p in LIBRARY.glob("*.py")} - {"__init__", "__main__"}
+    assert top == {"config", "fsutil"}, f"modules outside a layer package: {sorted(top - {'config', 'fsutil'})}"
+    for pkg in (d for d in LIBRARY.iterdir() if d.is_dir() and not d.name.startswith("__")):
+        assert pkg.name in RANKS, f"{pkg.name}/ has no rank in RANKS"
+
+
+def test_imports_point_down_the_layers():
+    wrong = []
+    for path in LIBRARY.rglob("*.py"):
+        me = _package_of(path)
+        if me not in RANKS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("resnet_viz."):
+                other = node.module.split(".")[1]
+                if other != me and RANKS.get(other, 99) >= RANKS[me]:
+                    wrong.append(f"{path.relative_to(ROOT)} imports {node.module}")
+    assert not wrong, "\n".join(wrong)
 
 
 def _modules(path: Path) -> set[str]:
@@ -43,7 +81,7 @@ def _modules(path: Path) -> set[str]:
 
 def test_pages_never_train_or_start_threads():
     """Training runs in the job registry's worker; a page asks for it through ui and jobs."""
-    banned = {"threading", "multiprocessing", "concurrent.futures", "resnet_viz.train", "resnet_viz.distributed"}
+    banned = {"threading", "multiprocessing", "concurrent.futures", "resnet_viz.training.loop", "resnet_viz.training.distributed"}
     for page in sorted(PAGES.glob("*.py")):
         tree = ast.parse(page.read_text(encoding="utf-8"), str(page))
         assert not _modules(page) & banned, (page.name, _modules(page) & banned)

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_viz.augment import normalize
 from resnet_viz.config import DataConfig, ModelConfig
-from resnet_viz.data import load_data
+from resnet_viz.data.batches import normalize
+from resnet_viz.data.sources import load_data
 from resnet_viz.experiments import Cancelled, accuracy
 from resnet_viz.experiments.lesion import deleted_blocks, lesion_study
-from resnet_viz.model import PadShortcut, block_names, build_model, iter_blocks
-from resnet_viz.modelio import ASSETS_DIR, load_model_file
+from resnet_viz.nets.cifar import PadShortcut, block_names, build_model, iter_blocks
+from resnet_viz.store.models import ASSETS_DIR, load_model_file
 
 CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg"
 

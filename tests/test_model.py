@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from resnet_viz.config import ModelConfig, blocks_for_depth, valid_depths
-from resnet_viz.model import (
+from resnet_viz.nets.cifar import (
     MODELS,
     BasicBlock,
     PadShortcut,
@@ -21,7 +21,7 @@ from resnet_viz.model import (
     get_block,
     iter_blocks,
 )
-from resnet_viz.summary import summarize
+from resnet_viz.nets.summary import summarize
 
 # He et al. 2015, Table 6 (and akamaster's docstring): option A, 10 classes.
 PAPER_PARAMS = {20: (269_722, 0.27), 32: (None, 0.46), 44: (None, 0.66), 56: (None, 0.85), 110: (None, 1.7)}

@@ -8,14 +8,21 @@ import pytest
 import torch
 
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from resnet_viz.data import CIFAR10_CLASSES
-from resnet_viz.modelio import ASSETS_DIR, ModelFileError, class_names, export_model, load_model_file, shipped_models
-from resnet_viz.runs import RunDir
-from resnet_viz.synthetic import SYNTHETIC_CLASSES
+from resnet_viz.data.sources import CIFAR10_CLASSES
+from resnet_viz.data.synthetic import SYNTHETIC_CLASSES
+from resnet_viz.store.models import (
+    ASSETS_DIR,
+    ModelFileError,
+    class_names,
+    export_model,
+    load_model_file,
+    shipped_models,
+)
+from resnet_viz.store.rundir import RunDir
 
 
 def _run_with_checkpoint(root: Path, shortcut: str = "A") -> tuple[RunDir, torch.nn.Module]:
-    from resnet_viz.model import build_model
+    from resnet_viz.nets.cifar import build_model
 
     cfg = RunConfig(model=ModelConfig(depth=8, shortcut=shortcut), train=TrainConfig(steps=1, epochs=None))
     run = RunDir.create(root, cfg, "export-me")
@@ -89,7 +96,7 @@ def test_shipped_models_load_and_are_trained() -> None:
 
 
 def test_model_refs_list_shipped_then_runs_then_untrained(tmp_path: Path) -> None:
-    from resnet_viz.modelio import UNTRAINED, model_refs
+    from resnet_viz.store.models import UNTRAINED, model_refs
 
     run, _ = _run_with_checkpoint(tmp_path / "runs")
     bare = RunDir.create(tmp_path / "runs", run.config(), "no-checkpoint")  # nothing to load: left out

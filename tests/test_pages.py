@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from resnet_viz.app.ui import Keys
 from resnet_viz.config import DataConfig
-from resnet_viz.ui import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["home", "build", "train", "compare", "inspect", "explain", "experiments", "imagenet"]
@@ -30,7 +30,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     st.cache_resource.clear()
     yield
-    from resnet_viz import ui
+    from resnet_viz.app import ui
 
     try:
         ui.job_registry().shutdown()
@@ -130,7 +130,7 @@ def test_train_starts_and_stops_a_tiny_run() -> None:
     run_id = at.session_state[Keys.WATCHED_RUN]
     # The page reran from the top, so the sidebar already names the run being watched.
     assert any(c.value.startswith("**Watching:**") for c in at.sidebar.caption), [c.value for c in at.sidebar.caption]
-    from resnet_viz import ui
+    from resnet_viz.app import ui
 
     job = ui.job_registry().get(run_id)
     deadline = time.monotonic() + 60
@@ -158,7 +158,7 @@ def test_button_callbacks_start_tasks_and_keep_their_errors() -> None:
     ValueError for ui.show_error: the page shows it instead of a traceback."""
     script = """
 import streamlit as st
-from resnet_viz import ui
+from resnet_viz.app import ui
 
 def fail():
     raise ValueError("that setting cannot work")
@@ -174,7 +174,7 @@ st.write(f"result {res}")
     at.run()
     assert not at.error  # shown once
     next(b for b in at.button if b.label == "Run it").click().run()
-    from resnet_viz import ui
+    from resnet_viz.app import ui
 
     task = ui.task_registry().get("callback-test")
     assert task is not None and task.wait(10)
@@ -278,7 +278,7 @@ def test_no_pages_folder_next_to_app_py() -> None:
 
 
 def test_experiments_report_tab_offers_the_finished_experiments() -> None:
-    from resnet_viz import ui
+    from resnet_viz.app import ui
     from resnet_viz.experiments import signal
 
     # Two finished tasks, as the tabs leave them in the registry (a small real result, and
@@ -307,7 +307,7 @@ def test_experiments_report_tab_offers_the_finished_experiments() -> None:
 def test_a_running_task_shows_its_time_left_and_its_partial_result() -> None:
     import threading
 
-    from resnet_viz import ui
+    from resnet_viz.app import ui
 
     gate = threading.Event()
     coarse = {"alphas": [-1.0, 0.0, 1.0], "betas": [-1.0, 0.0, 1.0], "loss": [[3.0, 2.0, 3.0], [2.0, 1.0, 2.0],
@@ -324,7 +324,8 @@ def test_a_running_task_shows_its_time_left_and_its_partial_result() -> None:
     time.sleep(1.1)  # a pace to estimate from
     script = """
 import streamlit as st
-from resnet_viz import plots, ui
+from resnet_viz import plots
+from resnet_viz.app import ui
 res = ui.run_task("preview-test", "Run it", lambda p, s: None,
                   preview=lambda part: st.plotly_chart(plots.surface_figure(part, title="Preview grid"), key="pv"))
 if res:
@@ -345,12 +346,15 @@ def test_compare_shows_the_shipped_degradation_result_until_the_user_has_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from test_compare import _four  # tests/ is on sys.path under pytest's default import mode
+    from test_compare import (
+        _four,  # tests/ is on sys.path under pytest's default import mode
+    )
 
-    from resnet_viz import compare, ui
+    from resnet_viz.app import ui
+    from resnet_viz.experiments import degradation
 
     shipped = tmp_path / "degradation.json"
-    doc = compare.export_result(_four(0.35, 0.65, 0.27, 0.274), {"data": "CIFAR-10 (JPEG copy)", "steps": 1000,
+    doc = degradation.export_result(_four(0.35, 0.65, 0.27, 0.274), {"data": "CIFAR-10 (JPEG copy)", "steps": 1000,
                                                                   "machine": "2-core test CPU"})
     shipped.write_text(json.dumps(doc))
     monkeypatch.setattr(ui, "DEGRADATION_FILE", shipped)

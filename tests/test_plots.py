@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from resnet_viz import plots
-from resnet_viz.plots._base import log_ticks
 from resnet_viz.config import ModelConfig, RunConfig
-from resnet_viz.runlist import RunInfo
-from resnet_viz.summary import summarize
+from resnet_viz.nets.summary import summarize
+from resnet_viz.plots._base import log_ticks
+from resnet_viz.store.listing import RunInfo
 
 
 def _ok(fig: go.Figure) -> go.Figure:
@@ -165,7 +165,7 @@ def test_architecture_crowded_rows_stay_legible(summaries):
 
 @pytest.fixture(scope="module")
 def imagenet_summaries(one_thread):
-    from resnet_viz.imagenet import IMAGENET_MODELS, imagenet_summary
+    from resnet_viz.nets.imagenet import IMAGENET_MODELS, imagenet_summary
 
     return {name: imagenet_summary(name) for name in IMAGENET_MODELS}  # a forward pass at 224 each
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from resnet_viz.config import ModelConfig, TrainConfig
-from resnet_viz.model import block_names, build_model, get_block
-from resnet_viz.probes import probe_blocks
-from resnet_viz.schedule import lr_at
+from resnet_viz.nets.cifar import block_names, build_model, get_block
+from resnet_viz.training.probes import probe_blocks
+from resnet_viz.training.schedule import lr_at
 
 
 def _step(model, x, y):

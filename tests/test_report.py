@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import torch
 
-from resnet_viz.augment import normalize
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from resnet_viz.data import make_synthetic
+from resnet_viz.data.batches import normalize
+from resnet_viz.data.sources import make_synthetic
 from resnet_viz.experiments import landscape, lesion, sanity, signal
-from resnet_viz.model import build_model
-from resnet_viz.report import build_report, experiment_kind
-from resnet_viz.runs import RunDir, RunError
-from resnet_viz.train import fit
+from resnet_viz.nets.cifar import build_model
+from resnet_viz.report.html import build_report, experiment_kind
+from resnet_viz.store.rundir import RunDir, RunError
+from resnet_viz.training.loop import fit
 
 HOSTILE = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -133,3 +133,16 @@ def test_cli_report_takes_experiment_results(tmp_path: Path, results: dict[str, 
     assert "<h3>lesion: ResNet(A)-8</h3>" in page and "<h3>My slice</h3>" in page
     bad = cli("report", "--experiment", str(tmp_path / "missing.json"), "--html", str(html))
     assert bad.returncode == 2 and "missing.json" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_environment_needs_neither_streamlit_nor_python_311(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's report runs on Python 3.10 (no datetime.UTC) and imports no Streamlit."""
+    import datetime
+    import sys
+
+    from resnet_viz.report.html import environment
+
+    monkeypatch.delattr(datetime, "UTC", raising=False)
+    monkeypatch.setitem(sys.modules, "streamlit", None)  # any `import streamlit` now fails
+    env = environment()
+    assert env["created"].endswith("UTC") and env["streamlit"] and env["torchvision"]

@@ -14,8 +14,8 @@ from torch import nn
 
 from resnet_viz.config import ModelConfig, RunConfig, TrainConfig
 from resnet_viz.fsutil import write_text_atomic
-from resnet_viz.runlist import list_runs
-from resnet_viz.runs import (
+from resnet_viz.store.listing import list_runs
+from resnet_viz.store.rundir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
@@ -254,7 +254,7 @@ def test_tensorboard_event_file_in_run_folder(tmp_path: Path) -> None:
 
 
 def test_metrics_csv_holds_step_and_eval_rows_only():
-    from resnet_viz.runlist import metrics_csv
+    from resnet_viz.store.listing import metrics_csv
 
     recs = [{"kind": "step", "step": 1, "loss": 2.3, "acc": 0.1, "extra": "x"},
             {"kind": "probe", "step": 1, "blocks": {"stage1.block0": {"grad_norm": 1.0}}},

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_viz.augment import normalize
 from resnet_viz.config import DataConfig
-from resnet_viz.data import load_data
+from resnet_viz.data.batches import normalize
+from resnet_viz.data.sources import load_data
 from resnet_viz.experiments import Cancelled
 from resnet_viz.experiments.sanity import reading, sanity_check, spearman, ssim
-from resnet_viz.modelio import ASSETS_DIR, load_model_file
+from resnet_viz.store.models import ASSETS_DIR, load_model_file
 
 CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg"
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")

@@ -11,9 +11,12 @@ import torch
 
 from resnet_viz.config import ModelConfig
 from resnet_viz.experiments.common import Cancelled
-from resnet_viz.experiments.signal import shattered_gradients, signal_propagation, signal_sweep
-from resnet_viz.model import block_names, build_model
-
+from resnet_viz.experiments.signal import (
+    shattered_gradients,
+    signal_propagation,
+    signal_sweep,
+)
+from resnet_viz.nets.cifar import block_names, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

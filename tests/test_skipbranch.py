@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from resnet_viz.data import make_synthetic
+from resnet_viz.data.sources import make_synthetic
 from resnet_viz.experiments.skipbranch import skip_branch
-from resnet_viz.train import fit
+from resnet_viz.training.loop import fit
 
 
 def _records(shortcut: str) -> list[dict]:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from resnet_viz.background.tasks import TaskRegistry
 from resnet_viz.experiments import check, report
-from resnet_viz.tasks import TaskRegistry
 
 
 def slow(n: int, delay: float = 0.01):
@@ -89,7 +89,7 @@ def test_a_task_keeps_its_latest_partial_result_and_estimates_the_time_left() ->
 
 
 def test_clock_and_eta_read_as_a_person_expects() -> None:
-    from resnet_viz.progress import bar, clock, eta
+    from resnet_viz.background.progress import bar, clock, eta
 
     assert [clock(s) for s in (0, 59.4, 83.4, 3599.6, 3725)] == ["0:00", "0:59", "1:23", "1:00:00", "1:02:05"]
     assert clock(-3) == "0:00"

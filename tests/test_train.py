@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import resnet_viz.train as train_mod
+import resnet_viz.training.loop as train_mod
+from resnet_viz.background.jobs import JobRegistry
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from resnet_viz.data import make_synthetic
-from resnet_viz.jobs import JobRegistry
-from resnet_viz.model import build_model
-from resnet_viz.runlist import list_runs
-from resnet_viz.runs import RunDir
-from resnet_viz.train import Control, evaluate, fit
+from resnet_viz.data.sources import make_synthetic
+from resnet_viz.nets.cifar import build_model
+from resnet_viz.store.listing import list_runs
+from resnet_viz.store.rundir import RunDir
+from resnet_viz.training.loop import Control, evaluate, fit
 
 
 @pytest.fixture(scope="module")

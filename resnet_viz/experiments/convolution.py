@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import eval_mode
+from resnet_viz.experiments.common import eval_mode
 
 __all__ = ["ConvByHand", "conv_layers", "convolution_by_hand"]
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..device import autocast, resolve_precision
-from .common import check
+from resnet_viz.experiments.common import check
+from resnet_viz.training.device import autocast, resolve_precision
 
 __all__ = ["Probe"]
 

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..augment import normalize
-from .common import ProgressFn, check, report
-from .folded import Probe
+from resnet_viz.data.batches import normalize
+from resnet_viz.experiments.common import ProgressFn, check, report
+from resnet_viz.experiments.folded import Probe
 
 # Images per forward pass. Small batches are faster here: ResNet-20 evaluates 2,000 images at
 # 8,000 img/s in batches of 128-192 against 4,700 img/s in batches of 1,000 (2-core EPYC, bf16),

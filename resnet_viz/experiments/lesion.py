@@ -40,8 +40,8 @@ from typing import Any, Iterator, Sequence
 
 from torch import Tensor, nn
 
-from ..model import PadShortcut, Projection, block_names, get_block
-from .common import ProgressFn, accuracy, check, report
+from resnet_viz.experiments.common import ProgressFn, accuracy, check, report
+from resnet_viz.nets.cifar import PadShortcut, Projection, block_names, get_block
 
 __all__ = ["LesionResult", "deleted_blocks", "lesion_study"]
 
@@ -175,7 +175,7 @@ def _check_inputs(x: Tensor, y: Tensor, max_k: int | None, n: int, trials: int, 
         raise ValueError(f"x must be normalized images shaped (N, 3, H, W), got {shape}")
     if not x.is_floating_point():
         raise ValueError(f"x must be float images normalized like the training data, got {x.dtype}; "
-                         "use resnet_viz.augment.normalize(x, channels_last=False)")
+                         "use resnet_viz.data.batches.normalize(x, channels_last=False)")
     if not isinstance(y, Tensor) or y.dim() != 1 or len(y) != len(x) or y.is_floating_point():
         raise ValueError(f"y must be integer labels shaped ({len(x)},) to match x, got "
                          f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")

@@ -23,9 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attribution import METHODS, attribute, normalize_map, predict
-from ..model import block_names, get_block
-from .common import ProgressFn, check, report
+from resnet_viz.experiments.attribution import (
+    METHODS,
+    attribute,
+    normalize_map,
+    predict,
+)
+from resnet_viz.experiments.common import ProgressFn, check, report
+from resnet_viz.nets.cifar import block_names, get_block
 
 __all__ = ["SanityResult", "reading", "sanity_check", "spearman", "ssim"]
 

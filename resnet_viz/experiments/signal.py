@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import IMAGE_SIZE, ModelConfig
-from ..model import build_model, iter_blocks
-from ..probes import probe_blocks
-from .common import ProgressFn, check, eval_mode, report
+from resnet_viz.config import IMAGE_SIZE, ModelConfig
+from resnet_viz.experiments.common import ProgressFn, check, eval_mode, report
+from resnet_viz.nets.cifar import build_model, iter_blocks
+from resnet_viz.training.probes import probe_blocks
 
 __all__ = ["ShatteredResult", "SignalProfile", "shattered_gradients", "signal_propagation", "signal_sweep"]
 

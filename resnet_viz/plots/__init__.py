@@ -5,7 +5,7 @@ returns a figure for *empty* input, with a note saying why it is empty, rather t
 raising; wrong *arguments* raise ValueError.
 """
 
-from ._base import (
+from resnet_viz.plots._base import (
     MAX_POINTS,
     PALETTE,
     PROBE_STATS,
@@ -15,10 +15,10 @@ from ._base import (
     run_color,
     smoothing_alpha,
 )
-from .architecture import architecture_diagram, block_detail
-from .archspec import ArchBlock, ArchBox, Architecture, to_architecture
-from .curves import compare_curves, error_table_rows, training_curves
-from .experiments import (
+from resnet_viz.plots.architecture import architecture_diagram, block_detail
+from resnet_viz.plots.archspec import ArchBlock, ArchBox, Architecture, to_architecture
+from resnet_viz.plots.curves import compare_curves, error_table_rows, training_curves
+from resnet_viz.plots.experiments import (
     conv_figure,
     lesion_figure,
     sanity_figure,
@@ -27,7 +27,7 @@ from .experiments import (
     slices_figure,
     surface_figure,
 )
-from .inside import (
+from resnet_viz.plots.inside import (
     attribution_overlay,
     depth_profile,
     feature_map_grid,

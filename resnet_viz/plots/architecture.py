@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
-from ._base import _note, _style
-from .archspec import (
+from resnet_viz.plots._base import _note, _style
+from resnet_viz.plots.archspec import (
     ArchBlock,
     Architecture,
     conv_text,
@@ -21,7 +21,7 @@ from .archspec import (
 )
 
 if TYPE_CHECKING:  # the summary module pulls in torch; figures only need its data
-    from ..summary import ModelSummary
+    from resnet_viz.nets.summary import ModelSummary
 
 # --- architecture diagram ---------------------------------------------------------------
 _BOX_W, _BOX_H, _GAP, _ROW_H = 1.0, 0.62, 0.32, 2.0  # _BOX_H holds three lines of text

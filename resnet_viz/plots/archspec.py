@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the summary module pulls in torch; figures only need its data
-    from ..summary import ModelSummary
+    from resnet_viz.nets.summary import ModelSummary
 
 Conv = tuple[int, int, int]  # (kernel, filters, stride) of one conv on a block's branch
 

@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._base import (
+from resnet_viz.plots._base import (
     _mode,
     _note,
     _num,
@@ -139,7 +139,7 @@ def error_table_rows(infos: Sequence[Any]) -> list[dict[str, Any]]:
 
 def _param_count(model_config: Any) -> int | None:
     try:
-        from ..model import (  # torch: only when a table is asked for
+        from resnet_viz.nets.cifar import (  # torch: only when a table is asked for
             build_model,
             count_params,
         )

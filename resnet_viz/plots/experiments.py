@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._base import _note, _style, log_ticks, log_yaxis, run_color
+from resnet_viz.plots._base import _note, _style, log_ticks, log_yaxis, run_color
 
 
 def lesion_figure(results: Sequence[dict[str, Any]]) -> go.Figure:

@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._base import (
+from resnet_viz.plots._base import (
     _MAX_HEATMAP_COLS,
     _STAT_LABEL,
     PROBE_STATS,

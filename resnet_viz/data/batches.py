@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .data import CIFAR10_MEAN, CIFAR10_STD, DataError
+from resnet_viz.data.sources import CIFAR10_MEAN, CIFAR10_STD, DataError
 
 _MASK64 = (1 << 64) - 1
 _TAG_EPOCH, _TAG_AUGMENT = 1, 2  # separate random streams for shuffling and augmentation

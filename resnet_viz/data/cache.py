@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .config import IMAGE_SIZE
-from .fsutil import atomic_path
+from resnet_viz.config import IMAGE_SIZE
+from resnet_viz.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the cached payload's layout or the decoding changes

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .fsutil import atomic_path
+from resnet_viz.fsutil import atomic_path
 
 FORMAT_VERSION = "1"
 MODEL_PREFIX = "model."

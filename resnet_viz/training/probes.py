@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import iter_blocks
+from resnet_viz.nets.cifar import iter_blocks
 
 _EPS = 1e-12
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import DataConfig, RunConfig
-from .data import ImageData, load_data
-from .runs import RunDir
-from .train import Control, FitResult, fit
+from resnet_viz.config import DataConfig, RunConfig
+from resnet_viz.data.sources import ImageData, load_data
+from resnet_viz.store.rundir import RunDir
+from resnet_viz.training.loop import Control, FitResult, fit
 
 FINAL_STATES = ("finished", "stopped", "interrupted", "diverged", "failed", "cancelled")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .config import TrainConfig
+from resnet_viz.config import TrainConfig
 
 PAPER_WARMUP_STEPS = 400  # He et al.: 0.01 "until the training error is below 80% (about 400 iterations)"
 PAPER_MILESTONES = (0.5, 0.75)  # 32k and 48k of the paper's 64k iterations

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import RunConfig, TrainConfig
+from resnet_viz.config import RunConfig, TrainConfig
 
 DEGRADATION_DEPTHS: tuple[int, int] = (20, 56)
 NAME_PREFIX = "degradation "

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .experiments.common import Cancelled, ProgressFn
-from .progress import eta
+from resnet_viz.background.progress import eta
+from resnet_viz.experiments.common import Cancelled, ProgressFn
 
 TaskFn = Callable[[ProgressFn, threading.Event], Any]
 

@@ -21,9 +21,20 @@ import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint_file, save_checkpoint_file
-from .config import RunConfig
-from .fsutil import count_lines, read_jsonl, truncate_lines, write_text_atomic
+from resnet_viz.config import RunConfig
+from resnet_viz.fsutil import (
+    PROJECT_ROOT,
+    count_lines,
+    read_jsonl,
+    truncate_lines,
+    write_text_atomic,
+)
+from resnet_viz.store.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint_file,
+    save_checkpoint_file,
+)
 
 if TYPE_CHECKING:  # torch is only needed once a checkpoint or TensorBoard is touched
     import torch
@@ -52,7 +63,7 @@ def default_runs_dir() -> Path:
     env = os.environ.get("RESNET_VIZ_RUNS")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "runs"
+    return PROJECT_ROOT / "runs"
 
 
 def validate_run_id(run_id: str) -> str:
@@ -242,7 +253,7 @@ class RunDir:
         optimizer_state: Mapping[str, Any] | None,
         meta: Mapping[str, Any],
     ) -> None:
-        """Atomically replace the checkpoint (see ``resnet_viz.checkpoint`` for the layout)."""
+        """Atomically replace the checkpoint (see ``resnet_viz.store.checkpoint`` for the layout)."""
         try:
             save_checkpoint_file(self.path / CHECKPOINT_FILE, model_state, optimizer_state, meta)
         except CheckpointError as e:

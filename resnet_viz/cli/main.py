@@ -12,11 +12,20 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .config import BLOCKS, RECIPES, SCHEDULES, SHORTCUTS, DataConfig, ModelConfig, RunConfig, TrainConfig
-from .progress import ProgressLine, bar, clock
+from resnet_viz.background.progress import ProgressLine, bar, clock
+from resnet_viz.config import (
+    BLOCKS,
+    RECIPES,
+    SCHEDULES,
+    SHORTCUTS,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 if TYPE_CHECKING:  # torch is imported only by the commands that need it
-    from .distributed import DistContext
+    from resnet_viz.training.distributed import DistContext
 
 _T = TrainConfig()  # CLI defaults are the library's (the brief recipe)
 # Flags a recipe sets: their parser default is None so that only flags given win over it.
@@ -101,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="runs folder")
     e.add_argument("--note", default="", help="stored in the file, e.g. the command that trained it")
 
-    from .cli_experiments import add_parsers
+    from resnet_viz.cli.experiments import add_parsers
 
     add_parsers(sub)
 
@@ -168,7 +177,7 @@ class _Progress:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .summary import format_summary, summarize
+    from resnet_viz.nets.summary import format_summary, summarize
 
     s = summarize(ModelConfig(depth=args.depth, shortcut=args.shortcut, block=args.block, width=args.width))
     print(json.dumps(s.to_dict()) if args.json else format_summary(s))
@@ -176,7 +185,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .distributed import session
+    from resnet_viz.training.distributed import session
 
     # torchrun's processes join one group; a lone process joins nothing. Every rank prints its
     # own errors (a data folder missing on one machine must say so); only rank 0 prints the rest.
@@ -185,10 +194,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> int:
-    from .data import load_data
-    from .distributed import check_batch_split
-    from .runs import RunDir, default_runs_dir
-    from .train import Control, fit
+    from resnet_viz.data.sources import load_data
+    from resnet_viz.store.rundir import RunDir, default_runs_dir
+    from resnet_viz.training.distributed import check_batch_split
+    from resnet_viz.training.loop import Control, fit
 
     root = Path(args.out) if args.out else default_runs_dir()
     run = None
@@ -231,8 +240,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .runlist import list_runs
-    from .runs import default_runs_dir
+    from resnet_viz.store.listing import list_runs
+    from resnet_viz.store.rundir import default_runs_dir
 
     runs = list_runs(Path(args.out) if args.out else default_runs_dir())
     if args.json:
@@ -249,8 +258,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .modelio import export_model
-    from .runs import RunDir, default_runs_dir
+    from resnet_viz.store.models import export_model
+    from resnet_viz.store.rundir import RunDir, default_runs_dir
 
     run = RunDir.open(Path(args.out) if args.out else default_runs_dir(), args.run_id)
     path = export_model(run, Path(args.path), {"note": args.note} if args.note else None)
@@ -260,7 +269,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .cli_experiments import EXPERIMENTS, run as run_experiment
+    from resnet_viz.cli.experiments import EXPERIMENTS
+    from resnet_viz.cli.experiments import run as run_experiment
 
     commands = {"summary": cmd_summary, "train": cmd_train, "export": cmd_export, "runs": cmd_runs}
     commands.update({name: run_experiment for name in EXPERIMENTS})

@@ -19,20 +19,31 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import streamlit as st
 import torch
 
-from .config import DataConfig, ModelConfig, RunConfig
-from .data import ImageData, default_source, describe_default_source, load_data
-from .device import describe_device, pick_device
-from .jobs import JobRegistry, JobSnapshot
-from .model import CifarResNet, build_model
-from . import compare
-from . import modelio
-from .modelio import DEGRADATION_FILE, ModelRef, class_names, load_model_file, load_run_model
-from .progress import clock
-from .runlist import RunInfo, list_runs
-from .runs import RunDir, RunError, default_runs_dir
+from resnet_viz.background.jobs import JobRegistry, JobSnapshot
+from resnet_viz.background.progress import clock
+from resnet_viz.config import DataConfig, ModelConfig, RunConfig
+from resnet_viz.data.sources import (
+    ImageData,
+    default_source,
+    describe_default_source,
+    load_data,
+)
+from resnet_viz.experiments import degradation
+from resnet_viz.nets.cifar import CifarResNet, build_model
+from resnet_viz.store import models
+from resnet_viz.store.listing import RunInfo, list_runs
+from resnet_viz.store.models import (
+    DEGRADATION_FILE,
+    ModelRef,
+    class_names,
+    load_model_file,
+    load_run_model,
+)
+from resnet_viz.store.rundir import RunDir, RunError, default_runs_dir
+from resnet_viz.training.device import describe_device, pick_device
 
 if TYPE_CHECKING:
-    from .tasks import TaskRegistry
+    from resnet_viz.background.tasks import TaskRegistry
 
 class Keys:
     """Every st.session_state key the pages use, in one place."""
@@ -121,7 +132,7 @@ def load_model(ref: ModelRef) -> tuple[CifarResNet, ModelConfig, tuple[str, ...]
 
 def model_refs(include_untrained: bool = True) -> list[ModelRef]:
     """Shipped models, then runs with a checkpoint (newest first), then the Build model."""
-    return modelio.model_refs(runs_root(), include_untrained)
+    return models.model_refs(runs_root(), include_untrained)
 
 
 def pick_model(label: str, key: str, default_index: int = 0, refs: list[ModelRef] | None = None) -> ModelRef | None:
@@ -190,7 +201,7 @@ def shipped_degradation() -> tuple[dict[str, list[dict[str, Any]]], dict[str, An
     """The degradation experiment the project ran on CIFAR-10 (``assets/degradation.json``):
     (records per run, what/where/how long), or None when the file is absent or unreadable."""
     try:
-        return compare.read_result(json.loads(DEGRADATION_FILE.read_text(encoding="utf-8")))
+        return degradation.read_result(json.loads(DEGRADATION_FILE.read_text(encoding="utf-8")))
     except (OSError, ValueError):  # json.JSONDecodeError is a ValueError
         return None
 
@@ -276,7 +287,7 @@ def upload_images(label: str, key: str, multiple: bool = False) -> list[tuple[st
     Files are checked by content (``images.open_upload``); the name is only displayed,
     never used as a path.
     """
-    from .images import ImageError, open_upload
+    from resnet_viz.data.uploads import ImageError, open_upload
 
     files = st.file_uploader(label, type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
                              accept_multiple_files=multiple, key=key)
@@ -307,7 +318,7 @@ def test_image_picker(key: str) -> tuple[str, Any] | None:
 
 def input_images(key: str, multiple: bool = False) -> list[tuple[str, Any]]:
     """The inputs the user chose: a test image, or uploads (as (3, 32, 32) uint8 tensors)."""
-    from .images import to_input_tensor
+    from resnet_viz.data.uploads import to_input_tensor
 
     mode = st.radio("Input", ["A test image", "Upload"], horizontal=True, key=f"{key}_mode")
     if mode == "A test image":
@@ -322,7 +333,7 @@ def input_images(key: str, multiple: bool = False) -> list[tuple[str, Any]]:
 
 @st.cache_resource(show_spinner=False)
 def task_registry() -> TaskRegistry:
-    from .tasks import TaskRegistry
+    from resnet_viz.background.tasks import TaskRegistry
 
     return TaskRegistry()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import importlib.metadata
 import json
 import math
 import platform
@@ -21,11 +22,11 @@ from typing import Any
 
 import torch
 
-from . import plots
-from .device import describe_device, pick_device
-from .experiments.skipbranch import skip_branch
-from .runlist import RunInfo, list_runs
-from .runs import RunDir, RunError
+from resnet_viz import plots
+from resnet_viz.experiments.skipbranch import skip_branch
+from resnet_viz.store.listing import RunInfo, list_runs
+from resnet_viz.store.rundir import RunDir, RunError
+from resnet_viz.training.device import describe_device, pick_device
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
@@ -39,14 +40,21 @@ KINDS = ("lesion", "slice", "surface", "signal", "shattered", "sanity", "signal+
 Experiments = Mapping[str, Any] | Sequence[tuple[str, Any]]  # title -> result (to_dict() output, or a list)
 
 
-def environment() -> dict[str, str]:
-    import streamlit  # only its version; nothing of it runs here
-    import torchvision
+def _version(package: str) -> str:
+    # Read from the installed metadata: importing Streamlit in the CLI would start its
+    # machinery for a version string, and a server without it still writes a report.
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
+
+def environment() -> dict[str, str]:
     return {
-        "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        # timezone.utc, not datetime.UTC: the README promises Python 3.10, which lacks the latter.
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(), "platform": platform.platform(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "streamlit": streamlit.__version__,
+        "torch": torch.__version__, "torchvision": _version("torchvision"), "streamlit": _version("streamlit"),
         "device": describe_device(pick_device("auto")),
     }
 
@@ -148,7 +156,9 @@ def _figures_and_numbers(kind: str, result: Any) -> tuple[list[Any], list[str]]:
             f"{r['label']}: correlation length {_fmt(r['corr_length'])} points" for r in items]
     if kind == "sanity":
         figs, lines = [], []
-        from .experiments.sanity import reading  # the same words as the app's Sanity check tab
+        from resnet_viz.experiments.sanity import (
+            reading,  # the same words as the app's Sanity check tab
+        )
 
         for r in items:
             said = reading(list(r["similarity"]), list(r["layers"]), r["method"])

@@ -16,10 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import checkpoint_problem
-from .config import RunConfig
-from .fsutil import iter_jsonl_reversed
-from .runs import ID_RE, STAMP_RE, CHECKPOINT_FILE, METRICS_FILE, RunDir, RunError
+from resnet_viz.config import RunConfig
+from resnet_viz.fsutil import iter_jsonl_reversed
+from resnet_viz.store.checkpoint import checkpoint_problem
+from resnet_viz.store.rundir import (
+    CHECKPOINT_FILE,
+    ID_RE,
+    METRICS_FILE,
+    STAMP_RE,
+    RunDir,
+    RunError,
+)
 
 _FINAL_STEPS = 50  # final train loss/acc average this many step records
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .runs import RunDir
+from resnet_viz.store.rundir import RunDir
 
 Records = list[dict[str, Any]]
 

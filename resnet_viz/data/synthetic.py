@@ -12,8 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import IMAGE_SIZE
-
+from resnet_viz.config import IMAGE_SIZE
 
 SYNTHETIC_CLASSES: tuple[str, ...] = (
     "disc", "square", "triangle", "ring", "cross", "h-stripes", "v-stripes", "d-stripes", "checkerboard", "dots",

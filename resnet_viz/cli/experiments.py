@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .config import SHORTCUTS, RunConfig
-from .progress import StderrProgress
+from resnet_viz.background.progress import StderrProgress
+from resnet_viz.config import SHORTCUTS, RunConfig
 
 EXPERIMENTS = ("lesion", "landscape", "signal", "sanity", "report")
 
@@ -59,8 +59,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def load_model_ref(ref: str, runs_out: str | None) -> tuple[torch.nn.Module, RunConfig, str]:
     """(model in eval mode, its run config, a label) for a run id or a model file."""
-    from .modelio import load_model_file, load_run_model
-    from .runs import RunDir, default_runs_dir
+    from resnet_viz.store.models import load_model_file, load_run_model
+    from resnet_viz.store.rundir import RunDir, default_runs_dir
 
     path = Path(ref)
     if path.suffix == ".safetensors" or path.is_file():
@@ -73,7 +73,7 @@ def load_model_ref(ref: str, runs_out: str | None) -> tuple[torch.nn.Module, Run
 
 def data_for(cfg: RunConfig):
     """The data set ``cfg`` was trained on if reachable, else the default one if it fits."""
-    from .data import default_source, load_data
+    from resnet_viz.data.sources import default_source, load_data
 
     try:
         data = load_data(cfg.data)
@@ -99,7 +99,7 @@ def read_experiment(arg: str) -> tuple[str, Any]:
 
 
 def _subset(x, y, n: int):
-    from .augment import normalize
+    from resnet_viz.data.batches import normalize
 
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(y), generator=g)[: min(n, len(y))]
@@ -110,17 +110,20 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result: dict[str, Any] = {"experiment": args.command}
     if args.command == "signal":
-        from .experiments.signal import shattered_gradients, signal_propagation
+        from resnet_viz.experiments.signal import (
+            shattered_gradients,
+            signal_propagation,
+        )
 
         result["signal"] = signal_propagation(args.depth, args.shortcut, seed=args.seed,
                                               progress=StderrProgress()).to_dict()
-        from .config import ModelConfig
+        from resnet_viz.config import ModelConfig
 
         result["shattered"] = shattered_gradients(ModelConfig(depth=args.depth, shortcut=args.shortcut),
                                                   seed=args.seed, progress=StderrProgress()).to_dict()
     elif args.command == "report":
-        from .report import build_report
-        from .runs import default_runs_dir
+        from resnet_viz.report.html import build_report
+        from resnet_viz.store.rundir import default_runs_dir
 
         exps = [read_experiment(e) for e in args.experiment]
         page = build_report(Path(args.out) if args.out else default_runs_dir(), args.runs, exps)
@@ -131,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
         model, cfg, label = load_model_ref(args.run, args.out)
         result["model"] = label
         if args.command == "sanity":
-            from .augment import normalize
-            from .experiments.sanity import sanity_check
-            from .images import open_upload, to_input_tensor
+            from resnet_viz.data.batches import normalize
+            from resnet_viz.data.uploads import open_upload, to_input_tensor
+            from resnet_viz.experiments.sanity import sanity_check
 
             x = normalize(to_input_tensor(open_upload(Path(args.image).read_bytes()))[None], channels_last=False)
             result.update(sanity_check(model, x, args.method, progress=StderrProgress()).to_dict())
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             data = data_for(cfg)
             result["data"] = data.name
             if args.command == "lesion":
-                from .experiments.lesion import lesion_study
+                from resnet_viz.experiments.lesion import lesion_study
 
                 x, y = _subset(data.test_x, data.test_y, args.images)
                 result.update(lesion_study(model, x, y, trials=args.trials, max_k=args.max_k, label=label,
@@ -155,8 +158,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _landscape(args: argparse.Namespace, model, cfg: RunConfig, data, label: str) -> dict[str, Any]:
-    from .experiments.landscape import fixed_subset, interpolation_slice, random_slice, surface_2d
-    from .model import build_model
+    from resnet_viz.experiments.landscape import (
+        fixed_subset,
+        interpolation_slice,
+        random_slice,
+        surface_2d,
+    )
+    from resnet_viz.nets.cifar import build_model
 
     x, y = fixed_subset(data.train_x, data.train_y, n=args.images, seed=0)
     if args.steps is None:

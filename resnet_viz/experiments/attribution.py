@@ -39,8 +39,8 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
-from .augment import normalize
-from .model import BasicBlock, Bottleneck
+from resnet_viz.data.batches import normalize
+from resnet_viz.nets.cifar import BasicBlock, Bottleneck
 
 __all__ = ["AttributionError", "METHODS", "predict", "top_k", "feature_maps", "block_norms", "attribute", "normalize_map"]
 
@@ -115,8 +115,9 @@ def _check_target(model: nn.Module, target: int) -> int:
 
 
 def _block_types() -> tuple[type[nn.Module], ...]:
-    # torchvision's ImageNet ResNets (resnet_viz.imagenet) have blocks of their own classes.
-    from torchvision.models.resnet import BasicBlock as TvBasic, Bottleneck as TvBottleneck
+    # torchvision's ImageNet ResNets (resnet_viz.nets.imagenet) have blocks of their own classes.
+    from torchvision.models.resnet import BasicBlock as TvBasic
+    from torchvision.models.resnet import Bottleneck as TvBottleneck
 
     return (BasicBlock, Bottleneck, TvBasic, TvBottleneck)
 

@@ -21,10 +21,24 @@ from urllib.error import URLError
 
 import torch
 
-from .config import DataConfig
-from .datacache import cache_file, cache_load, cache_save, check_payload, stat_key
-from .imagefiles import DataError, ProgressFn, decode_files, files_key, scan_classes, stratified_split
-from .synthetic import generate
+from resnet_viz.config import DataConfig
+from resnet_viz.data.cache import (
+    cache_file,
+    cache_load,
+    cache_save,
+    check_payload,
+    stat_key,
+)
+from resnet_viz.data.files import (
+    DataError,
+    ProgressFn,
+    decode_files,
+    files_key,
+    scan_classes,
+    stratified_split,
+)
+from resnet_viz.data.synthetic import generate
+from resnet_viz.fsutil import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +47,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 )
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = PROJECT_ROOT
 
 
 @dataclass(frozen=True)

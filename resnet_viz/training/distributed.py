@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import Checkpoint
-from .runs import RunDir
+from resnet_viz.store.checkpoint import Checkpoint
+from resnet_viz.store.rundir import RunDir
 
 T = TypeVar("T")
 

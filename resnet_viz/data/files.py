@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import IMAGE_SIZE
-from .datacache import digest
+from resnet_viz.config import IMAGE_SIZE
+from resnet_viz.data.cache import digest
 
 # torchvision.datasets.ImageFolder's list: other files (README, .DS_Store) are skipped as it does.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -19,18 +19,24 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .augment import BatchStream, eval_batches
-from .config import RunConfig
-from .data import ImageData, load_data, split_validation
-from .device import autocast, pick_device, resolve_precision
-from .distributed import (
-    DistContext, check_batch_split, checkpoint_from_main, compile_failure, compile_model, convert_sync_bn, wrap_model,
+from resnet_viz.config import RunConfig
+from resnet_viz.data.batches import BatchStream, eval_batches
+from resnet_viz.data.sources import ImageData, load_data, split_validation
+from resnet_viz.nets.cifar import build_model, param_norms_finite
+from resnet_viz.store.rundir import RunDir
+from resnet_viz.training.device import autocast, pick_device, resolve_precision
+from resnet_viz.training.distributed import (
+    DistContext,
+    check_batch_split,
+    checkpoint_from_main,
+    compile_failure,
+    compile_model,
+    convert_sync_bn,
+    wrap_model,
 )
-from .model import build_model, param_norms_finite
-from .probes import probe_blocks
-from .records import Records, RecordSink
-from .runs import RunDir
-from .schedule import lr_at
+from resnet_viz.training.probes import probe_blocks
+from resnet_viz.training.records import Records, RecordSink
+from resnet_viz.training.schedule import lr_at
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from resnet_viz.config import ModelConfig
 
 __all__ = [
     "BasicBlock",

@@ -20,13 +20,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import RunConfig
-from .fsutil import atomic_path
-from .model import CifarResNet, build_model
-from .runlist import list_runs
-from .runs import RunDir
+from resnet_viz.config import RunConfig
+from resnet_viz.fsutil import PROJECT_ROOT, atomic_path
+from resnet_viz.nets.cifar import CifarResNet, build_model
+from resnet_viz.store.listing import list_runs
+from resnet_viz.store.rundir import RunDir
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = PROJECT_ROOT / "assets"
 DEGRADATION_FILE = ASSETS_DIR / "degradation.json"  # the project's own run of the experiment (compare.py)
 
 
@@ -102,8 +102,8 @@ def _model_from_state(state: dict[str, torch.Tensor], config: RunConfig, what: s
 
 def class_names(config: RunConfig) -> tuple[str, ...]:
     """The class names a model was trained on, from its data config."""
-    from .data import CIFAR10_CLASSES
-    from .synthetic import SYNTHETIC_CLASSES
+    from resnet_viz.data.sources import CIFAR10_CLASSES
+    from resnet_viz.data.synthetic import SYNTHETIC_CLASSES
 
     n = config.model.num_classes
     src = config.data

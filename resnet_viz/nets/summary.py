@@ -13,8 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .model import CifarResNet, Projection, PadShortcut, build_model, count_params, iter_blocks
+from resnet_viz.config import ModelConfig
+from resnet_viz.nets.cifar import (
+    CifarResNet,
+    PadShortcut,
+    Projection,
+    build_model,
+    count_params,
+    iter_blocks,
+)
 
 
 @dataclass(frozen=True)

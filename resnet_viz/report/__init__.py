@@ -1,0 +1,1 @@
+"""Runs and experiments as one self-contained HTML file."""
