@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 IMAGE_SIZE = 32  # CIFAR images are 32x32; every source is brought to this size
 SHORTCUTS: tuple[str, ...] = ("none", "A", "B", "C")
@@ -200,7 +201,7 @@ class TrainConfig:
             raise ValueError("threads must be >= 1")
 
     @classmethod
-    def recipe(cls, name: str, **overrides: Any) -> "TrainConfig":
+    def recipe(cls, name: str, **overrides: Any) -> TrainConfig:
         """The named recipe (``RECIPES``) with ``overrides`` on top, e.g. ``recipe("paper", steps=300)``."""
         if name not in RECIPES:
             raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
@@ -246,7 +247,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
         return cls(
             model=_build(ModelConfig, d.get("model", {})),
             data=_build(DataConfig, d.get("data", {})),

@@ -13,13 +13,15 @@ half speed and finish no sooner); later submissions wait in a queue.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from resnet_viz.config import DataConfig, RunConfig
 from resnet_viz.data.sources import ImageData, load_data
@@ -122,10 +124,8 @@ class TrainingJob:
             msg = str(e) or type(e).__name__
             with self._lock:
                 self._state, self._message = "failed", msg
-            try:
+            with contextlib.suppress(OSError):  # the folder may be what broke; the job still ends
                 self.run.set_status("failed", msg, detail=traceback.format_exc(limit=5))
-            except OSError:
-                pass
         finally:
             self._done.set()
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from resnet_viz.background.progress import eta
 from resnet_viz.experiments.common import Cancelled, ProgressFn

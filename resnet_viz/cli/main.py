@@ -9,8 +9,9 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from resnet_viz.background.progress import ProgressLine, bar, clock
 from resnet_viz.config import (

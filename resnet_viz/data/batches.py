@@ -11,7 +11,7 @@ Randomness never comes from the global RNG: every batch is a pure function of
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ def _crop_flip(
         raise DataError(f"crop padding must be >= 0, got {pad}")
     b, c, h, w = x.shape
     lo, n = part if part is not None else (0, b)
-    if not (0 <= lo and lo + b <= n):
+    if not (lo >= 0 and lo + b <= n):
         raise DataError(f"rows {lo}:{lo + b} are not inside a batch of {n} images")
     wp = w + 2 * pad
     dev = generator.device  # random numbers drawn where the generator lives: same on every device

@@ -6,6 +6,7 @@ Writes are atomic; a damaged or foreign cache file is ignored (and rebuilt), nev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -56,7 +57,7 @@ def check_payload(p: dict[str, Any]) -> None:
             raise ValueError(f"bad {split} images")
         if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (len(x),)):
             raise ValueError(f"bad {split} labels")
-        if len(y) and not (0 <= int(y.min()) and int(y.max()) < len(classes)):
+        if len(y) and not (int(y.min()) >= 0 and int(y.max()) < len(classes)):
             raise ValueError(f"{split} labels out of range")
 
 
@@ -86,7 +87,5 @@ def cache_save(path: Path, payload: dict[str, Any]) -> None:
     # Earlier versions of the same folder's cache are dead weight (hundreds of MB each).
     for old in path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.pt"):
         if old != path:
-            try:
+            with contextlib.suppress(OSError):  # another process removed it, or it is read-only: harmless
                 old.unlink()
-            except OSError:
-                pass

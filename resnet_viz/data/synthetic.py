@@ -7,7 +7,7 @@ lighting and pixel noise, so a net must learn shape rather than colour or positi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -13,8 +13,9 @@ JSON-serializable: the CLI prints it as one JSON object and the app plots it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn

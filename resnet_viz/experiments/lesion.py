@@ -34,9 +34,10 @@ import math
 import random
 import statistics
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -248,7 +249,7 @@ def lesion_study(
 
     baseline = evaluate((), "intact model")
     single = []
-    for i, (name, blk) in enumerate(zip(names, blocks)):
+    for i, (name, blk) in enumerate(zip(names, blocks, strict=True)):
         acc = evaluate((i,), f"without {name}")
         single.append({"block": name, "acc": acc, "drop": baseline - acc, "downsampling": _changes_shape(blk)})
     random_k = []

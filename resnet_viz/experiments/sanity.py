@@ -68,7 +68,8 @@ def reading(similarity: list[float], layers: list[str], method: str = "saliency"
     mid = n // 2 - 1 if n > 1 else 0  # the last layer of the top half
     at, last = sims[mid], sims[-1]
     where = f"with {layers[0]} to {layers[mid]} random" if mid else f"with {layers[0]} random"
-    head = f"{method}: ρ = {sims[0]:.2f} once {layers[0]} is random, {at:.2f} {where}, {last:.2f} with every layer random."
+    head = (f"{method}: ρ = {sims[0]:.2f} once {layers[0]} is random, {at:.2f} {where}, "
+            f"{last:.2f} with every layer random.")
     if at < PASS_BELOW and sims[0] < FAIL_FROM:
         return f"{head} The map changes with the weights: it passes the check, it depends on what the net learned."
     if at >= FAIL_FROM:

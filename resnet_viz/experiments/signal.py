@@ -189,7 +189,7 @@ def _calibrate_bn(model: nn.Module, gen: torch.Generator) -> None:
         model.train()
         model(torch.randn(_CALIBRATION_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(device))
     finally:
-        for bn, m in zip(bns, momenta):
+        for bn, m in zip(bns, momenta, strict=True):
             bn.momentum = m
         model.eval()
 
@@ -267,7 +267,7 @@ def shattered_gradients(
     gradient = torch.cat(grads)  # (P,)
     lags = list(range(points // 2 + 1))
     ac = _autocorrelation(gradient, lags[-1])
-    below = [k for k, a in zip(lags, ac) if a < 1.0 / math.e]
+    below = [k for k, a in zip(lags, ac, strict=True) if a < 1.0 / math.e]
     return ShatteredResult(
         label=label,
         t=t.cpu().tolist(),

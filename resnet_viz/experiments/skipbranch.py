@@ -9,8 +9,8 @@ numbers show; it never claims what they do not.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 STATS = ("ratio", "cos", "act_norm", "grad_norm")
 
@@ -65,7 +65,7 @@ def _reading(blocks: list[str], steps: list[int], ratio: list[list[float | None]
     m0, m1 = _mean(first), _mean(last)
     parts = [f"At step {steps[-1]:,} the residual branches add on average {m1:.0%} of the signal their "
              f"skip passes on (||F(x)||/||x||), against {m0:.0%} at step {steps[0]:,}."]
-    ranked = sorted(((v, b) for v, b in zip(last, blocks) if v is not None), reverse=True)
+    ranked = sorted(((v, b) for v, b in zip(last, blocks, strict=True) if v is not None), reverse=True)
     if ranked:
         top = ", ".join(f"{b} ({v:.0%})" for v, b in ranked[:2])
         parts.append(f"The largest contributions are in {top}.")

@@ -106,7 +106,7 @@ def summarize(model_or_config: CifarResNet | ModelConfig, image_size: int = 32) 
     summaries = []
     for name, blk in blocks:
         strides = (blk.stride, 1) if len(blk.kernel_sizes) == 2 else (1, blk.stride, 1)
-        for k, s in zip(blk.kernel_sizes, strides):
+        for k, s in zip(blk.kernel_sizes, strides, strict=True):
             rf += (k - 1) * jump
             jump *= s
         stage, index = int(name[5]), int(name.split("block")[1])

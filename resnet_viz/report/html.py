@@ -31,7 +31,8 @@ from resnet_viz.training.device import describe_device, pick_device
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
 th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
-pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}details pre{max-height:30em}h2{margin-top:2em;border-bottom:1px solid #eee}.note{color:#555}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}details pre{max-height:30em}
+h2{margin-top:2em;border-bottom:1px solid #eee}.note{color:#555}
 section.exp{margin:1.5em 0 2.5em}details{margin:.5em 0}summary{cursor:pointer;color:#555}
 ul.nums{margin:.3em 0;padding-left:1.3em}"""
 _RAW_LIMIT = 20_000  # characters of raw JSON per experiment; the figure holds the rest

@@ -16,9 +16,10 @@ the app loads checkpoints that users upload or copy around.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -118,7 +119,7 @@ def load_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except (OSError, SafetensorError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path.name} is not a readable safetensors file ({e})") from None
     version = metadata.get("resnet_viz.checkpoint")

@@ -12,9 +12,10 @@ import datetime as _dt
 import io
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from resnet_viz.config import RunConfig
 from resnet_viz.fsutil import iter_jsonl_reversed

@@ -69,7 +69,7 @@ def load_model_file(path: Path) -> tuple[CifarResNet, RunConfig, dict[str, str]]
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except FileNotFoundError:
         raise ModelFileError(f"{path.name}: no such model file") from None
     except (SafetensorError, OSError, ValueError) as e:

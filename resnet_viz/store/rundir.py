@@ -18,8 +18,9 @@ import socket
 import threading
 import time
 import unicodedata
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from resnet_viz.config import RunConfig
 from resnet_viz.fsutil import (
@@ -150,7 +151,7 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     @classmethod
-    def create(cls, root: Path, config: RunConfig, name: str | None = None) -> "RunDir":
+    def create(cls, root: Path, config: RunConfig, name: str | None = None) -> RunDir:
         """Make a new run folder with ``config.json`` and status "queued".
 
         ``name`` (else ``config.name``, else the model label) names the id; a given
@@ -177,7 +178,7 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, root: Path, run_id: str) -> "RunDir":
+    def open(cls, root: Path, run_id: str) -> RunDir:
         """Open an existing run. Only checks that the folder exists: a damaged run can
         still be opened (to show or delete it); reading a damaged file raises RunError."""
         path = Path(root) / validate_run_id(run_id)
@@ -249,7 +250,7 @@ class RunDir:
 
     def save_checkpoint(
         self,
-        model_state: Mapping[str, "torch.Tensor"],
+        model_state: Mapping[str, torch.Tensor],
         optimizer_state: Mapping[str, Any] | None,
         meta: Mapping[str, Any],
     ) -> None:
@@ -259,7 +260,7 @@ class RunDir:
         except CheckpointError as e:
             raise RunError(f"cannot save the checkpoint of run {self.id}: {e}") from None
 
-    def load_checkpoint(self, map_location: "str | torch.device" = "cpu") -> Checkpoint:
+    def load_checkpoint(self, map_location: str | torch.device = "cpu") -> Checkpoint:
         try:
             return load_checkpoint_file(self.path / CHECKPOINT_FILE, map_location)
         except CheckpointError as e:
@@ -306,13 +307,15 @@ class RunDir:
             st = {
                 **st,
                 "status": "interrupted",
-                "message": f"the process (pid {pid}) that had this run {st['status']} is gone: it crashed or was killed",
+                "message": (
+                    f"the process (pid {pid}) that had this run {st['status']} is gone: it crashed or was killed"
+                ),
                 "recorded_status": st["status"],
                 "recorded_message": st.get("message", ""),
             }
         return st
 
-    def tensorboard(self) -> "SummaryWriter":
+    def tensorboard(self) -> SummaryWriter:
         """A SummaryWriter logging into the run folder, created on first use."""
         with self._lock:
             if self._writer is None:
@@ -331,7 +334,7 @@ class RunDir:
                 self._writer.close()
                 self._writer = None
 
-    def __enter__(self) -> "RunDir":
+    def __enter__(self) -> RunDir:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,8 +22,8 @@ for a curve, and on ResNet-56 the full batch made the probed step ~40% slower.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,7 @@ class BlockProbe:
         keys = [(n, k) for n in names for k in self._stats[n]]
         values = torch.stack([self._stats[n][k].detach().float().reshape(()) for n, k in keys]).tolist()
         out: dict[str, dict[str, float]] = {n: {} for n in names}
-        for (n, k), v in zip(keys, values):
+        for (n, k), v in zip(keys, values, strict=True):
             out[n][k] = v
         return out
 

@@ -7,7 +7,8 @@ validation set) or "end". ``metrics.jsonl`` holds them in order, one per line.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from resnet_viz.store.rundir import RunDir
 
