@@ -26,8 +26,26 @@ _CHUNK = 1 << 20
 # Temporary files start with a dot so run listings and TensorBoard skip them.
 TEMP_PREFIX = ".tmp-"
 
-# The checkout this package runs from: runs/, data/ and assets/ sit beside resnet_viz/.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _checkout_root() -> Path | None:
+    root = PACKAGE_DIR.parent
+    # A checkout has the project's pyproject.toml beside the package; an installed package
+    # sits in site-packages, which is nobody's working folder.
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+# The checkout this package runs from (runs/, data/ and assets/ sit beside resnet_viz/), or
+# None when it runs from an installed copy.
+PROJECT_ROOT: Path | None = _checkout_root()
+
+
+def work_dir() -> Path:
+    """Where ``runs/`` and ``data/`` are by default: the checkout, or for an installed
+    package the current working directory (``$RESNET_VIZ_RUNS`` and ``$RESNET_VIZ_DATA``
+    name other places)."""
+    return PROJECT_ROOT if PROJECT_ROOT is not None else Path.cwd()
 
 
 def fsync_dir(folder: Path) -> None:

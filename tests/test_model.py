@@ -17,10 +17,10 @@ from resnet_viz.nets.cifar import (
     Projection,
     block_names,
     build_model,
-    count_params,
     get_block,
     iter_blocks,
 )
+from resnet_viz.nets.cost import count_params
 from resnet_viz.nets.summary import summarize
 
 # He et al. 2015, Table 6 (and akamaster's docstring): option A, 10 classes.

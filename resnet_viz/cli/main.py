@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from resnet_viz.background.progress import ProgressLine, bar, clock
 from resnet_viz.config import (
@@ -38,7 +40,7 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one clear line instead of usage + error
+    def error(self, message: str) -> NoReturn:  # one clear line instead of usage + error
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -205,7 +207,10 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     if args.resume:
         # Rank 0 reads the run; the others get its config, so no machine but rank 0's needs the folder.
         run = RunDir.open(root, args.resume) if ctx.is_main else None
-        config = RunConfig.from_dict(ctx.broadcast_object(run.config().to_dict() if run is not None else None))
+        sent = ctx.broadcast_object(run.config().to_dict() if run is not None else None)
+        if sent is None:  # rank 0 always sends one; the check is for the type checker's None
+            raise ValueError(f"no config for run {args.resume!r} came from rank 0")
+        config = RunConfig.from_dict(sent)
     else:
         config = _run_config(args, 10)  # validate every argument before the (slow) data load
     check_batch_split(config.train.batch_size, ctx.world_size)
@@ -287,3 +292,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return 130
+
+
+def console(argv: Sequence[str] | None = None) -> NoReturn:
+    """``python -m resnet_viz`` and the ``resnet-viz`` command: :func:`main`, then exit with its code."""
+    code = main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # A torchrun rank whose work is done (process group destroyed, run folder closed) leaves
+        # without the interpreter's teardown: there, C++ objects of the gloo backend that are
+        # freed late can destroy a still-running std::thread and abort the process ("terminate
+        # called without an active exception"), which makes torchrun report the whole run as
+        # failed. Flush what Python would have flushed.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

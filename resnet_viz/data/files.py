@@ -38,17 +38,32 @@ class ImageFile(NamedTuple):
     label: int
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file called ``name`` counts as an image (ImageFolder's extensions, any case)."""
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def class_tree(root: Path) -> Path:
+    """The folder whose sub-folders are the classes: ``root/train`` when there is one, else ``root``."""
+    return root / "train" if (root / "train").is_dir() else root
+
+
+def class_folders(tree: Path) -> tuple[str, ...]:
+    """ImageFolder's classes: the sorted names of the sub-folders of ``tree``, hidden ones
+    (.ipynb_checkpoints, .git: tool droppings) left out. OSError if ``tree`` cannot be read."""
+    with os.scandir(tree) as it:
+        return tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
+
+
 def scan_classes(tree: Path, root: Path) -> tuple[tuple[str, ...], list[ImageFile]]:
     """ImageFolder's discovery: sorted sub-folder names are the classes, image files under each."""
-    with os.scandir(tree) as it:
-        entries = list(it)
-    # Hidden folders (.ipynb_checkpoints, .git) are tool droppings, never classes.
-    classes = tuple(sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".")))
+    classes = class_folders(tree)
     if not classes:
-        loose = sum(e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS) for e in entries)
-        found = f" (found {loose} images directly in it)" if loose else ""
+        with os.scandir(tree) as it:
+            loose = sum(e.is_file() and is_image_name(e.name) for e in it)
+        hint = f" (found {loose} images directly in it)" if loose else ""
         raise DataError(
-            f"no class folders in {tree}{found}; put each class's images in its own sub-folder, "
+            f"no class folders in {tree}{hint}; put each class's images in its own sub-folder, "
             f"e.g. {tree}/cat/0001.png and {tree}/dog/0001.png"
         )
     if len(classes) < 2:
@@ -64,7 +79,7 @@ def scan_classes(tree: Path, root: Path) -> tuple[tuple[str, ...], list[ImageFil
                         continue
                     if e.is_dir():
                         stack.append(Path(e.path))
-                    elif e.name.lower().endswith(IMG_EXTENSIONS):
+                    elif is_image_name(e.name):
                         st = e.stat()
                         rel = Path(e.path).relative_to(root).as_posix()
                         found.append(ImageFile(rel, st.st_size, st.st_mtime_ns, label))

@@ -1,8 +1,8 @@
 """Image sources (CIFAR-10, a folder of class folders, synthetic shapes) and their uint8 cache.
-(Scanning and decoding a folder of files is in ``imagefiles.py``.)
+(Scanning and decoding a folder of files is in ``files.py``.)
 
 Every source ends as :class:`ImageData`: uint8 tensors of shape (N, 3, 32, 32) that the
-trainer moves to its device once and augments there (see ``augment.py``). Decoding files
+trainer moves to its device once and augments there (see ``batches.py``). Decoding files
 is the slow part (60,000 JPEGs take tens of seconds), so a decoded source is saved once as
 a ``.pt`` file in the cache folder and reloaded in about a second afterwards. The cache key
 is built from file names, sizes and modification times, so editing the data rebuilds it.
@@ -32,13 +32,14 @@ from resnet_viz.data.cache import (
 from resnet_viz.data.files import (
     DataError,
     ProgressFn,
+    class_tree,
     decode_files,
     files_key,
     scan_classes,
     stratified_split,
 )
 from resnet_viz.data.synthetic import generate
-from resnet_viz.fsutil import PROJECT_ROOT
+from resnet_viz.fsutil import PROJECT_ROOT, work_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,11 @@ class ImageData:
 
 
 def default_data_dir() -> Path:
-    """``$RESNET_VIZ_DATA``, else ``<repo root>/data``."""
+    """``$RESNET_VIZ_DATA``, else ``<repo root>/data`` (for an installed package: ``./data``)."""
     env = os.environ.get("RESNET_VIZ_DATA")
-    return Path(env).expanduser() if env else _REPO_ROOT / "data"
+    if env:
+        return Path(env).expanduser()
+    return (_REPO_ROOT if _REPO_ROOT is not None else work_dir()) / "data"
 
 
 def default_cache_dir() -> Path:
@@ -213,8 +216,7 @@ def load_folder(
                 f"{only_train or 'none'}, only in test: {only_test or 'none'}; rename or remove folders to match"
             )
     else:
-        tree = root / "train" if (root / "train").is_dir() else root
-        classes, train_files = scan_classes(tree, root)
+        classes, train_files = scan_classes(class_tree(root), root)
         test_files = []
     key = files_key([("split" if split else "tree", classes)], train_files + test_files)
     cache = _cache_file(cache_dir, "folder", root, key)
@@ -266,7 +268,10 @@ def _default() -> tuple[DataConfig, str]:
     if _official_cifar_present(data_dir):
         return DataConfig(source="cifar10", download=False), f"CIFAR-10 (official files in {data_dir})"
     env = os.environ.get("RESNET_VIZ_CIFAR_FOLDER")
-    for folder in ([Path(env).expanduser()] if env else []) + [_REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg"]:
+    candidates = [Path(env).expanduser()] if env else []
+    if _REPO_ROOT is not None:  # a checkout may have the team's shared copy beside it
+        candidates.append(_REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg")
+    for folder in candidates:
         if folder.is_dir():
             folder = folder.resolve()
             return DataConfig(source="folder", path=str(folder)), f"CIFAR-10 (JPEG copy) from {folder}"

@@ -97,8 +97,7 @@ def open_upload(
     try:
         img.seek(0)  # animated GIF/WebP: the first frame
         img.load()  # force the full decode now: truncated data fails here, not later
-        img = _upright(img)
-        return _to_rgb8(img)
+        return _to_rgb8(_upright(img))
     except ImageError:
         raise
     except Exception as e:  # truncated data is OSError; corrupt data can raise other types

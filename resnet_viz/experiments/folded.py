@@ -94,9 +94,12 @@ class Probe:
         for dst, src in copies:
             dst.copy_(src)
         for conv, w_conv, bn in folds:
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C_out,)
+            mean, var = bn.running_mean, bn.running_var
+            if mean is None or var is None:
+                raise ValueError("a batch norm without running statistics cannot be folded into its conv")
+            scale = bn.weight * torch.rsqrt(var + bn.eps)  # (C_out,)
             torch.mul(w_conv.weight, scale.view(-1, 1, 1, 1), out=conv.weight)
-            shift = -bn.running_mean if w_conv.bias is None else w_conv.bias - bn.running_mean
+            shift = -mean if w_conv.bias is None else w_conv.bias - mean
             torch.addcmul(bn.bias, shift, scale, out=conv.bias)
 
     @torch.no_grad()

@@ -42,7 +42,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from resnet_viz.experiments.common import ProgressFn, accuracy, check, report
-from resnet_viz.nets.cifar import PadShortcut, Projection, block_names, get_block
+from resnet_viz.nets.cifar import Block, PadShortcut, Projection, block_names, get_block
 
 __all__ = ["LesionResult", "deleted_blocks", "lesion_study"]
 
@@ -76,16 +76,16 @@ class _Deleted(nn.Module):
         return self.relu_out(self.shortcut(x))
 
 
-def _io_channels(block: nn.Module) -> tuple[int, int]:
+def _io_channels(block: Block) -> tuple[int, int]:
     return block.conv1.in_channels, block.last_bn.num_features
 
 
-def _changes_shape(block: nn.Module) -> bool:
+def _changes_shape(block: Block) -> bool:
     in_ch, out_ch = _io_channels(block)
     return block.stride != 1 or in_ch != out_ch
 
 
-def _stand_in(block: nn.Module) -> _Deleted:
+def _stand_in(block: Block) -> _Deleted:
     if block.shortcut is not None:
         skip = block.shortcut  # the block's own module (shared, not copied): same weights, same hooks
     elif _changes_shape(block):
@@ -133,8 +133,8 @@ def deleted_blocks(model: nn.Module, names: Sequence[str]) -> Iterator[nn.Module
             swapped.append((parent, key, blk))
         yield model
     finally:
-        for parent, key, blk in reversed(swapped):
-            setattr(parent, key, blk)
+        for parent, key, original in reversed(swapped):
+            setattr(parent, key, original)
         for m, training in modes:
             m.training = training
 

@@ -10,8 +10,8 @@ Two changes are made after building, neither of which touches the ``state_dict``
   pass, so a reused module mixes up the gradients of its two uses;
 - the model is put in eval mode.
 
-FLOPs are counted as in ``summary``: 2 per multiply-add of every conv and linear layer,
-so they are twice the paper's "multiply-adds" (1.8 / 3.6 / 3.8 billion).
+FLOPs are counted by ``cost.py``, as for the CIFAR nets: 2 per multiply-add of every conv
+and linear layer, so they are twice the paper's "multiply-adds" (1.8 / 3.6 / 3.8 billion).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import torch
 import torchvision
 from PIL import Image
 from torch import Tensor, nn
-from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
+from torchvision.models import ResNet, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
 from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from resnet_viz.nets.cost import count_params, traced
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -172,18 +174,6 @@ def imagenet_blocks(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (BasicBlock, Bottleneck))]
 
 
-def _count(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def _flops(m: nn.Module, out: Tensor) -> int:
-    if isinstance(m, nn.Conv2d):
-        return 2 * out[0].numel() * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-    if isinstance(m, nn.Linear):
-        return 2 * m.in_features * m.out_features
-    return 0
-
-
 def _convs(block: nn.Module) -> list[tuple[int, int, int]]:
     """(kernel, filters, stride) of each conv on a block's residual branch, in order."""
     return [(m.kernel_size[0], m.out_channels, m.stride[0]) for m in block.children() if isinstance(m, nn.Conv2d)]
@@ -197,28 +187,12 @@ def imagenet_summary(name: str) -> dict[str, Any]:
     forward hooks on one zero image. Shapes are (C, H, W) for one image. Each block lists
     its branch's convs as (kernel, filters, stride); ``stem`` is the 7x7 conv and the max pool.
     """
-    model = build_imagenet(name, pretrained=False)
-    flops: dict[str, int] = {}
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    model: ResNet = build_imagenet(name, pretrained=False)  # the class, so its layers' attributes are known
     names = set(imagenet_blocks(model))
-
-    def flop_hook(n: str):
-        return lambda m, inp, out: flops.__setitem__(n, _flops(m, out))
-
-    def shape_hook(n: str):
-        return lambda m, inp, out: shapes.__setitem__(n, (tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
-
-    handles = []
-    try:
-        for n, m in model.named_modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                handles.append(m.register_forward_hook(flop_hook(n)))
-            if n in names or n in ("conv1", "maxpool"):  # the blocks and the stem
-                handles.append(m.register_forward_hook(shape_hook(n)))
+    with traced(model, names | {"conv1", "maxpool"}) as trace:  # the blocks and the stem
         model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
-    finally:
-        for h in handles:
-            h.remove()
+    # (C, H, W) for one image
+    shapes = {n: (inp[1:], out[1:]) for n, (inp, out) in trace.shapes.items()}
 
     blocks = []
     for n, m in model.named_modules():
@@ -233,28 +207,29 @@ def imagenet_summary(name: str) -> dict[str, Any]:
             "convs": _convs(m),
             "in_shape": in_shape,
             "out_shape": out_shape,
-            "params": _count(m),
-            "flops": sum(f for k, f in flops.items() if k.startswith(n + ".")),
+            "params": count_params(m),
+            "flops": trace.flops_in(n),
             "shortcut": "projection" if m.downsample is not None else "identity",
             # torchvision adds a downsample (1x1 conv + BN) exactly where the shape changes.
             "shape_changes": m.downsample is not None,
         })
-    conv, pool = model.conv1, model.maxpool
+    conv, pool, bn1, fc = model.conv1, model.maxpool, model.bn1, model.fc
     return {
         "name": name,
         "label": imagenet_label(name),
         "depth": 2 + sum(len(b["convs"]) for b in blocks),  # the stem conv, the branch convs, the fc
         "image_size": IMAGE_SIZE,
-        "num_classes": model.fc.out_features,
+        "num_classes": fc.out_features,
         "blocks_per_stage": tuple(sum(b["stage"] == st for b in blocks) for st in sorted({b["stage"] for b in blocks})),
         "stem": [
             {"kind": "conv", "kernel": conv.kernel_size[0], "filters": conv.out_channels, "stride": conv.stride[0],
-             "out_shape": shapes["conv1"][1], "params": _count(conv) + _count(model.bn1), "flops": flops["conv1"]},
+             "out_shape": shapes["conv1"][1], "params": count_params(conv) + count_params(bn1),
+             "flops": trace.flops["conv1"]},
             {"kind": "max pool", "kernel": pool.kernel_size, "stride": pool.stride, "out_shape": shapes["maxpool"][1]},
         ],
-        "params": _count(model),
-        "flops": sum(flops.values()),
-        "stem_params": _count(model.conv1) + _count(model.bn1),
-        "head_params": _count(model.fc),
+        "params": count_params(model),
+        "flops": trace.total_flops,
+        "stem_params": count_params(conv) + count_params(bn1),
+        "head_params": count_params(fc),
         "blocks": blocks,
     }

@@ -1,8 +1,7 @@
 """A model's summary: parameters, forward FLOPs per image, per-block shapes and receptive field.
 
-FLOPs count 2 per multiply-add of every conv and linear layer (the convention that gives
-ResNet-20 about 81 MFLOP); batch norm, ReLU and the residual add are a rounding error
-next to that and are left out, as in the paper's FLOP figures.
+FLOPs and parameters are counted by ``cost.py`` (2 FLOPs per multiply-add of every conv
+and linear layer: ResNet-20 costs about 81 MFLOP).
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ from resnet_viz.nets.cifar import (
     PadShortcut,
     Projection,
     build_model,
-    count_params,
     iter_blocks,
 )
+from resnet_viz.nets.cost import count_params, traced
 
 
 @dataclass(frozen=True)
@@ -65,31 +64,13 @@ def _shortcut_kind(m: nn.Module | None) -> str:
     return "identity"
 
 
-def _module_flops(m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
-    if isinstance(m, nn.Conv2d):
-        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-        return 2 * out[0].numel() * k
-    if isinstance(m, nn.Linear):
-        return 2 * m.in_features * m.out_features
-    return 0
-
-
 @torch.no_grad()
 def summarize(model_or_config: CifarResNet | ModelConfig, image_size: int = 32) -> ModelSummary:
     """Summarize a model (or the model a config builds) with one forward pass of one image."""
     model = build_model(model_or_config) if isinstance(model_or_config, ModelConfig) else model_or_config
     config = model.config
-    flops_by_module: dict[str, int] = {}
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    handles = []
     blocks = iter_blocks(model)
-    block_names = {id(b): n for n, b in blocks}
-    try:
-        for name, m in model.named_modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                handles.append(m.register_forward_hook(_flop_hook(name, flops_by_module)))
-            if id(m) in block_names:
-                handles.append(m.register_forward_hook(_shape_hook(name, shapes)))
+    with traced(model, [name for name, _ in blocks]) as trace:
         was_training = model.training
         model.eval()  # BN in train mode would reject nothing, but eval leaves running stats alone
         try:
@@ -97,9 +78,6 @@ def summarize(model_or_config: CifarResNet | ModelConfig, image_size: int = 32) 
             model(torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))
         finally:
             model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
 
     # Receptive field along the branch path: rf grows by (k-1)*jump per conv, jump by stride.
     rf, jump = 3, 1  # after the stem's 3x3 conv
@@ -110,7 +88,7 @@ def summarize(model_or_config: CifarResNet | ModelConfig, image_size: int = 32) 
             rf += (k - 1) * jump
             jump *= s
         stage, index = int(name[5]), int(name.split("block")[1])
-        in_shape, out_shape = shapes[name]
+        in_shape, out_shape = trace.shapes[name]
         summaries.append(
             BlockSummary(
                 name=name,
@@ -119,7 +97,7 @@ def summarize(model_or_config: CifarResNet | ModelConfig, image_size: int = 32) 
                 in_shape=tuple(in_shape[1:]),  # type: ignore[arg-type]
                 out_shape=tuple(out_shape[1:]),  # type: ignore[arg-type]
                 params=count_params(blk),
-                flops=sum(f for n, f in flops_by_module.items() if n.startswith(name + ".")),
+                flops=trace.flops_in(name),
                 receptive_field=rf,
                 shortcut=_shortcut_kind(blk.shortcut),
                 shape_changes=tuple(in_shape) != tuple(out_shape),
@@ -131,25 +109,11 @@ def summarize(model_or_config: CifarResNet | ModelConfig, image_size: int = 32) 
         label=config.label,
         depth=config.depth,
         params=count_params(model),
-        flops=sum(flops_by_module.values()),
+        flops=trace.total_flops,
         stem_params=stem,
         head_params=count_params(model.fc),
         blocks=tuple(summaries),
     )
-
-
-def _flop_hook(name: str, store: dict[str, int]):
-    def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        store[name] = _module_flops(m, inputs[0], out)
-
-    return hook
-
-
-def _shape_hook(name: str, store: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]):
-    def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        store[name] = (tuple(inputs[0].shape), tuple(out.shape))
-
-    return hook
 
 
 def format_summary(s: ModelSummary) -> str:

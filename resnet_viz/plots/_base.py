@@ -93,12 +93,13 @@ def _num(v: Any) -> float | None:
 def _series(records: Sequence[dict], kind: str, x_key: str, *keys: str) -> tuple[np.ndarray, ...]:
     """(x, key1, key2, ...) arrays from records of one kind, sorted by x; records missing
     a field are dropped (a malformed line), while NaN values are kept (a diverged step)."""
-    rows = []
+    rows: list[list[float]] = []
     for r in records:
         if isinstance(r, dict) and r.get("kind") == kind:
             vals = [_num(r.get(k)) for k in (x_key, *keys)]
-            if all(v is not None for v in vals) and math.isfinite(vals[0]):  # type: ignore[arg-type]
-                rows.append(vals)
+            nums = [v for v in vals if v is not None]
+            if len(nums) == len(vals) and math.isfinite(nums[0]):
+                rows.append(nums)
     rows.sort(key=lambda r: r[0])
     arr = np.array(rows, dtype=float).reshape(len(rows), 1 + len(keys))
     return tuple(arr[:, i] for i in range(arr.shape[1]))

@@ -139,10 +139,9 @@ def error_table_rows(infos: Sequence[Any]) -> list[dict[str, Any]]:
 
 def _param_count(model_config: Any) -> int | None:
     try:
-        from resnet_viz.nets.cifar import (  # torch: only when a table is asked for
-            build_model,
-            count_params,
-        )
+        # torch: only when a table is asked for
+        from resnet_viz.nets.cifar import build_model
+        from resnet_viz.nets.cost import count_params
 
         return count_params(build_model(model_config))
     except (ValueError, TypeError, AttributeError):

@@ -108,9 +108,10 @@ def depth_profile(series: Sequence[tuple[str, Sequence[str], Sequence[float]]], 
     if all(list(n) == names0 for _, n, _ in series):  # same architecture: mark where stages begin
         keys = [_block_key(n) for n in names0]
         for j in range(1, len(keys)):
-            if keys[j] and keys[j - 1] and keys[j][0] != keys[j - 1][0]:
+            here, before = keys[j], keys[j - 1]
+            if here and before and here[0] != before[0]:
                 fig.add_vline(x=j + 0.5, line={"color": "#bbb", "dash": "dot", "width": 1},
-                              annotation_text=f"stage {keys[j][0]}", annotation_font={"size": 11, "color": "#888"})
+                              annotation_text=f"stage {here[0]}", annotation_font={"size": 11, "color": "#888"})
     fig.update_xaxes(title_text="block (1 = nearest the input)")
     fig.update_yaxes(title_text=y_title)
     if log_y:
@@ -136,7 +137,7 @@ def probe_heatmap(records: Sequence[dict], stat: str = "grad_norm", title: str =
         probes = [probes[i] for i in np.linspace(0, len(probes) - 1, _MAX_HEATMAP_COLS).round().astype(int)]
     names: list[str] = list(dict.fromkeys(n for r in probes for n in r["blocks"]))
     if all(_block_key(n) for n in names):
-        names.sort(key=_block_key)  # type: ignore[arg-type, return-value]
+        names.sort(key=lambda n: _block_key(n) or (0, 0))  # every key is a tuple here
     raw = np.array([[_num((r["blocks"].get(n) or {}).get(stat)) for r in probes] for n in names], dtype=float)
     fig = _style(go.Figure(), title or f"{label[0].upper()}{label[1:]} per block over training",
                  int(min(max(14 * len(names) + 150, 320), 720)), "y: blocks, input end at the bottom")

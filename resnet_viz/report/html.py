@@ -141,9 +141,9 @@ def _figures_and_numbers(kind: str, result: Any) -> tuple[list[Any], list[str]]:
         figs, lines = [], []
         for s in items:
             flat = [v for row in s["loss"] for v in row if isinstance(v, (int, float))]
-            mid = s["loss"][len(s["betas"]) // 2][len(s["alphas"]) // 2] if s["loss"] else None
+            centre = s["loss"][len(s["betas"]) // 2][len(s["alphas"]) // 2] if s["loss"] else None
             lines.append(f"{s.get('label') or 'model'}: {len(s['alphas'])} × {len(s['betas'])} grid, loss "
-                         f"{_fmt(mid)} at the centre, from {_fmt(min(flat, default=None))} "
+                         f"{_fmt(centre)} at the centre, from {_fmt(min(flat, default=None))} "
                          f"to {_fmt(max(flat, default=None))}")
             figs.append(plots.surface_figure(s).update_layout(width=760))  # square plot, colour bar beside it
         return figs, lines

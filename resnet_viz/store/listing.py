@@ -127,7 +127,7 @@ def _run_info(path: Path) -> RunInfo:
         name=config.name if config else "",
         label=config.model.label if config else "",
         config=config,
-        steps=int(steps) if _num(steps) is not None and math.isfinite(steps) else None,
+        steps=int(n_steps) if (n_steps := _num(steps)) is not None and math.isfinite(n_steps) else None,
         final_train_loss=_mean([r.get("loss") for r in tail.steps]),
         final_train_acc=_mean([r.get("acc") for r in tail.steps]),
         test_accuracy=_num(last_eval.get("test_acc", end.get("test_acc"))),

@@ -21,12 +21,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from resnet_viz.config import RunConfig
-from resnet_viz.fsutil import PROJECT_ROOT, atomic_path
+from resnet_viz.fsutil import PACKAGE_DIR, PROJECT_ROOT, atomic_path
 from resnet_viz.nets.cifar import CifarResNet, build_model
 from resnet_viz.store.listing import list_runs
 from resnet_viz.store.rundir import RunDir
 
-ASSETS_DIR = PROJECT_ROOT / "assets"
+# assets/ in a checkout; an installed package carries the same files as resnet_viz/assets/
+# (pyproject.toml maps the folder there), so README's paths stay true in a checkout.
+ASSETS_DIR = PROJECT_ROOT / "assets" if PROJECT_ROOT is not None else PACKAGE_DIR / "assets"
 DEGRADATION_FILE = ASSETS_DIR / "degradation.json"  # the project's own run of the experiment (compare.py)
 
 
@@ -102,6 +104,7 @@ def _model_from_state(state: dict[str, torch.Tensor], config: RunConfig, what: s
 
 def class_names(config: RunConfig) -> tuple[str, ...]:
     """The class names a model was trained on, from its data config."""
+    from resnet_viz.data.files import class_folders, class_tree
     from resnet_viz.data.sources import CIFAR10_CLASSES
     from resnet_viz.data.synthetic import SYNTHETIC_CLASSES
 
@@ -110,13 +113,12 @@ def class_names(config: RunConfig) -> tuple[str, ...]:
     if src.source == "synthetic" and n == len(SYNTHETIC_CLASSES):
         return SYNTHETIC_CLASSES
     if src.source == "folder" and src.path:
-        try:  # the class folders, sorted, as ImageFolder numbers them
-            root = Path(src.path) / "train" if (Path(src.path) / "train").is_dir() else Path(src.path)
-            names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-            if len(names) == n:
-                return tuple(names)
+        try:  # the class folders, sorted, as ImageFolder numbers them: the rules load_folder uses
+            names = class_folders(class_tree(Path(src.path)))
         except OSError:
-            pass
+            names = ()
+        if len(names) == n:
+            return names
     if n == len(CIFAR10_CLASSES):
         return CIFAR10_CLASSES
     return tuple(f"class {i}" for i in range(n))

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_viz.config import RunConfig
 from resnet_viz.fsutil import (
-    PROJECT_ROOT,
     count_lines,
     read_jsonl,
     truncate_lines,
+    work_dir,
     write_text_atomic,
 )
 from resnet_viz.store.checkpoint import (
@@ -60,11 +60,12 @@ class RunError(ValueError):
 
 
 def default_runs_dir() -> Path:
-    """``$RESNET_VIZ_RUNS`` if set, else ``runs/`` at the repository root."""
+    """``$RESNET_VIZ_RUNS`` if set, else ``runs/`` at the repository root (or, for an
+    installed package, in the current working directory)."""
     env = os.environ.get("RESNET_VIZ_RUNS")
     if env:
         return Path(env).expanduser()
-    return PROJECT_ROOT / "runs"
+    return work_dir() / "runs"
 
 
 def validate_run_id(run_id: str) -> str:

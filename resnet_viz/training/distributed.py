@@ -209,10 +209,12 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         y = centered * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+        tracked = self.num_batches_tracked
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None \
+                and tracked is not None:
             with torch.no_grad():  # the running variance is unbiased, as nn.BatchNorm2d keeps it
-                self.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(tracked)
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
                 self.running_var.lerp_((var.detach() * n / max(n - 1, 1)).to(self.running_var.dtype), m)
         return y.to(x.dtype)
