@@ -369,3 +369,24 @@ def test_default_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     _fake_cifar(tmp_path / "data")
     assert sources.default_source() == DataConfig(source="cifar10", download=False)  # present: no download
     assert str(tmp_path / "data") in sources.describe_default_source()
+
+
+@pytest.mark.parametrize("layout", ["tree", "train-only", "train-and-test"])
+def test_a_models_class_names_are_the_classes_it_was_trained_on(tmp_path: Path, layout: str) -> None:
+    """store.models.class_names reads the class folders by the rules load_folder trains with
+    (train/ when there is one, hidden folders and files skipped), so labels never shift."""
+    from resnet_viz.config import ModelConfig, RunConfig
+    from resnet_viz.store.models import class_names
+
+    root = tmp_path / "set"
+    tree = {"tree": root, "train-only": root / "train", "train-and-test": root / "train"}[layout]
+    _write_tree(tree, per_class=4)
+    if layout == "train-and-test":
+        _write_tree(root / "test", per_class=2)
+    for where in {tree, root}:
+        (where / ".ipynb_checkpoints").mkdir(exist_ok=True)  # hidden: a tool's, never a class
+        (where / "README.txt").write_text("a file, not a class")
+    data = sources.load_folder(root, 0.25, 0, cache_dir=tmp_path / "cache")
+    config = RunConfig(model=ModelConfig(depth=8, num_classes=data.num_classes),
+                       data=DataConfig(source="folder", path=str(root)))
+    assert class_names(config) == data.classes == tuple(sorted(_SHADES))

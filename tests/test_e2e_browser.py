@@ -42,6 +42,8 @@ from test_images import (  # tests/ is on sys.path under pytest's default import
     _png_header_only,
 )
 
+pytestmark = pytest.mark.e2e  # a real server and browser: ./scripts/test -m "not e2e" leaves them out
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -560,7 +562,10 @@ def upload_files(page, files: list[dict]) -> None:
 def clear_uploads(page) -> None:
     """Remove every uploaded file with its delete button (the uploader keeps them across reruns)."""
     delete = main(page).locator("[data-testid='stFileChipDeleteBtn'] button")
+    deadline = time.monotonic() + 60
     while delete.count():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{delete.count()} uploaded files are still listed after 60 s of deleting them")
         delete.first.click()
         wait_for_app(page)
     expect(main(page).locator("[data-testid='stFileChip']")).to_have_count(0)

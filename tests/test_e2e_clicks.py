@@ -13,6 +13,8 @@ from __future__ import annotations
 import pytest
 import test_e2e_browser as e2e  # tests/ is on sys.path; skips this module too without chromium
 
+pytestmark = pytest.mark.e2e
+
 SLOW_PAGE = '''
 import time
 import streamlit as st
