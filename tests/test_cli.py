@@ -24,6 +24,7 @@ def cli(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_summary_json_has_params_and_flops() -> None:
     out = cli("summary", "--depth", "20", "--shortcut", "A", "--json")
     assert out.returncode == 0, out.stderr
@@ -50,6 +51,7 @@ def test_summary_json_has_params_and_flops() -> None:
         (["train", "--val-split", "20000", "--steps", "1"], "use a smaller --val-split"),
     ],
 )
+@pytest.mark.slow
 def test_bad_arguments_give_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
     out = cli(*args, "--out", str(tmp_path)) if args[0] == "train" else cli(*args)
     assert out.returncode == 2
@@ -58,6 +60,7 @@ def test_bad_arguments_give_one_line_and_exit_2(args: list[str], message: str, t
     assert not any(tmp_path.iterdir())  # nothing half-made on disk
 
 
+@pytest.mark.slow
 def test_bad_data_folders_give_one_line_and_exit_2(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -77,6 +80,7 @@ def test_bad_data_folders_give_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "broken.jpg" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_train_prints_a_json_line_and_runs_lists_it(tmp_path: Path) -> None:
     out = cli("train", "--depth", "8", "--data", "synthetic", "--steps", "30", "--batch-size", "32",
               "--out", str(tmp_path), "--name", "cli-tiny")
@@ -90,6 +94,7 @@ def test_train_prints_a_json_line_and_runs_lists_it(tmp_path: Path) -> None:
     assert listing.returncode == 0 and "finished" in listing.stdout and result["run_id"] in listing.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_with_status_interrupted(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(

@@ -32,6 +32,7 @@ def test_signal_prints_profiles_and_shattered_gradients() -> None:
     assert r["shattered"]["corr_length"] >= 1
 
 
+@pytest.mark.slow
 def test_lesion_landscape_sanity_report_on_a_run(tiny_run: tuple[Path, str], tmp_path: Path) -> None:
     root, run_id = tiny_run
     lesion = _json(cli("lesion", run_id, "--out", str(root), "--images", "200", "--trials", "2"))
@@ -48,6 +49,7 @@ def test_lesion_landscape_sanity_report_on_a_run(tiny_run: tuple[Path, str], tmp
     assert rep["path"] == str(html.resolve()) and html.read_text().startswith("<!doctype html>")
 
 
+@pytest.mark.slow
 def test_experiment_errors_are_one_line(tmp_path: Path) -> None:
     for args in (["lesion", "no-such-run", "--out", str(tmp_path)],
                  ["sanity", "assets/resnet20.safetensors", str(tmp_path / "missing.png")],

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -195,12 +196,26 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _spawn(fn, args: tuple, nprocs: int, timeout_s: float = 300) -> None:
+    """``mp.start_processes`` with a deadline: a collective that one rank never joins would
+    otherwise hang the test run; this ends the processes and fails with a message."""
+    procs = mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=False)
+    deadline = time.monotonic() + timeout_s
+    while not procs.join(timeout=1):  # re-raises a rank's exception (and ends the other ranks)
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"{nprocs} processes did not finish within {timeout_s:g} s (a collective that never met?)")
+
+
+@pytest.mark.slow
 def test_two_processes_in_float64_equal_one_and_stop_and_resume_together(tmp_path: Path) -> None:
     """DDP averages the shards' gradients and synchronized BN normalizes over the global batch,
     so a 2-process step *is* a 1-process step on the same batch: in float64 the losses and
     weights after 6 steps agree to ~1e-15 (we allow 1e-10 and 1e-9), where in float32 the
     rounding of the different summation order, amplified by training, would hide a real error."""
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    _spawn(_worker, (2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     data = make_synthetic(640, 160, seed=0)
     torch.manual_seed(0)
@@ -252,6 +267,7 @@ def _step_losses(out: Path) -> tuple[list[float], list[dict]]:
     return [r["loss"] for r in steps], [r for r in recs if r["kind"] == "eval"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``torchrun --nproc_per_node=2`` with --sync-bn against one process, same global batch.
 
@@ -300,6 +316,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path, monkeypatch: p
     assert config["train"]["sync_bn"] is True and config["train"]["batch_size"] == 32  # the global batch
 
 
+@pytest.mark.slow
 def test_torchrun_rejects_a_batch_that_does_not_split(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     out = _train(["--depth", "8", "--steps", "2", "--batch-size", "33"], tmp_path / "runs", env, nproc=2)

@@ -34,6 +34,7 @@ def step_losses(records) -> list[float]:
     return [r["loss"] for r in records if r["kind"] == "step"]
 
 
+@pytest.mark.slow
 def test_fit_records_evaluates_and_writes_the_run(tmp_path: Path, tiny_data) -> None:
     cfg = tiny_config(steps=40)
     run = RunDir.create(tmp_path, cfg, "tiny")
@@ -60,6 +61,7 @@ def test_fit_records_evaluates_and_writes_the_run(tmp_path: Path, tiny_data) -> 
     assert evaluate(model, tiny_data.test_x, tiny_data.test_y, tta=True)[1] == pytest.approx(result.test_acc)
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses_different_seed_differs(tiny_data) -> None:
     runs = []
     for seed in (0, 0, 1):
@@ -70,6 +72,7 @@ def test_same_seed_same_losses_different_seed_differs(tiny_data) -> None:
     assert runs[0] != runs[2]
 
 
+@pytest.mark.slow
 def test_stop_within_one_batch_then_resume_matches_an_uninterrupted_run(tmp_path: Path, tiny_data) -> None:
     cfg = tiny_config(steps=40, eval_every=1000)
     full: list[dict] = []
@@ -129,6 +132,7 @@ def test_pause_holds_training_and_resume_continues(tiny_data) -> None:
     assert hits == [10] and result.status == "finished" and result.steps == 20
 
 
+@pytest.mark.slow
 def test_job_registry_queues_runs_and_snapshots(tmp_path: Path, tiny_data) -> None:
     reg = JobRegistry(tmp_path)
     try:
