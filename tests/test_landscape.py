@@ -217,6 +217,7 @@ def test_fixed_subset_is_seeded_balanced_and_normalized() -> None:
         fixed_subset(xu[:30], lopsided, n=10)
 
 
+@pytest.mark.slow
 def test_trained_models_sit_at_the_minimum_of_a_random_slice() -> None:
     """Real CIFAR-10 and the shipped models: the trained weights are the minimum of the slice."""
     files = {name: ASSETS_DIR / f"{name}.safetensors" for name in ("resnet20", "plain20")}

@@ -33,6 +33,7 @@ def self_contained(page: str) -> None:
     assert page.count("window.PlotlyConfig") == 1  # plotly.js once
 
 
+@pytest.mark.slow
 def test_report_has_curves_table_configs_and_escapes_names(tmp_path: Path) -> None:
     data = make_synthetic(320, 64, 0)
     ids = []
@@ -117,6 +118,7 @@ def test_a_report_keeps_order_and_survives_a_malformed_result(tmp_path: Path, re
     assert len(sanity_only) < 6_000_000  # plotly.js (about 4.7 MB) and a small figure
 
 
+@pytest.mark.slow
 def test_cli_report_takes_experiment_results(tmp_path: Path, results: dict[str, Any]) -> None:
     from test_cli import cli
 
