@@ -119,6 +119,7 @@ def _wait(at: AppTest, done, timeout: float = 90) -> None:
     raise AssertionError("timed out waiting for the page")
 
 
+@pytest.mark.slow
 def test_train_starts_and_stops_a_tiny_run() -> None:
     at = page("train").run()
     at.radio[0].set_value("steps")
@@ -218,6 +219,7 @@ def test_explain_handles_uploads_good_and_bad() -> None:
     assert at.get("plotly_chart"), "the good image was not explained"
 
 
+@pytest.mark.slow
 def test_experiments_page_runs_tasks_in_the_background() -> None:
     at = page("experiments").run()
     assert not at.exception, at.exception
