@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the project's virtual environment in .venv when the
-# requirements changed since it was last built; sourced by scripts/app and scripts/test.
+# requirements changed since it was last built; sourced by scripts/app, scripts/test and scripts/check.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${RESNET_VIZ_VENV:-$ROOT/.venv}"
