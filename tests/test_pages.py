@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from resnet_viz.app.ui import Keys
+from resnet_viz.app.state import Keys
 from resnet_viz.config import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,10 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     st.cache_resource.clear()
     yield
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
 
     try:
-        ui.job_registry().shutdown()
+        resources.job_registry().shutdown()
     except Exception:  # noqa: BLE001 - cleanup only
         pass
     st.cache_resource.clear()
@@ -130,9 +130,9 @@ def test_train_starts_and_stops_a_tiny_run() -> None:
     run_id = at.session_state[Keys.WATCHED_RUN]
     # The page reran from the top, so the sidebar already names the run being watched.
     assert any(c.value.startswith("**Watching:**") for c in at.sidebar.caption), [c.value for c in at.sidebar.caption]
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
 
-    job = ui.job_registry().get(run_id)
+    job = resources.job_registry().get(run_id)
     deadline = time.monotonic() + 60
     while job.snapshot().step < 5 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -147,25 +147,25 @@ def test_train_starts_and_stops_a_tiny_run() -> None:
     resume.click().run()  # started in the click's callback: the same run already shows it training
     assert not at.exception, at.exception
     assert any("Resumed" in t.value for t in at.toast), [t.value for t in at.toast]
-    again = ui.job_registry().get(run_id)
+    again = resources.job_registry().get(run_id)
     assert again is not job and not again.snapshot().done
     again.stop()
     assert again.wait(60) and again.snapshot().state == "stopped"
 
 
 def test_button_callbacks_start_tasks_and_keep_their_errors() -> None:
-    """ui.run_task starts its task in the click's callback, and ui.clicked keeps a callback's
-    ValueError for ui.show_error: the page shows it instead of a traceback."""
+    """tasks.run_task starts its task in the click's callback, and widgets.clicked keeps a
+    callback's ValueError for widgets.show_error: the page shows it instead of a traceback."""
     script = """
 import streamlit as st
-from resnet_viz.app import ui
+from resnet_viz.app import tasks, widgets
 
 def fail():
     raise ValueError("that setting cannot work")
 
-st.button("Break", on_click=ui.clicked(fail))
-ui.show_error()
-res = ui.run_task("callback-test", "Run it", lambda p, s: 42)
+st.button("Break", on_click=widgets.clicked(fail))
+widgets.show_error()
+res = tasks.run_task("callback-test", "Run it", lambda p, s: 42)
 st.write(f"result {res}")
 """
     at = AppTest.from_string(script, default_timeout=30).run()
@@ -174,9 +174,9 @@ st.write(f"result {res}")
     at.run()
     assert not at.error  # shown once
     next(b for b in at.button if b.label == "Run it").click().run()
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
 
-    task = ui.task_registry().get("callback-test")
+    task = resources.task_registry().get("callback-test")
     assert task is not None and task.wait(10)
     at.run()
     assert any(m.value == "result 42" for m in at.markdown), [m.value for m in at.markdown]
@@ -278,12 +278,12 @@ def test_no_pages_folder_next_to_app_py() -> None:
 
 
 def test_experiments_report_tab_offers_the_finished_experiments() -> None:
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
     from resnet_viz.experiments import signal
 
     # Two finished tasks, as the tabs leave them in the registry (a small real result, and
     # one with a hostile title); a failed one is not offered.
-    reg = ui.task_registry()
+    reg = resources.task_registry()
     profiles = [p.to_dict() for p in signal.signal_sweep(depths=(8,), batch=8)]
     done = [reg.start("signal|8", lambda p, s: profiles, title="Signal propagation at initialization: depths 8"),
             reg.start("lesion|x", lambda p, s: {"baseline_acc": 0.5}, title="<b>Lesion</b> of x"),
@@ -307,7 +307,7 @@ def test_experiments_report_tab_offers_the_finished_experiments() -> None:
 def test_a_running_task_shows_its_time_left_and_its_partial_result() -> None:
     import threading
 
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
 
     gate = threading.Event()
     coarse = {"alphas": [-1.0, 0.0, 1.0], "betas": [-1.0, 0.0, 1.0], "loss": [[3.0, 2.0, 3.0], [2.0, 1.0, 2.0],
@@ -318,15 +318,15 @@ def test_a_running_task_shows_its_time_left_and_its_partial_result() -> None:
         gate.wait(30)
         return {"done": True}
 
-    task = ui.task_registry().start("preview-test", fn)
+    task = resources.task_registry().start("preview-test", fn)
     while task.snapshot().partial is None:
         time.sleep(0.01)
     time.sleep(1.1)  # a pace to estimate from
     script = """
 import streamlit as st
 from resnet_viz import plots
-from resnet_viz.app import ui
-res = ui.run_task("preview-test", "Run it", lambda p, s: None,
+from resnet_viz.app import tasks
+res = tasks.run_task("preview-test", "Run it", lambda p, s: None,
                   preview=lambda part: st.plotly_chart(plots.surface_figure(part, title="Preview grid"), key="pv"))
 if res:
     st.success("finished")
@@ -350,15 +350,15 @@ def test_compare_shows_the_shipped_degradation_result_until_the_user_has_one(
         _four,  # tests/ is on sys.path under pytest's default import mode
     )
 
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
     from resnet_viz.experiments import degradation
 
     shipped = tmp_path / "degradation.json"
     doc = degradation.export_result(_four(0.35, 0.65, 0.27, 0.274), {"data": "CIFAR-10 (JPEG copy)", "steps": 1000,
                                                                   "machine": "2-core test CPU"})
     shipped.write_text(json.dumps(doc))
-    monkeypatch.setattr(ui, "DEGRADATION_FILE", shipped)
-    ui.shipped_degradation.clear()
+    monkeypatch.setattr(resources, "DEGRADATION_FILE", shipped)
+    resources.shipped_degradation.clear()
     at = page("compare").run()
     assert not at.exception, at.exception
     assert any("project's own run" in m.value and "2-core test CPU" in m.value for m in at.markdown)
@@ -366,7 +366,7 @@ def test_compare_shows_the_shipped_degradation_result_until_the_user_has_one(
     assert "trained worse by 30 points (degradation)" in verdict and "removed the degradation" in verdict, verdict
     assert any("plain-56" in c.proto.spec for c in at.get("plotly_chart"))
     shipped.write_text("{not json")  # a damaged file: the page goes on without it
-    ui.shipped_degradation.clear()
+    resources.shipped_degradation.clear()
     at = page("compare").run()
     assert not at.exception and not any("project's own run" in m.value for m in at.markdown)
-    ui.shipped_degradation.clear()
+    resources.shipped_degradation.clear()

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from resnet_viz.data.batches import normalize
+
 ProgressFn = Callable[..., None]  # (fraction, message) or (fraction, message, partial=dict)
 
 
@@ -62,3 +64,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             check(stop)
             correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
     return correct / max(1, len(y))
+
+
+def evaluation_subset(x_uint8: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` test images an experiment evaluates on (all of them when there are fewer),
+    normalized (N, 3, H, W) with their labels: a seeded random sample, so that the CLI and
+    the app measure the same model on the same images and get the same numbers."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n!r}")
+    if y.dim() != 1 or len(y) != len(x_uint8):
+        raise ValueError(f"{len(x_uint8)} images but labels shaped {tuple(y.shape)}")
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: min(n, len(y))]
+    return normalize(x_uint8[idx], channels_last=False), y[idx]

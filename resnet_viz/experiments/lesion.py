@@ -43,7 +43,19 @@ from torch import Tensor, nn
 from resnet_viz.experiments.common import ProgressFn, accuracy, check, report
 from resnet_viz.nets.cifar import PadShortcut, Projection, block_names, get_block
 
-__all__ = ["LesionResult", "deleted_blocks", "lesion_study"]
+__all__ = ["LesionResult", "deleted_blocks", "lesion_study", "max_k_for"]
+
+# Random deletions go up to this many blocks by default in the app: Veit et al. plot up to
+# about a third of ResNet-56's 27 blocks, where a plain net has long collapsed.
+MAX_K = 9
+
+
+def max_k_for(model: nn.Module, limit: int = MAX_K) -> int:
+    """The largest k ``lesion_study`` should try on ``model``: ``limit``, or every block
+    when the net has fewer (ResNet-8 has 3, ResNet-14 has 6)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+    return min(limit, len(block_names(model)))
 
 
 @dataclass(frozen=True)
