@@ -370,3 +370,155 @@ def test_compare_shows_the_shipped_degradation_result_until_the_user_has_one(
     at = page("compare").run()
     assert not at.exception and not any("project's own run" in m.value for m in at.markdown)
     resources.shipped_degradation.clear()
+
+
+# ---------------------------------------------------------------- defects found in review
+
+SYNTHETIC = DataConfig(source="synthetic", synthetic_train=640, synthetic_test=160)
+
+
+def _untrained(at: AppTest) -> AppTest:
+    model = next(s for s in at.selectbox if s.label == "Model")
+    return model.set_value(next(o for o in model.options if "Untrained" in o)).run()
+
+
+def test_lesion_study_of_a_small_net_runs() -> None:
+    # ResNet-8 has three blocks; the page asked for k up to 9 and the task failed with
+    # "max_k must be an integer from 0 to 3".
+    from resnet_viz.config import ModelConfig
+
+    p = page("experiments")
+    p.at.session_state[Keys.BUILD_CONFIG] = ModelConfig(depth=8)
+    at = _untrained(p.run())
+    next(b for b in at.button if b.label.startswith("Lesion study")).click().run()
+    _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=120)
+    assert not at.exception, at.exception
+    assert not any("failed" in e.value for e in at.error), [e.value for e in at.error]
+    fig = next(c.proto.spec for c in at.get("plotly_chart") if "Lesion study" in c.proto.spec)
+    assert "stage3.block0" in fig
+
+
+def test_convolution_by_hand_reaches_every_output_of_a_bottleneck() -> None:
+    # A bottleneck strides its 3x3 conv2: conv1 of stage 2 still outputs 32x32, of which
+    # the page let the user pick only the first 16 rows and columns.
+    from resnet_viz.config import ModelConfig
+
+    p = page("experiments")
+    p.at.session_state[Keys.BUILD_CONFIG] = ModelConfig(depth=11, block="bottleneck", shortcut="B")
+    at = _untrained(p.run())
+    at.selectbox(key="conv_layer").set_value("stage2.block0.conv1").run()
+    assert at.number_input(key="conv_row").max == 31 and at.number_input(key="conv_col").max == 31
+    at.number_input(key="conv_row").set_value(31).run()
+    at.number_input(key="conv_col").set_value(31).run()
+    assert not at.exception, at.exception
+    assert any("the same number" in s.value for s in at.success), [s.value for s in at.success]
+    at.selectbox(key="conv_layer").set_value("stage2.block0.conv2").run()
+    assert at.number_input(key="conv_row").max == 15
+
+
+def test_two_uploads_with_one_file_name_are_both_explained() -> None:
+    two = [("same.png", _png_bytes((200, 30, 30)), "image/png"), ("same.png", _png_bytes((30, 30, 200)), "image/png")]
+    at = page("explain").run()
+    next(r for r in at.radio if r.label == "Input").set_value("Upload").run()
+    at.file_uploader[0].set_value(two).run()
+    assert not at.exception, at.exception  # was: duplicate element key "overlay_same.png_..."
+    assert [m.value for m in at.markdown].count("**same.png**") == 2
+    charts = len(at.get("plotly_chart"))
+    at = page("imagenet").run()
+    at.file_uploader[0].set_value(two).run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 4 and charts >= 4
+
+
+def _hostile_run(name: str) -> str:
+    """A run with a checkpoint (an untrained ResNet-8 on the synthetic set) named ``name``."""
+    from resnet_viz.config import ModelConfig, RunConfig
+    from resnet_viz.data.synthetic import SYNTHETIC_CLASSES
+    from resnet_viz.nets.cifar import build_model
+    from resnet_viz.store.rundir import RunDir, default_runs_dir
+
+    cfg = RunConfig(model=ModelConfig(depth=8, num_classes=len(SYNTHETIC_CLASSES)), data=SYNTHETIC, name=name)
+    run = RunDir.create(default_runs_dir(), cfg)
+    run.save_checkpoint(build_model(cfg.model).state_dict(), None, {"step": 1})
+    run.append_metrics([{"kind": "step", "step": s, "epoch": s / 20, "loss": 2.3 - s / 100, "acc": 0.1 + s / 100}
+                        for s in range(1, 11)])
+    run.set_status("stopped")
+    return run.id
+
+
+def _shown_as_markdown(at: AppTest) -> list[str]:
+    """Every text the page hands to Streamlit's Markdown renderer."""
+    texts = [e.value for kind in (at.markdown, at.caption, at.info, at.warning, at.error, at.success, at.toast)
+             for e in kind]
+    return texts + [b.label for b in at.button] + [p.proto.text for p in at.get("progress")]
+
+
+def test_run_names_are_shown_as_typed_not_as_markdown() -> None:
+    import json
+
+    from test_app_helpers import HOSTILE, links_or_images
+
+    _hostile_run(HOSTILE)
+    at = page("experiments").run()
+    model = next(s for s in at.selectbox if s.label == "Model")
+    model.set_value(next(o for o in model.options if HOSTILE in o)).run()
+    assert not at.exception, at.exception
+    shown = _shown_as_markdown(at)
+    assert any("Lesion study" in t and "p.png" in t for t in shown), shown  # the name is on the button
+    assert not [t for t in shown if links_or_images(t)], [t for t in shown if links_or_images(t)]
+    at = page("explain").run()
+    model = next(s for s in at.selectbox if s.label == "Model")
+    model.set_value(next(o for o in model.options if HOSTILE in o)).run()
+    assert not at.exception, at.exception
+    shown = _shown_as_markdown(at)
+    assert any("p.png" in c.value for c in at.caption), shown
+    assert not [t for t in shown if links_or_images(t)], [t for t in shown if links_or_images(t)]
+    at = page("compare").run()
+    assert not at.exception, at.exception
+    names = [tr.get("name", "") for c in at.get("plotly_chart") for tr in json.loads(c.proto.spec)["data"]]
+    assert any("p.png" in n for n in names), names
+    assert not [n for n in names if "<a" in n], names  # Plotly would draw <a href> as a link
+
+
+def test_train_form_starts_at_the_library_defaults() -> None:
+    from resnet_viz.config import TrainConfig, base_lr
+
+    default = TrainConfig()
+    at = page("train").run()
+    values = {w.label: w.value for w in list(at.number_input) + list(at.selectbox) + list(at.slider) + list(at.toggle)}
+    assert values["Budget"] == default.epochs
+    assert values["Batch size"] == default.batch_size and values["LR schedule"] == default.schedule
+    assert values["Peak learning rate at batch 128"] == pytest.approx(base_lr(default))
+    assert values["Weight decay"] == pytest.approx(default.weight_decay)
+    assert values["Label smoothing"] == pytest.approx(default.label_smoothing)
+    assert values["Augment (crop + flip)"] == default.augment and values["Seed"] == default.seed
+
+
+def test_the_app_and_the_cli_run_the_lesion_study_on_the_same_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from test_cli_experiments import lesion_images
+
+    from resnet_viz.data.sources import load_data
+    from resnet_viz.experiments import lesion
+    from resnet_viz.nets.cifar import build_model
+
+    data_cfg = DataConfig(source="synthetic", synthetic_train=100, synthetic_test=1200)
+    seen = []
+    study = lesion.lesion_study
+
+    def quick(m, x, y, **kw):
+        seen.append((x, y))
+        return study(m, x[:8], y[:8], **{**kw, "max_k": 0, "trials": 1})
+
+    p = page("experiments")
+    p.at.session_state[Keys.DATA_CONFIG] = data_cfg
+    at = _untrained(p.run())
+    at.select_slider(key="lesion_n").set_value(500).run()
+    monkeypatch.setattr(lesion, "lesion_study", quick)
+    next(b for b in at.button if b.label.startswith("Lesion study")).click().run()
+    _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=120)
+    monkeypatch.undo()
+    assert not at.exception and len(seen) == 1, at.exception
+    app_x, app_y = seen[0]
+    cli_x, cli_y = lesion_images(monkeypatch, build_model("resnet20"), load_data(data_cfg), 500)
+    assert len(app_y) == 500 and torch.equal(app_y, cli_y) and torch.equal(app_x, cli_x)
