@@ -22,7 +22,8 @@ def queue_degradation() -> None:
                      train=degradation.default_train_config())
     for cfg in degradation.degradation_configs(base, tag=degradation.new_tag()):
         registry.submit(cfg, data=data)
-    state.flash(f"Queued 4 runs on {widgets.literal(data.name)}. Leave this page open or come back later: they keep training.")
+    state.flash(f"Queued 4 runs on {widgets.literal(data.name)}. Leave this page open or come back later: "
+                "they keep training.")
 
 
 with st.container(border=True):
@@ -44,7 +45,8 @@ with st.container(border=True):
         pending = [s for s in live if s is not None and not s.done]
         if pending:
             done = sum(s.step for s in live if s) / max(1, sum(s.total_steps for s in live if s))
-            st.progress(done, text=f"Experiment #{widgets.literal(stamp)}: {len(pending)} run(s) still training or queued")
+            st.progress(done, text=f"Experiment #{widgets.literal(stamp)}: {len(pending)} run(s) still training "
+                                   "or queued")
         (st.success if not pending and verdict.plain_degrades is not None else st.info)(verdict.text)
     elif (shipped := resources.shipped_degradation()) is not None:
         results, about = shipped

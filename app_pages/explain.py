@@ -39,10 +39,11 @@ for i, (caption, image) in enumerate(inputs):
                 probs = attribution.predict(model, x)[0]
                 amap = attribution.normalize_map(attribution.attribute(model, x, method, block=b))
             top = attribution.top_k(probs, classes, k=5)
-            st.plotly_chart(plots.attribution_overlay(rgb, amap.numpy(), title=widgets.plot_text(ref.label.split(" · ")[0])),
+            st.plotly_chart(plots.attribution_overlay(rgb, amap.numpy(), title=ref.label.split(" · ")[0]),
                             width="stretch", key=widgets.item_key("overlay", i, ref.key))
             st.caption(widgets.literal(ref.label))
             if not amap.any():
                 st.warning("This attribution is zero everywhere: the model's output does not depend on this "
                            "input (a dead network, e.g. one trained with too high a learning rate).")
-            st.plotly_chart(plots.top_k_bar(top, title="Top-5"), width="stretch", key=widgets.item_key("top", i, ref.key))
+            st.plotly_chart(plots.top_k_bar(top, title="Top-5"), width="stretch",
+                            key=widgets.item_key("top", i, ref.key))

@@ -72,8 +72,9 @@ with st.form("train_form"):
     c1.number_input("Budget", min_value=1, max_value=100_000, value=int(default.epochs or 1), step=1,
                     key="tr_budget")
     c2.selectbox("Batch size", BATCH_SIZES, index=BATCH_SIZES.index(default.batch_size), key="tr_batch")
-    c2.selectbox("LR schedule", SCHEDULES, index=SCHEDULES.index(default.schedule), key="tr_schedule", help="onecycle: warm up, then linear decay (best for "
-                 "brief runs); paper: 0.1, divided by 10 at 50% and 75% of the budget")
+    c2.selectbox("LR schedule", SCHEDULES, index=SCHEDULES.index(default.schedule), key="tr_schedule",
+                 help="onecycle: warm up, then linear decay (best for brief runs); paper: 0.1, divided by 10 at "
+                      "50% and 75% of the budget")
     c3.number_input(f"Peak learning rate at batch {BASE_BATCH}", min_value=0.0001, max_value=10.0,
                     value=base_lr(default), key="tr_lr128", format="%.4f",
                     help=f"scaled linearly with the batch size (Goyal et al. 2017): {base_lr(default):g} at batch "

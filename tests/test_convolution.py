@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from resnet_viz.config import ModelConfig
-from resnet_viz.experiments.convolution import conv_layers, convolution_by_hand, output_size
+from resnet_viz.experiments.convolution import (
+    conv_layers,
+    convolution_by_hand,
+    output_size,
+)
 from resnet_viz.nets.cifar import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

@@ -66,7 +66,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(1, len(y))
 
 
-def evaluation_subset(x_uint8: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluation_subset(x_uint8: torch.Tensor, y: torch.Tensor, n: int,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``n`` test images an experiment evaluates on (all of them when there are fewer),
     normalized (N, 3, H, W) with their labels: a seeded random sample, so that the CLI and
     the app measure the same model on the same images and get the same numbers."""
