@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from resnet_viz.experiments.attribution import (
     METHODS,
+    STEM,
     attribute,
     normalize_map,
     predict,
@@ -33,9 +34,6 @@ from resnet_viz.experiments.common import ProgressFn, check, report
 from resnet_viz.nets.cifar import block_names, get_block
 
 __all__ = ["SanityResult", "reading", "sanity_check", "spearman", "ssim"]
-
-STEM = "stem"  # the first conv + BN, before any block (attribution.STEM names the same place)
-
 
 @dataclass(frozen=True)
 class SanityResult:
