@@ -203,6 +203,36 @@ def test_architecture_imagenet(imagenet_summaries, name: str, n_blocks: int):
     assert len({round(y, 6) for y in layers.y}) == 4  # a row per stage: conv lists need the width
 
 
+# The diagram's geometry, pinned when architecture_diagram was split into layout, data path
+# and drawing (fig.to_dict() of ResNet-20/56/110/164, ResNet-18/34/50 compared before and
+# after): traces, shapes, height, axis ranges, the first and last box, the data path's points.
+ARCH_GEOMETRY = {
+    "a20": (11, 11, 730, (-0.75, 6.03), (-4.86, 0.85), (-0.5, -0.31, 0.5, 0.31), (4.78, -4.31, 5.78, -3.69), 38),
+    "a56": (14, 14, 730, (-0.75, 7.35), (-4.86, 0.85), (-0.5, -0.31, 0.5, 0.31), (6.1, -4.31, 7.1, -3.69), 47),
+    "resnet50": (18, 19, 1136, (-0.75, 9.99), (-8.855, 1.135), (-0.5, -0.595, 0.5, 0.595),
+                 (6.1, -8.305, 7.1, -7.115), 66),
+}
+
+
+@pytest.mark.parametrize("name", list(ARCH_GEOMETRY))
+def test_architecture_geometry_is_pinned(summaries, imagenet_summaries, name: str):
+    fig = _ok(plots.architecture_diagram({**summaries, **imagenet_summaries}[name]))
+    d = fig.to_dict()
+    lay, shapes = d["layout"], d["layout"]["shapes"]
+    path = next(t for t in d["data"] if t["name"] == "data path")
+
+    def r(*v: float) -> tuple[float, ...]:
+        return tuple(round(x, 4) for x in v)
+
+    got = (len(d["data"]), len(shapes), lay["height"], r(*lay["xaxis"]["range"]), r(*lay["yaxis"]["range"]),
+           *(r(*(sh[c] for c in ("x0", "y0", "x1", "y1"))) for sh in (shapes[0], shapes[-1])), len(path["x"]))
+    assert got == ARCH_GEOMETRY[name]
+    layers = next(t for t in d["data"] if t["name"] == "layers")
+    # Each box's text marker sits at the centre of its rectangle, in data-path order.
+    centres = [r((sh["x0"] + sh["x1"]) / 2, (sh["y0"] + sh["y1"]) / 2) for sh in shapes]
+    assert centres == [r(x, y) for x, y in zip(layers["x"], layers["y"])]
+
+
 def test_block_detail_and_the_neutral_description(imagenet_summaries, summaries):
     fig = _ok(plots.block_detail([imagenet_summaries["resnet34"], imagenet_summaries["resnet50"]]))
     notes = _notes(fig)
