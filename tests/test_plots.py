@@ -13,6 +13,7 @@ import torch
 
 from resnet_viz import plots
 from resnet_viz.config import ModelConfig, RunConfig
+from resnet_viz.fsutil import as_number
 from resnet_viz.nets.summary import summarize
 from resnet_viz.plots._base import log_ticks
 from resnet_viz.store.listing import RunInfo
@@ -66,6 +67,15 @@ def test_helpers():
     x, yd = plots.downsample(np.arange(10_000), y, 2000)
     assert len(x) <= 2000 and np.nanmax(yd) == 9.0 and np.isnan(yd).any()  # spike and gap survive
     assert len(plots.downsample([1, 2], [1, 2])[0]) == 2
+
+
+def test_one_number_helper_for_record_fields():
+    # fsutil.as_number is the one copy; plots, the report, skip-branch, listing and degradation use it.
+    assert as_number(3) == 3.0 and isinstance(as_number(3), float) and as_number(np.float32(0.5)) == 0.5
+    assert as_number(True) is None and as_number("3") is None and as_number(None) is None
+    assert math.isnan(as_number(float("nan"))) and as_number(float("inf")) == math.inf
+    assert as_number(float("nan"), finite=True) is None and as_number(float("-inf"), finite=True) is None
+    assert as_number(2.5, finite=True) == 2.5
 
 
 def test_training_curves_empty_and_single_record():
