@@ -151,7 +151,8 @@ def _groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     names = block_names(model)
     if not isinstance(fc, nn.Linear) or conv1 is None or bn1 is None or not names:
         raise ValueError("the sanity check needs a CifarResNet (a stem conv1/bn1, blocks and a linear fc)")
-    return [("fc", [fc])] + [(n, [get_block(model, n)]) for n in reversed(names)] + [(STEM, [conv1, bn1])]
+    head: list[nn.Module] = [fc]
+    return [("fc", head)] + [(n, [get_block(model, n)]) for n in reversed(names)] + [(STEM, [conv1, bn1])]
 
 
 def _map(model: nn.Module, x: Tensor, method: str, target: int, seed: int) -> Tensor:
