@@ -13,13 +13,15 @@ JSON-serializable: the CLI prints it as one JSON object and the app plots it.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from resnet_viz.data.batches import normalize
+
+# eval_mode lives in nets (nets.summary uses it too); experiments import it from here.
+from resnet_viz.nets.cifar import eval_mode
 
 ProgressFn = Callable[..., None]  # (fraction, message) or (fraction, message, partial=dict)
 
@@ -41,17 +43,6 @@ def report(progress: ProgressFn | None, fraction: float, message: str, partial: 
         progress(fraction, message)
     else:
         progress(fraction, message, partial=partial)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode for the body; its mode is restored afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resnet_viz.config import RunConfig, TrainConfig
+from resnet_viz.fsutil import as_number
 
 DEGRADATION_DEPTHS: tuple[int, int] = (20, 56)
 NAME_PREFIX = "degradation "
@@ -109,10 +109,6 @@ class Verdict:
     numbers: dict[str, dict[str, float | None]]  # run key -> final_errors()
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else None
-
-
 def degradation_groups(infos: Sequence[Any],
                        depths: Sequence[int] = DEGRADATION_DEPTHS) -> list[tuple[str, dict[str, Any]]]:
     """Experiments found among runs, newest first: (tag, {run key: run}).
@@ -144,9 +140,9 @@ def final_errors(records: Sequence[dict], window: int = 50) -> dict[str, float |
     if window < 1:
         raise ValueError(f"window must be at least 1 step, got {window}")
     steps = [r for r in records if isinstance(r, dict) and r.get("kind") == "step"][-window:]
-    accs = [a for a in (_num(r.get("acc")) for r in steps) if a is not None and math.isfinite(a)]
-    losses = [v for v in (_num(r.get("loss")) for r in steps) if v is not None]
-    evals = [a for a in (_num(r.get("test_acc")) for r in records
+    accs = [a for a in (as_number(r.get("acc")) for r in steps) if a is not None and math.isfinite(a)]
+    losses = [v for v in (as_number(r.get("loss")) for r in steps) if v is not None]
+    evals = [a for a in (as_number(r.get("test_acc")) for r in records
                          if isinstance(r, dict) and r.get("kind") == "eval") if a is not None]
     return {
         "train_error": 1.0 - sum(accs) / len(accs) if accs else None,

@@ -20,6 +20,7 @@ from resnet_viz.nets.cifar import (
     Projection,
     build_model,
     count_params,
+    eval_mode,
     iter_blocks,
 )
 
@@ -90,13 +91,9 @@ def summarize(model_or_config: CifarResNet | ModelConfig, image_size: int = 32) 
                 handles.append(m.register_forward_hook(_flop_hook(name, flops_by_module)))
             if id(m) in block_names:
                 handles.append(m.register_forward_hook(_shape_hook(name, shapes)))
-        was_training = model.training
-        model.eval()  # BN in train mode would reject nothing, but eval leaves running stats alone
-        try:
+        with eval_mode(model):  # BN in train mode would reject nothing, but eval leaves running stats alone
             p = next(model.parameters())
             model(torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))
-        finally:
-            model.train(was_training)
     finally:
         for h in handles:
             h.remove()
