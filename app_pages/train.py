@@ -64,7 +64,7 @@ def start_training() -> None:
 
 
 BATCH_SIZES = [32, 64, 128, 256, 512]
-default = TrainConfig()  # the form starts at the library's recipe
+default = TrainConfig.recipe("quick")  # the form starts at the library's quick recipe
 with st.form("train_form"):
     st.markdown(f"**Model:** {model_cfg.label} ({model_cfg.depth} layers) — change it on the Build page.")
     c1, c2, c3 = st.columns(3)

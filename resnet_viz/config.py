@@ -244,6 +244,8 @@ def base_lr(train: TrainConfig) -> float:
 # no label smoothing.
 RECIPES: dict[str, dict[str, Any]] = {
     "brief": {},
+    # The Train page's first offer: the brief recipe over 5 epochs, a run a person waits for.
+    "quick": {"epochs": 5.0},
     "paper": {
         "epochs": None, "steps": 64_000, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "nesterov": False,
         "weight_decay": 1e-4, "schedule": "paper", "label_smoothing": 0.0, "eval_tta": False,

@@ -483,7 +483,8 @@ def test_run_names_are_shown_as_typed_not_as_markdown() -> None:
 def test_train_form_starts_at_the_library_defaults() -> None:
     from resnet_viz.config import TrainConfig, base_lr
 
-    default = TrainConfig()
+    default = TrainConfig.recipe("quick")
+    assert default.epochs == 5  # the page's budget before the defaults moved into the library
     at = page("train").run()
     values = {w.label: w.value for w in list(at.number_input) + list(at.selectbox) + list(at.slider) + list(at.toggle)}
     assert values["Budget"] == default.epochs

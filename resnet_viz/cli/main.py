@@ -66,8 +66,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data-dir", default=None, help="where cifar10 is downloaded/cached (env RESNET_VIZ_DATA)")
     t.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
     t.add_argument("--recipe", default="brief", choices=tuple(RECIPES),
-                   help="brief: the defaults (14 epochs one-cycle); paper: He et al.'s 64k iterations, "
-                        "LR 0.1 /10 at 32k and 48k, weight decay 1e-4. Flags given here override it")
+                   help="brief: the defaults (14 epochs one-cycle); quick: 5 epochs of it (the app's default); "
+                        "paper: He et al.'s 64k iterations, LR 0.1 /10 at 32k and 48k, weight decay 1e-4. "
+                        "Flags given here override it")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=float, default=None,
                         help=f"default {_T.epochs:g} (brief); the paper recipe runs 64,000 steps")
