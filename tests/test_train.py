@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import resnet_viz.training.loop as train_mod
+import resnet_viz.training.state as state_mod
 from resnet_viz.background.jobs import JobRegistry, JobSnapshot, TrainingJob
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from resnet_viz.data.sources import make_synthetic
@@ -179,6 +180,58 @@ def test_pause_holds_training_and_resume_continues(tmp_path: Path, tiny_data) ->
     assert [r["step"] for r in steps] == list(range(1, 21))
     # The loop was paused longer than ``held`` (over 14 polls of 0.1 s), yet step 11 took less.
     assert held > 1.0 and steps[10]["elapsed"] - steps[9]["elapsed"] < held
+
+
+class _FakeClock:
+    """``time`` for the trainer's meter: seconds pass only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_a_pause_mid_window_leaves_the_speed_and_elapsed_time_right(
+    tiny_data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step takes 1 s and a pause 300 s of a fake clock. Paused after step 6 of a
+    10-step logging window, the window still took 10 s of training for its 10 steps."""
+    clock = _FakeClock()
+    monkeypatch.setattr(state_mod, "time", clock)
+    real_lr_at = train_mod.lr_at
+
+    def one_second_per_step(step: int, *a):
+        clock.now += 1.0
+        return real_lr_at(step, *a)
+
+    monkeypatch.setattr(train_mod, "lr_at", one_second_per_step)
+
+    class PauseClock(threading.Event):
+        polls = 0
+
+        def wait(self, timeout: float | None = None) -> bool:  # the paused loop's poll
+            clock.now += 100.0
+            self.polls += 1
+            if self.polls == 3:
+                control.pause.clear()
+            return False
+
+    control = Control(stop=PauseClock())
+    recs: list[dict] = []
+
+    def pause_after_step_6(records: list[dict]) -> None:
+        recs.extend(records)
+        if any(r["kind"] == "probe" and r["step"] == 6 for r in records):
+            control.pause.set()  # between flushes: steps 1..6 are still pending
+
+    cfg = tiny_config(steps=20, log_every=10, probe_every=5)
+    result = fit(cfg, data=tiny_data, control=control, on_records=pause_after_step_6)
+    steps = [r for r in recs if r["kind"] == "step"]
+    assert result.status == "finished" and control.stop.polls == 3
+    assert [r["ips"] for r in steps] == pytest.approx([32.0] * 20)  # 10 steps of 32 images in 10 s
+    assert steps[9]["elapsed"] == pytest.approx(10.0) and steps[19]["elapsed"] == pytest.approx(20.0)
+    assert result.elapsed == pytest.approx(20.0) and result.images_per_second == pytest.approx(32.0)
 
 
 def test_job_registry_queues_runs_and_snapshots(tmp_path: Path, tiny_data) -> None:

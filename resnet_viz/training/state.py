@@ -203,8 +203,9 @@ class Meter:
     def paused(self) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
-        self.paused_s += time.perf_counter() - t0
-        self.restart_window()
+        paused = time.perf_counter() - t0
+        self.paused_s += paused
+        self.window_t += paused  # a pause mid-window: the steps before it keep their time
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
