@@ -110,7 +110,7 @@ def fit(
     to the others, so machines need no shared disk.
     """
     control = control or Control()
-    procs = Processes(dist or DistContext())
+    procs = Processes(dist or DistContext())  # all that differs under torchrun, and why
     s = prepare(config, data, procs, run, resume)
     sink = RecordSink(s.writer, on_records)
     if s.writer is not None:
@@ -183,7 +183,7 @@ def _evaluate(s: Setup, procs: Processes, log: StepLog, step: int) -> tuple[floa
     with log.meter.evaluating():
         test = _score(s, procs.ctx, s.data.test_x, s.data.test_y)
         rec = {"kind": "eval", "step": step, "epoch": step / s.per_epoch, "test_loss": test[0], "test_acc": test[1]}
-        if s.data.val_y is not None:
+        if s.data.val_x is not None and s.data.val_y is not None:
             rec["val_loss"], rec["val_acc"] = _score(s, procs.ctx, s.data.val_x, s.data.val_y)
     log.emit([{**rec, "elapsed": log.meter.elapsed()}])
     return test

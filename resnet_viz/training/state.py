@@ -135,7 +135,7 @@ def prepare(
             f"the model has {config.model.num_classes} classes but {data.name} has {len(data.classes)}"
         )
     torch.manual_seed(tc.seed)  # the same seed gives the same initial weights (on every rank)
-    model = build_model(config.model)
+    model: nn.Module = build_model(config.model)
     if tc.sync_bn and ctx.is_distributed:
         model = convert_sync_bn(model, device)
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
