@@ -203,6 +203,29 @@ def _check_inputs(x: Tensor, y: Tensor, max_k: int | None, n: int, trials: int, 
     return max_k
 
 
+class _Lesions:
+    """Accuracy of ``model`` with a set of its blocks deleted; each set is evaluated once
+    (the baseline and single blocks come up again among the random subsets), and every
+    request, evaluated or not, counts one step of progress."""
+
+    def __init__(self, model: nn.Module, names: list[str], x: Tensor, y: Tensor, batch_size: int, total: int,
+                 progress: ProgressFn | None, stop: threading.Event | None) -> None:
+        self.model, self.names, self.x, self.y, self.batch_size = model, names, x, y, batch_size
+        self.total, self.progress, self.stop = total, progress, stop
+        self.cache: dict[frozenset[int], float] = {}
+        self.done = 0
+
+    def __call__(self, subset: tuple[int, ...], message: str) -> float:
+        key = frozenset(subset)
+        if key not in self.cache:
+            check(self.stop)
+            with deleted_blocks(self.model, [self.names[i] for i in subset]):
+                self.cache[key] = accuracy(self.model, self.x, self.y, self.batch_size, self.stop)
+        self.done += 1
+        report(self.progress, self.done / self.total, message)
+        return self.cache[key]
+
+
 def lesion_study(
     model: nn.Module,
     x: Tensor,
@@ -244,20 +267,7 @@ def lesion_study(
     if param is not None:
         x, y = x.to(param.device), y.to(param.device)
 
-    cache: dict[frozenset[int], float] = {}
-    done = 0
-
-    def evaluate(subset: tuple[int, ...], message: str) -> float:
-        nonlocal done
-        key = frozenset(subset)
-        if key not in cache:
-            check(stop)
-            with deleted_blocks(model, [names[i] for i in subset]):
-                cache[key] = accuracy(model, x, y, batch_size, stop)
-        done += 1
-        report(progress, done / total, message)
-        return cache[key]
-
+    evaluate = _Lesions(model, names, x, y, batch_size, total, progress, stop)
     baseline = evaluate((), "intact model")
     single = []
     for i, (name, blk) in enumerate(zip(names, blocks)):
