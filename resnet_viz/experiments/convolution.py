@@ -95,6 +95,25 @@ def output_size(model: nn.Module, layer: str, image_size: int = IMAGE_SIZE) -> t
     return int(out.shape[2]), int(out.shape[3])
 
 
+def _workable_conv(model: nn.Module, layer: str, out_channel: int) -> tuple[nn.Conv2d, int, int, int]:
+    """(conv, kernel size, stride, padding) of conv ``layer``, or a ValueError saying why
+    its output cannot be worked by hand as one patch times one kernel."""
+    names = conv_layers(model)
+    if layer not in names:
+        raise ValueError(f"{layer!r} is not a conv layer of this model; valid layers: {', '.join(names)}")
+    conv = model.get_submodule(layer)
+    if not isinstance(conv, nn.Conv2d):  # conv_layers lists Conv2d only; this narrows the type
+        raise ValueError(f"{layer!r} is not a Conv2d")
+    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ValueError(f"{layer!r} is grouped, non-zero-padded or uses string padding; cannot be worked by hand")
+    if _square(conv.dilation, "dilation", layer) != 1:
+        raise ValueError(f"{layer!r} is dilated; only undilated convs can be worked by hand")
+    if not 0 <= out_channel < conv.out_channels:
+        raise ValueError(f"out_channel must be in 0..{conv.out_channels - 1} for {layer!r}, got {out_channel}")
+    k = _square(conv.kernel_size, "kernel size", layer)
+    return conv, k, _square(conv.stride, "stride", layer), _square(conv.padding, "padding", layer)
+
+
 def convolution_by_hand(model: nn.Module, x: Tensor, layer: str, out_channel: int, row: int, col: int) -> ConvByHand:
     """Recompute one output value of conv ``layer`` from its input patch and kernel.
 
@@ -102,20 +121,7 @@ def convolution_by_hand(model: nn.Module, x: Tensor, layer: str, out_channel: in
     gradients; a hook (removed afterwards) records the layer's input and output. The
     model's mode is restored and nothing else about it changes.
     """
-    names = conv_layers(model)
-    if layer not in names:
-        raise ValueError(f"{layer!r} is not a conv layer of this model; valid layers: {', '.join(names)}")
-    conv = model.get_submodule(layer)
-    assert isinstance(conv, nn.Conv2d)
-    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        raise ValueError(f"{layer!r} is grouped, non-zero-padded or uses string padding; cannot be worked by hand")
-    if _square(conv.dilation, "dilation", layer) != 1:
-        raise ValueError(f"{layer!r} is dilated; only undilated convs can be worked by hand")
-    k = _square(conv.kernel_size, "kernel size", layer)
-    stride = _square(conv.stride, "stride", layer)
-    pad = _square(conv.padding, "padding", layer)
-    if not 0 <= out_channel < conv.out_channels:
-        raise ValueError(f"out_channel must be in 0..{conv.out_channels - 1} for {layer!r}, got {out_channel}")
+    conv, k, stride, pad = _workable_conv(model, layer, out_channel)
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be one image of shape (1, C, H, W), got {tuple(x.shape)}")
 
