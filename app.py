@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from resnet_viz.app import ui
+from resnet_viz.app import state, widgets
 
 st.set_page_config(page_title="ResNet Lab", page_icon=":material/account_tree:", layout="wide")
 pages = [
@@ -16,6 +16,6 @@ pages = [
     st.Page("app_pages/imagenet.py", title="ImageNet ResNets", icon=":material/photo_camera:"),
 ]
 nav = st.navigation(pages)
-ui.sidebar()
-ui.show_flash()
+widgets.sidebar()
+state.show_flash()
 nav.run()

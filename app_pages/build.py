@@ -4,7 +4,7 @@ makes; or look at torchvision's ImageNet ResNet-18/34/50 (basic against bottlene
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import ui
+from resnet_viz.app import state
 from resnet_viz.config import (
     BLOCKS,
     LAYERS_PER_BLOCK,
@@ -59,7 +59,7 @@ if family == IMAGENET:  # torchvision's nets: nothing here touches the CIFAR bui
 title.title("Build a CIFAR ResNet")
 st.caption("He et al. (2015), section 4.2: a 3x3 conv, three stages of n blocks with 16, 32 and 64 filters, "
            "global average pooling and a linear layer. Moving these controls never starts training.")
-current = ui.build_config()
+current = state.build_config()
 left, right = st.columns([1, 2])
 with left:
     block = st.radio("Block type", BLOCKS, index=BLOCKS.index(current.block), horizontal=True,
@@ -76,7 +76,7 @@ with left:
                           disabled=shortcut == "none", help="zero the last BN of each residual branch: each block starts as its shortcut (Goyal et al. 2017)")
 cfg = ModelConfig(depth=depth, shortcut=shortcut, block=block, width=width,
                   zero_init_residual=zero_init and shortcut != "none")
-st.session_state[ui.Keys.BUILD_CONFIG] = cfg
+st.session_state[state.Keys.BUILD_CONFIG] = cfg
 summary = summarize(cfg)
 with right:
     c1, c2, c3, c4 = st.columns(4)

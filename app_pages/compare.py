@@ -1,32 +1,29 @@
 """Compare: runs side by side (the paper's Fig. 6), and the degradation experiment."""
 
-import time
-from dataclasses import replace
-
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import ui
+from resnet_viz.app import resources, state, widgets
 from resnet_viz.config import ModelConfig, RunConfig
 from resnet_viz.experiments import degradation
 
 st.title("Compare runs")
-registry = ui.job_registry()
-all_runs = [r for r in ui.runs() if r.config is not None]
+registry = resources.job_registry()
+all_runs = [r for r in resources.runs() if r.config is not None]
 groups = degradation.degradation_groups(all_runs)
 
 
 def queue_degradation() -> None:
     """The button's callback: the four runs, queued one after another on the data in use."""
-    data = ui.data()
+    data = resources.data()
     if data is None:
         return
-    base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=ui.data_config(),
+    base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=state.data_config(),
                      train=degradation.default_train_config())
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for cfg in degradation.degradation_configs(base):
-        registry.submit(replace(cfg, name=f"{cfg.name} #{stamp}"), data=data)
-    ui.flash(f"Queued 4 runs on {data.name}. Leave this page open or come back later: they keep training.")
+    for cfg in degradation.degradation_configs(base, tag=degradation.new_tag()):
+        registry.submit(cfg, data=data)
+    state.flash(f"Queued 4 runs on {widgets.literal(data.name)}. Leave this page open or come back later: "
+                "they keep training.")
 
 
 with st.container(border=True):
@@ -37,20 +34,21 @@ with st.container(border=True):
         "one after another in the background. When they are done this page says what *their* numbers show."
     )
     st.button("Run the degradation experiment", type="primary", icon=":material/science:",
-              on_click=ui.clicked(queue_degradation))
-    ui.show_error()
+              on_click=widgets.clicked(queue_degradation))
+    widgets.show_error()
     results = None
     if groups:
         stamp, members = groups[0]
-        results = {key: ui.run_records(info.id) for key, info in members.items()}
+        results = {key: resources.run_records(info.id) for key, info in members.items()}
         verdict = degradation.degradation_verdict(results)
-        live = [ui.snapshot(i.id) for i in members.values()]
+        live = [resources.snapshot(i.id) for i in members.values()]
         pending = [s for s in live if s is not None and not s.done]
         if pending:
             done = sum(s.step for s in live if s) / max(1, sum(s.total_steps for s in live if s))
-            st.progress(done, text=f"Experiment #{stamp}: {len(pending)} run(s) still training or queued")
+            st.progress(done, text=f"Experiment #{widgets.literal(stamp)}: {len(pending)} run(s) still training "
+                                   "or queued")
         (st.success if not pending and verdict.plain_degrades is not None else st.info)(verdict.text)
-    elif (shipped := ui.shipped_degradation()) is not None:
+    elif (shipped := resources.shipped_degradation()) is not None:
         results, about = shipped
         st.markdown(f"**Until you run it, here is the project's own run** on {about.get('data', 'CIFAR-10')} "
                     f"({about.get('steps', degradation.DEFAULT_STEPS):,} steps per net, {about.get('machine', '')}). "
@@ -71,7 +69,7 @@ c1, c2 = st.columns(2)
 x_axis = c1.radio("x-axis", ["iterations", "epochs"], horizontal=True)
 metric = c2.radio("Show", ["error", "loss"], horizontal=True)
 picked = [r for r in all_runs if r.id in chosen]
-series = [(f"{r.label} · {r.name or r.id}", ui.run_records(r.id)) for r in picked]
+series = [(widgets.plot_text(f"{r.label} · {r.name or r.id}"), resources.run_records(r.id)) for r in picked]
 st.plotly_chart(plots.compare_curves(series, x_axis=x_axis, metric=metric), width="stretch", key="any_curves")
 st.caption("Training error solid, test error dashed, as in the paper's Fig. 6.")
 st.dataframe(plots.error_table_rows(picked), width="stretch", hide_index=True)

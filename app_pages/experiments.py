@@ -1,25 +1,24 @@
 """Experiments: why residual learning works, run on your own networks in minutes."""
 
 import streamlit as st
-import torch
 
 from resnet_viz import plots
-from resnet_viz.app import ui
+from resnet_viz.app import resources, tasks, widgets
 from resnet_viz.config import ModelConfig
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import convolution, landscape, lesion, sanity, signal
+from resnet_viz.experiments.common import evaluation_subset
 from resnet_viz.experiments.skipbranch import skip_branch
 from resnet_viz.report.html import build_report
 
 st.title("Experiments")
 st.caption("Each computation runs in the background with progress and Stop; results stay when you reload.")
-data = ui.data()
-ref_a, ref_b = ui.pick_two_models("exp")
+data = resources.data()
+ref_a, ref_b = widgets.pick_two_models("exp")
 refs = [r for r in (ref_a, ref_b) if r is not None]
 refs = refs[:1] if len(refs) == 2 and refs[0] == refs[1] else refs
-models = {r.key: ui.load_model(r) for r in refs}
-# Tasks are keyed by what they compute on: for the untrained model, the Build page's config of now.
-tags = {r.key: f"untrained {models[r.key][1]}" if r.kind == "untrained" else r.key for r in refs}
+models = {r.key: resources.load_model(r) for r in refs}
+tags = {r.key: tasks.model_tag(r, models[r.key][1]) for r in refs}
 names = {r.key: f"Untrained {models[r.key][1].label} (Build page)" if r.kind == "untrained" else r.label for r in refs}
 
 
@@ -40,20 +39,21 @@ with tabs[0]:
     results = []
     for ref in refs:
         if not fits(ref):
-            st.warning(f"{ref.label} was trained on other classes than {data.name if data else 'the data set'}; "
+            st.warning(f"{widgets.literal(ref.label)} was trained on other classes than "
+                       f"{widgets.literal(data.name) if data else 'the data set'}; "
                        "pick a model trained on it (or an untrained one).")
             continue
-        idx = torch.arange(0, len(data.test_y), max(1, len(data.test_y) // n))[:n]  # every class: files are sorted
-        x, y = normalize(data.test_x[idx], channels_last=False), data.test_y[idx]
+        x, y = evaluation_subset(data.test_x, data.test_y, n)  # the images the CLI's lesion study uses
         model = models[ref.key][0]
-        res = ui.run_task(f"lesion|{tags[ref.key]}|{n}", f"Lesion study: {ref.label}",
-                          lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: lesion.lesion_study(
-                              m, x, y, max_k=9, trials=5, progress=p, stop=s, label=lb).to_dict(),
-                          title=f"Lesion study: {names[ref.key]} ({n} test images of {data.name})")
+        res = tasks.run_task(tasks.task_key("lesion", tags[ref.key], n), f"Lesion study: {widgets.literal(ref.label)}",
+                             lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: lesion.lesion_study(
+                                 m, x, y, max_k=lesion.max_k_for(m), trials=5, progress=p, stop=s,
+                                 label=lb).to_dict(),
+                             title=f"Lesion study: {names[ref.key]} ({n} test images of {data.name})")
         if res:
             results.append(res)
             st.caption(res.get("note", ""))
-    st.plotly_chart(plots.lesion_figure(results), width="stretch", key="lesion_fig")
+    st.plotly_chart(plots.lesion_figure(widgets.plot_labels(results)), width="stretch", key="lesion_fig")
 
 with tabs[1]:
     st.markdown("The training loss around the trained weights along filter-normalized random directions "
@@ -69,25 +69,30 @@ with tabs[1]:
             continue
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
         model = models[ref.key][0]
-        res = ui.run_task(f"slice|{tags[ref.key]}|{n}|{steps}|{seed}", f"1D slice: {ref.label}",
-                          lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: landscape.random_slice(
-                              m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
-                          title=f"Loss along a random direction: {names[ref.key]} ({n} training images, "
-                                f"{steps} points, seed {seed})")
+        res = tasks.run_task(tasks.task_key("slice", tags[ref.key], n, steps, seed),
+                             f"1D slice: {widgets.literal(ref.label)}",
+                             lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: landscape.random_slice(
+                                 m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
+                             title=f"Loss along a random direction: {names[ref.key]} ({n} training images, "
+                                   f"{steps} points, seed {seed})")
         if res:
             slices.append(res)
-    st.plotly_chart(plots.slices_figure(slices), width="stretch", key="slices_fig")
+    st.plotly_chart(plots.slices_figure(widgets.plot_labels(slices)), width="stretch", key="slices_fig")
     if refs and fits(refs[0]):
         ref = refs[0]
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
-        surf = ui.run_task(f"surface|{tags[ref.key]}|{n}|{steps}|{seed}", f"2D surface: {ref.label} ({steps}x{steps})",
-                           lambda p, s, m=models[ref.key][0], x=x, y=y, lb=names[ref.key]: landscape.surface_2d(
-                               m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
-                           title=f"Loss surface: {names[ref.key]} ({n} training images, {steps}x{steps}, seed {seed})",
-                           preview=lambda part: st.plotly_chart(plots.surface_figure(
-                               part, title=f"Preview on a {len(part['alphas'])}x{len(part['alphas'])} grid "
-                                           f"(filling in to {steps}x{steps})"), width="stretch", key="contour_preview"))
+        surf = tasks.run_task(tasks.task_key("surface", tags[ref.key], n, steps, seed),
+                              f"2D surface: {widgets.literal(ref.label)} ({steps}x{steps})",
+                              lambda p, s, m=models[ref.key][0], x=x, y=y, lb=names[ref.key]: landscape.surface_2d(
+                                  m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
+                              title=f"Loss surface: {names[ref.key]} ({n} training images, {steps}x{steps}, "
+                                    f"seed {seed})",
+                              preview=lambda part: st.plotly_chart(plots.surface_figure(
+                                  part, title=f"Preview on a {len(part['alphas'])}x{len(part['alphas'])} grid "
+                                              f"(filling in to {steps}x{steps})"), width="stretch",
+                                  key="contour_preview"))
         if surf:
+            surf = widgets.plot_labels([surf])[0]
             c1, c2 = st.columns(2)
             c1.plotly_chart(plots.surface_figure(surf), width="stretch", key="contour_fig")
             c2.plotly_chart(plots.surface_figure(surf, three_d=True), width="stretch", key="surface_fig")
@@ -96,10 +101,10 @@ with tabs[2]:
     st.markdown("Untrained plain and residual nets of growing depth: forward activation variance and the "
                 "gradient norm per block; then the input gradient along a line of inputs (shattered gradients).")
     depths = st.multiselect("Depths", [20, 32, 44, 56, 110], default=[20, 56, 110], key="sig_depths")
-    prof = ui.run_task(f"signal|{','.join(map(str, sorted(depths)))}", "Measure signal propagation",
-                       lambda p, s: [x.to_dict() for x in signal.signal_sweep(
-                           depths=tuple(sorted(depths)), progress=p, stop=s)],
-                       title=f"Signal propagation at initialization: depths {', '.join(map(str, sorted(depths)))}")
+    prof = tasks.run_task(tasks.task_key("signal", ",".join(map(str, sorted(depths)))), "Measure signal propagation",
+                          lambda p, s: [x.to_dict() for x in signal.signal_sweep(
+                              depths=tuple(sorted(depths)), progress=p, stop=s)],
+                          title=f"Signal propagation at initialization: depths {', '.join(map(str, sorted(depths)))}")
     if prof:
         st.plotly_chart(plots.signal_figure(prof), width="stretch", key="signal_fig")
         st.info("Gradient norm at the first block over the last block: " + "; ".join(
@@ -107,20 +112,20 @@ with tabs[2]:
             ". At initialization with batch norm, a plain net's gradient grows block by block on its way back "
             "to the input; the identity paths keep a ResNet's within a small factor.")
     d = st.select_slider("Depth for shattered gradients", [20, 56, 110], value=56, key="shat_depth")
-    shat = ui.run_task(f"shattered|{d}", "Measure shattered gradients",
-                       lambda p, s: [signal.shattered_gradients(ModelConfig(depth=d, shortcut=sc), progress=p,
-                                                                stop=s).to_dict() for sc in ("none", "A")],
-                       title=f"Shattered gradients: plain and ResNet, depth {d}")
+    shat = tasks.run_task(tasks.task_key("shattered", d), "Measure shattered gradients",
+                          lambda p, s: [signal.shattered_gradients(ModelConfig(depth=d, shortcut=sc), progress=p,
+                                                                   stop=s).to_dict() for sc in ("none", "A")],
+                          title=f"Shattered gradients: plain and ResNet, depth {d}")
     if shat:
         st.plotly_chart(plots.shattered_figure(shat), width="stretch", key="shat_fig")
 
 with tabs[3]:
-    runs = [r for r in ui.model_refs(include_untrained=False) if r.kind == "run"]
+    runs = [r for r in resources.model_refs(include_untrained=False) if r.kind == "run"]
     if not runs:
         st.info("Train a run: the trainer records ||F(x)||/||x|| and cos(F(x), x) per block every 10th step.")
     else:
         run = st.selectbox("Run", runs, format_func=lambda r: r.label, key="sb_run")
-        records = ui.run_records(run.key)
+        records = resources.run_records(run.key)
         st.info(skip_branch(records).reading)
         c1, c2 = st.columns(2)
         c1.plotly_chart(plots.probe_heatmap(records, stat="ratio"), width="stretch", key="sb_ratio")
@@ -130,14 +135,14 @@ with tabs[4]:
     if refs:
         model = models[refs[0].key][0]
         layers = convolution.conv_layers(model)
-        inputs = ui.input_images("conv")
+        inputs = widgets.input_images("conv")
         c1, c2, c3, c4 = st.columns(4)
         layer = c1.selectbox("Layer", layers, key="conv_layer")
         conv = model.get_submodule(layer)
         ch = c2.number_input("Output channel", 0, conv.out_channels - 1, 0, key="conv_ch")
-        size = 32 // (2 ** sum(s in layer for s in ("stage2", "stage3")))
-        row = c3.number_input("Row", 0, size - 1, size // 2, key="conv_row")
-        col = c4.number_input("Column", 0, size - 1, size // 2, key="conv_col")
+        rows, cols = convolution.output_size(model, layer)
+        row = c3.number_input("Row", 0, rows - 1, rows // 2, key="conv_row")
+        col = c4.number_input("Column", 0, cols - 1, cols // 2, key="conv_col")
         if inputs:
             try:
                 r = convolution.convolution_by_hand(model, normalize(inputs[0][1][None], channels_last=False),
@@ -152,14 +157,15 @@ with tabs[4]:
 with tabs[5]:
     st.markdown("Is the saliency map about the model? Randomize the weights from the top layer down and "
                 "watch the map (Adebayo et al. 2018): ρ is the rank correlation with the trained map.")
-    inputs = ui.input_images("sanity")
+    inputs = widgets.input_images("sanity")
     if refs and inputs:
         ref = refs[0]
         x = normalize(inputs[0][1][None], channels_last=False)
-        res = ui.run_task(f"sanity|{tags[ref.key]}|{inputs[0][0]}", f"Sanity check: {ref.label}",
-                          lambda p, s, m=models[ref.key][0], x=x: sanity.sanity_check(m, x, progress=p,
-                                                                                      stop=s).to_dict(),
-                          title=f"Sanity check: {names[ref.key]} on {inputs[0][0]}")
+        res = tasks.run_task(tasks.task_key("sanity", tags[ref.key], tasks.content_tag(inputs[0][1])),
+                             f"Sanity check: {widgets.literal(ref.label)}",
+                             lambda p, s, m=models[ref.key][0], x=x: sanity.sanity_check(m, x, progress=p,
+                                                                                         stop=s).to_dict(),
+                             title=f"Sanity check: {names[ref.key]} on {inputs[0][0]}")
         if res:
             st.info(res.get("reading", ""))
             st.plotly_chart(plots.sanity_figure(res), width="stretch", key="sanity_fig")
@@ -167,17 +173,17 @@ with tabs[5]:
 with tabs[6]:
     st.markdown("One self-contained HTML file: the runs' curves, table, configurations (seeds included) and "
                 "environment, and the experiments run in the tabs above as figures, numbers and raw results.")
-    infos = ui.runs()
+    infos = resources.runs()
     chosen = st.multiselect("Runs in the report", [i.id for i in infos], default=[i.id for i in infos[:4]],
                             format_func=lambda i: next(f"{r.label} · {r.name or r.id}" for r in infos if r.id == i))
-    done = {t.key: t for t in ui.task_registry().finished()}
+    done = {t.key: t for t in resources.task_registry().finished()}
     picked = st.multiselect("Experiments in the report", list(done), default=list(done),
                             format_func=lambda k: done[k].title, placeholder="Run an experiment in a tab above")
     if not chosen and not picked:
         st.info("Pick a run or an experiment: a report needs at least one of them.")
     elif st.button("Build the report", icon=":material/description:"):
         try:
-            page = build_report(ui.runs_root(), chosen, [(done[k].title, done[k].result) for k in picked])
+            page = build_report(resources.runs_root(), chosen, [(done[k].title, done[k].result) for k in picked])
             st.download_button("Download report (HTML)", page.encode(), file_name="resnet-lab-report.html",
                                mime="text/html", icon=":material/download:", on_click="ignore")
         except ValueError as e:  # a run deleted meanwhile

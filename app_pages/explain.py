@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import ui
+from resnet_viz.app import resources, widgets
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import attribution
 from resnet_viz.nets.cifar import block_names
@@ -11,38 +11,39 @@ from resnet_viz.nets.cifar import block_names
 st.title("Explain a prediction")
 st.page_link("app_pages/imagenet.py", icon=":material/photo_camera:",
              label="ImageNet ResNets: your own photos at 224 px under ResNet-18/34/50, pretrained when online")
-ref_a, ref_b = ui.pick_two_models("explain", "Side by side with")
+ref_a, ref_b = widgets.pick_two_models("explain", "Side by side with")
 c1, c2 = st.columns([2, 1])
 method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title())
 c1.caption(attribution.METHODS[method])
-inputs = ui.input_images("explain", multiple=True)
+inputs = widgets.input_images("explain", multiple=True)
 if ref_a is None or not inputs:
     st.info("Pick a model and one or more images.")
     st.stop()
-models = [ui.load_model(ref_a) + (ref_a,)]
+models = [resources.load_model(ref_a) + (ref_a,)]
 if ref_b is not None and ref_b != ref_a:
-    models.append(ui.load_model(ref_b) + (ref_b,))
+    models.append(resources.load_model(ref_b) + (ref_b,))
 block = None
 if method == "gradcam":
     names = block_names(models[0][0])
     block = c2.selectbox("Grad-CAM at block", names, index=len(names) - 1)
 
-for caption, image in inputs:
-    st.markdown(f"**{caption}**")
+for i, (caption, image) in enumerate(inputs):
+    st.markdown(f"**{widgets.literal(caption)}**")
     x = normalize(image[None], channels_last=False)  # (1, 3, 32, 32)
     rgb = image.permute(1, 2, 0).numpy()
     cols = st.columns(len(models))
     for col, (model, cfg, classes, ref) in zip(cols, models):
         with col:
             b = block if block in block_names(model) else None
-            with ui.inference():
+            with resources.inference():
                 probs = attribution.predict(model, x)[0]
                 amap = attribution.normalize_map(attribution.attribute(model, x, method, block=b))
             top = attribution.top_k(probs, classes, k=5)
             st.plotly_chart(plots.attribution_overlay(rgb, amap.numpy(), title=ref.label.split(" · ")[0]),
-                            width="stretch", key=f"overlay_{caption}_{ref.key}")
-            st.caption(ref.label)
+                            width="stretch", key=widgets.item_key("overlay", i, ref.key))
+            st.caption(widgets.literal(ref.label))
             if not amap.any():
                 st.warning("This attribution is zero everywhere: the model's output does not depend on this "
                            "input (a dead network, e.g. one trained with too high a learning rate).")
-            st.plotly_chart(plots.top_k_bar(top, title="Top-5"), width="stretch", key=f"top_{caption}_{ref.key}")
+            st.plotly_chart(plots.top_k_bar(top, title="Top-5"), width="stretch",
+                            key=widgets.item_key("top", i, ref.key))

@@ -5,7 +5,7 @@ import streamlit as st
 from PIL import ImageOps
 
 from resnet_viz import plots
-from resnet_viz.app import ui
+from resnet_viz.app import resources, widgets
 from resnet_viz.experiments import attribution
 from resnet_viz.nets import imagenet
 
@@ -52,15 +52,16 @@ model = imagenet.build_imagenet(name, pretrained=False)
 model.load_state_dict(state)
 method = st.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title(),
                       key="imagenet_method")
-for caption, img in ui.upload_images("Photos (PNG, JPEG, WebP, BMP or GIF; up to 10 MB)", key="imagenet_upload",
-                                     multiple=True):
+photos = widgets.upload_images("Photos (PNG, JPEG, WebP, BMP or GIF; up to 10 MB)", key="imagenet_upload",
+                               multiple=True)
+for i, (caption, img) in enumerate(photos):
     x = imagenet.imagenet_input(img)  # (1, 3, 224, 224)
-    with ui.inference():
+    with resources.inference():
         probs = attribution.predict(model, x)[0]
         amap = attribution.normalize_map(attribution.attribute(model, x, method))
     shown = np.asarray(ImageOps.fit(img, (224, 224)))  # the centre crop the network saw
     c1, c2 = st.columns([2, 1])
-    c1.plotly_chart(plots.attribution_overlay(shown, amap.numpy(), title=caption), width="stretch",
-                    key=f"in_{caption}")
+    c1.plotly_chart(plots.attribution_overlay(shown, amap.numpy(), title=widgets.plot_text(caption)),
+                    width="stretch", key=widgets.item_key("in", i))
     c2.plotly_chart(plots.top_k_bar(attribution.top_k(probs, imagenet.imagenet_categories(), k=5), title="Top-5"),
-                    width="stretch", key=f"top_{caption}")
+                    width="stretch", key=widgets.item_key("top", i))

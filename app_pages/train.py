@@ -5,21 +5,29 @@ from dataclasses import replace
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import ui
+from resnet_viz.app import resources, state, widgets
 from resnet_viz.background.progress import clock
-from resnet_viz.config import SCHEDULES, DataConfig, RunConfig, TrainConfig
+from resnet_viz.config import (
+    BASE_BATCH,
+    SCHEDULES,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    base_lr,
+    scaled_lr,
+)
 from resnet_viz.data.sources import default_source
 from resnet_viz.store.listing import metrics_csv
 
 st.title("Train")
-registry = ui.job_registry()
-model_cfg = ui.build_config()
+registry = resources.job_registry()
+model_cfg = state.build_config()
 
 SOURCES = {"default": "Default", "synthetic": "Synthetic shapes", "cifar10": "CIFAR-10 (official, downloads)",
            "folder": "A folder of class folders"}
-current = ui.data_config()
+current = state.data_config()
 choice = st.selectbox("Data set", list(SOURCES), format_func=lambda k: SOURCES[k] if k != "default"
-                      else f"Default: {ui.data_label(default_source())}",
+                      else f"Default: {widgets.data_label(default_source())}",
                       index=0 if current == default_source() else list(SOURCES).index(current.source))
 try:
     if choice == "default":
@@ -29,57 +37,63 @@ try:
         new_cfg = DataConfig(source="folder", path=path) if path else current
     else:
         new_cfg = DataConfig(source=choice)
-    st.session_state[ui.Keys.DATA_CONFIG] = new_cfg
+    st.session_state[state.Keys.DATA_CONFIG] = new_cfg
 except ValueError as e:
     st.error(str(e))
 
 
 def start_training() -> None:
     """The form's submit callback (runs before the page, so a rerun cannot drop the click)."""
-    f, data = st.session_state, ui.data()
+    f, data = st.session_state, resources.data()
     if data is None:
         return
     steps = {"epochs": float(f.tr_budget), "steps": None} if f.tr_kind == "epochs" else {"epochs": None, "steps": int(f.tr_budget)}
     cfg = RunConfig(
         model=replace(model_cfg, num_classes=len(data.classes)),
-        data=ui.data_config(),
-        train=TrainConfig(**steps, batch_size=f.tr_batch, lr=f.tr_lr128 * f.tr_batch / 128, weight_decay=f.tr_wd,
+        data=state.data_config(),
+        train=TrainConfig(**steps, batch_size=f.tr_batch, lr=scaled_lr(f.tr_lr128, f.tr_batch), weight_decay=f.tr_wd,
                           schedule=f.tr_schedule, label_smoothing=f.tr_smoothing, augment=f.tr_augment,
                           seed=int(f.tr_seed)),
         name=f.tr_name.strip(),
     )
     busy = registry.active()
     job = registry.submit(cfg, data=data)
-    st.session_state[ui.Keys.WATCHED_RUN] = job.run_id
-    ui.flash(f"Queued behind {busy.snapshot().label}: it starts when that run ends." if busy
-             else f"Started {cfg.model.label} on {data.name}, lr {cfg.train.lr:g}.")
+    st.session_state[state.Keys.WATCHED_RUN] = job.run_id
+    state.flash(f"Queued behind {busy.snapshot().label}: it starts when that run ends." if busy
+                else f"Started {cfg.model.label} on {widgets.literal(data.name)}, lr {cfg.train.lr:g}.")
 
 
+BATCH_SIZES = [32, 64, 128, 256, 512]
+default = TrainConfig.recipe("quick")  # the form starts at the library's quick recipe
 with st.form("train_form"):
     st.markdown(f"**Model:** {model_cfg.label} ({model_cfg.depth} layers) — change it on the Build page.")
     c1, c2, c3 = st.columns(3)
     c1.radio("Budget in", ["epochs", "steps"], horizontal=True, key="tr_kind")
-    c1.number_input("Budget", min_value=1, max_value=100_000, value=5, step=1, key="tr_budget")
-    c2.selectbox("Batch size", [32, 64, 128, 256, 512], index=2, key="tr_batch")
-    c2.selectbox("LR schedule", SCHEDULES, key="tr_schedule", help="onecycle: warm up, then linear decay (best for "
-                 "brief runs); paper: 0.1, divided by 10 at 50% and 75% of the budget")
-    c3.number_input("Peak learning rate at batch 128", min_value=0.0001, max_value=10.0, value=0.2, key="tr_lr128",
-                    format="%.4f", help="scaled linearly with the batch size (Goyal et al. 2017): "
-                    "0.2 at batch 128 is 0.05 at batch 32")
-    c3.number_input("Weight decay", min_value=0.0, max_value=0.1, value=5e-4, format="%.5f", key="tr_wd")
+    c1.number_input("Budget", min_value=1, max_value=100_000, value=int(default.epochs or 1), step=1,
+                    key="tr_budget")
+    c2.selectbox("Batch size", BATCH_SIZES, index=BATCH_SIZES.index(default.batch_size), key="tr_batch")
+    c2.selectbox("LR schedule", SCHEDULES, index=SCHEDULES.index(default.schedule), key="tr_schedule",
+                 help="onecycle: warm up, then linear decay (best for brief runs); paper: 0.1, divided by 10 at "
+                      "50% and 75% of the budget")
+    c3.number_input(f"Peak learning rate at batch {BASE_BATCH}", min_value=0.0001, max_value=10.0,
+                    value=base_lr(default), key="tr_lr128", format="%.4f",
+                    help=f"scaled linearly with the batch size (Goyal et al. 2017): {base_lr(default):g} at batch "
+                         f"{BASE_BATCH} is {scaled_lr(base_lr(default), 32):g} at batch 32")
+    c3.number_input("Weight decay", min_value=0.0, max_value=0.1, value=default.weight_decay, format="%.5f",
+                    key="tr_wd")
     c4, c5, c6 = st.columns(3)
-    c4.slider("Label smoothing", 0.0, 0.3, 0.1, 0.05, key="tr_smoothing")
-    c5.toggle("Augment (crop + flip)", value=True, key="tr_augment")
-    c6.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="tr_seed")
+    c4.slider("Label smoothing", 0.0, 0.3, default.label_smoothing, 0.05, key="tr_smoothing")
+    c5.toggle("Augment (crop + flip)", value=default.augment, key="tr_augment")
+    c6.number_input("Seed", min_value=0, max_value=2**31 - 1, value=default.seed, key="tr_seed")
     st.text_input("Name (optional)", max_chars=60, key="tr_name")
     st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:",
-                          on_click=ui.clicked(start_training))
-ui.show_error()
+                          on_click=widgets.clicked(start_training))
+widgets.show_error()
 
 st.divider()
-all_runs = ui.runs()
+all_runs = resources.runs()
 ids = [r.id for r in all_runs]
-watched = st.session_state.get(ui.Keys.WATCHED_RUN)
+watched = st.session_state.get(state.Keys.WATCHED_RUN)
 if watched not in ids:
     active = registry.active()
     watched = active.run_id if active else (ids[0] if ids else None)
@@ -88,7 +102,7 @@ if watched is None:
     st.stop()
 labels = {r.id: f"{r.label} · {r.name or r.id}" for r in all_runs}
 watched = st.selectbox("Run", ids, index=ids.index(watched), format_func=lambda i: labels.get(i, i))
-st.session_state[ui.Keys.WATCHED_RUN] = watched
+st.session_state[state.Keys.WATCHED_RUN] = watched
 
 
 def controls(snap) -> None:
@@ -98,31 +112,31 @@ def controls(snap) -> None:
                                     f"{snap.images_per_second:,.0f} images/s{eta}")
     job = registry.get(snap.run_id)
     if snap.state == "paused":
-        c2.button("Resume", icon=":material/play_arrow:", key="resume", on_click=ui.clicked(job.resume_training))
+        c2.button("Resume", icon=":material/play_arrow:", key="resume", on_click=widgets.clicked(job.resume_training))
     else:
         c2.button("Pause", icon=":material/pause:", key="pause", disabled=snap.state != "running",
-                  on_click=ui.clicked(job.pause))
+                  on_click=widgets.clicked(job.pause))
     c3.button("Stop", icon=":material/stop:", key="stop",
-              on_click=ui.clicked(job.stop, done="Stopping after this batch; the checkpoint is saved."))
+              on_click=widgets.clicked(job.stop, done="Stopping after this batch; the checkpoint is saved."))
     c4.caption(snap.message)
-    ui.show_flash()  # this fragment's own reruns skip app.py, which shows the rest
+    state.show_flash()  # this fragment's own reruns skip app.py, which shows the rest
 
 
 @st.fragment(run_every=1.5)
 def live_view(run_id: str) -> None:
-    snap = ui.snapshot(run_id)
+    snap = resources.snapshot(run_id)
     if snap is None or snap.done:
         st.rerun()  # the run ended: redraw the page once without polling
     controls(snap)
     st.plotly_chart(plots.training_curves(snap.records, title=snap.label), width="stretch", key="live_curves")
 
 
-snap = ui.snapshot(watched)
+snap = resources.snapshot(watched)
 if snap is not None and not snap.done:
     live_view(watched)
 else:
     info = next(r for r in all_runs if r.id == watched)
-    records = ui.run_records(watched)
+    records = resources.run_records(watched)
     msg = f"**{info.label}** · {info.status}"
     if info.test_accuracy is not None:
         msg += f" · test accuracy {info.test_accuracy:.1%}"
@@ -140,5 +154,5 @@ else:
                            icon=":material/download:")
         if info.status in ("stopped", "interrupted"):
             c3.button("Resume training", icon=":material/replay:",
-                      on_click=ui.clicked(registry.resume, watched, done="Resumed from the last checkpoint."))
-    ui.show_error()
+                      on_click=widgets.clicked(registry.resume, watched, done="Resumed from the last checkpoint."))
+    widgets.show_error()

@@ -23,7 +23,7 @@ import os  # noqa: E402
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from resnet_viz.app.ui import Keys  # noqa: E402
+from resnet_viz.app.state import Keys  # noqa: E402
 from resnet_viz.config import DataConfig  # noqa: E402
 
 PAGES = ["home", "build", "train", "compare", "inspect", "explain"]

@@ -220,6 +220,24 @@ class TrainConfig:
         return max(1, round(float(self.epochs or 0) * per_epoch))
 
 
+# Learning rates are quoted at the paper's batch of 128 and scaled linearly with the batch
+# size (Goyal et al. 2017), so one number means the same step size at any batch size.
+BASE_BATCH = 128
+
+
+def scaled_lr(lr_at_base: float, batch_size: int) -> float:
+    """The learning rate for ``batch_size`` when ``lr_at_base`` suits batch ``BASE_BATCH``:
+    0.2 at batch 128 is 0.05 at batch 32."""
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    return lr_at_base * batch_size / BASE_BATCH
+
+
+def base_lr(train: TrainConfig) -> float:
+    """``train``'s learning rate quoted at batch ``BASE_BATCH`` (the inverse of ``scaled_lr``)."""
+    return train.lr * BASE_BATCH / train.batch_size
+
+
 # Training recipes as TrainConfig fields over its defaults. "brief" is the defaults.
 # "paper": He et al. 2015, section 4.2: batch 128, SGD momentum 0.9 (not Nesterov), weight
 # decay 1e-4, LR 0.1 divided by 10 at 32k and 48k iterations, stop at 64k; for 110 layers
@@ -227,6 +245,8 @@ class TrainConfig:
 # no label smoothing.
 RECIPES: dict[str, dict[str, Any]] = {
     "brief": {},
+    # The Train page's first offer: the brief recipe over 5 epochs, a run a person waits for.
+    "quick": {"epochs": 5.0},
     "paper": {
         "epochs": None, "steps": 64_000, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "nesterov": False,
         "weight_decay": 1e-4, "schedule": "paper", "label_smoothing": 0.0, "eval_tta": False,

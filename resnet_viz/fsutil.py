@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -108,6 +111,18 @@ def parse_json_line(line: bytes) -> dict | None:
     except ValueError:  # includes UnicodeDecodeError
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def as_number(v: Any, *, finite: bool = False) -> float | None:
+    """A record field as a float: None when it is missing or not a number (a bool is not one).
+
+    NaN and infinities (a diverged step) stay as they are, or with ``finite`` give None.
+    ``numbers.Real``, so numpy scalars count too.
+    """
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return None
+    f = float(v)
+    return f if not finite or math.isfinite(f) else None
 
 
 def read_jsonl(path: Path | str) -> tuple[list[dict], int]:

@@ -12,6 +12,8 @@ from resnet_viz.config import ModelConfig
 from resnet_viz.data.sources import CIFAR10_CLASSES
 from resnet_viz.experiments.attribution import (
     METHODS,
+    STEM,
+    AttributionMethod,
     attribute,
     block_norms,
     feature_maps,
@@ -166,6 +168,26 @@ def test_unknown_method_and_block(model: nn.Module, image: torch.Tensor) -> None
         attribute(model, image, "saliency", target=10)
     with pytest.raises(ValueError, match="one image"):
         attribute(model, torch.cat([image, image]), "saliency")
+
+
+def test_every_method_is_one_registry_entry_with_its_own_text() -> None:
+    assert list(METHODS) == ["saliency", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam",
+                             "occlusion"]
+    for name, m in METHODS.items():
+        assert isinstance(m, AttributionMethod) and m.label and m.help, name
+        assert str(m) == m.help  # what the Explain page shows as the method's caption
+    assert len({m.label for m in METHODS.values()}) == len({m.help for m in METHODS.values()}) == len(METHODS)
+    assert STEM == "stem"
+
+
+@pytest.mark.parametrize("method", ["saliency", "occlusion", "gradcam"])
+def test_a_wrong_block_fails_for_every_method(model: nn.Module, image: torch.Tensor, method: str) -> None:
+    # It was ignored by every method but gradcam: a typo gave a map of something else.
+    before = state(model)
+    with pytest.raises(ValueError, match="no block named 'stage3.block9'"):
+        attribute(model, image, method, block="stage3.block9")
+    assert state(model) == before
+    assert attribute(model, image, "saliency", 1, block=STEM).shape == (32, 32)  # the stem is a valid place
 
 
 def test_saliency_is_abs_gradient_summed_over_channels(model: nn.Module, image: torch.Tensor) -> None:

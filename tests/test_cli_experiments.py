@@ -57,3 +57,49 @@ def test_experiment_errors_are_one_line(tmp_path: Path) -> None:
         out = cli(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+class _Captured(Exception):
+    """Stops a lesion study once the images it was given are seen."""
+
+
+def lesion_images(monkeypatch: pytest.MonkeyPatch, model, data, n: int):
+    """(x, y) that ``python -m resnet_viz lesion RUN --images n`` evaluates ``model`` on, with
+    ``data`` as the run's data set: the CLI's own code path, in this process."""
+    import argparse
+
+    from resnet_viz.cli import experiments as cli_experiments
+    from resnet_viz.config import RunConfig
+    from resnet_viz.experiments import lesion
+
+    def study(m, x, y, **kw):
+        raise _Captured(x, y)
+
+    monkeypatch.setattr(cli_experiments, "load_model_ref", lambda ref, out: (model, RunConfig(), "model"))
+    monkeypatch.setattr(cli_experiments, "data_for", lambda cfg: data)
+    with monkeypatch.context() as m:
+        m.setattr(lesion, "lesion_study", study)
+        args = argparse.Namespace(command="lesion", run="r", out=None, images=n, trials=1, max_k=None)
+        with pytest.raises(_Captured) as seen:
+            cli_experiments.run(args)
+    return seen.value.args
+
+
+def test_evaluation_subset_is_seeded_and_used_by_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from resnet_viz.config import DataConfig
+    from resnet_viz.data.sources import load_data
+    from resnet_viz.experiments.common import evaluation_subset
+    from resnet_viz.nets.cifar import build_model
+
+    data = load_data(DataConfig(source="synthetic", synthetic_train=100, synthetic_test=300))
+    x, y = evaluation_subset(data.test_x, data.test_y, 120)
+    again = evaluation_subset(data.test_x, data.test_y, 120)
+    assert x.shape == (120, 3, 32, 32) and x.dtype == torch.float32 and torch.equal(x, again[0])
+    assert torch.equal(y, again[1]) and len(set(y.tolist())) > 1
+    assert len(evaluation_subset(data.test_x, data.test_y, 10_000)[1]) == 300  # all of them, no more
+    with pytest.raises(ValueError, match="positive"):
+        evaluation_subset(data.test_x, data.test_y, 0)
+    cli_x, cli_y = lesion_images(monkeypatch, build_model("resnet20"), data, 120)
+    assert torch.equal(cli_x, x) and torch.equal(cli_y, y)

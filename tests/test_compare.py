@@ -21,8 +21,11 @@ from resnet_viz.experiments.degradation import (
     degradation_verdict,
     export_result,
     final_errors,
+    new_tag,
+    parse_run_name,
     read_result,
     run_key,
+    run_name,
 )
 
 
@@ -168,3 +171,30 @@ def test_the_shipped_result_shows_the_degradation_problem_and_its_fix():
     gap = {k: v.numbers[f"{k}-56"]["train_error"] - v.numbers[f"{k}-20"]["train_error"] for k in ("plain", "resnet")}
     assert gap["plain"] > 0.1 and gap["resnet"] < gap["plain"] / 2, gap
     assert all(r["step"] == i + 1 for recs in runs.values() for i, r in enumerate(x for x in recs if x["kind"] == "step"))
+
+
+def test_run_names_are_made_and_read_by_one_pair_of_functions():
+    for key in ("plain-20", "plain-56", "resnet-20", "resnet-110"):
+        for tag in ("20260101-120000", "", "my tag #2"):
+            assert parse_run_name(run_name(key, tag)) == (key, tag)
+    assert run_name("plain-20", "20260101-120000") == "degradation plain-20 #20260101-120000"
+    assert run_name("resnet-56") == "degradation resnet-56"
+    for other in ("my own run", "degradation plain20", "degradation deep-20 #x", "degradation plain-20 #"):
+        assert parse_run_name(other) is None, other
+    with pytest.raises(ValueError, match="not a degradation run key"):
+        run_name("plain 20", "x")
+    with pytest.raises(ValueError, match="tag"):
+        run_name("plain-20", " x")
+    tag = new_tag()
+    assert parse_run_name(run_name("plain-20", tag)) == ("plain-20", tag) and len(tag) == len("20260101-120000")
+
+
+def test_queued_configs_carry_their_tag_and_group_together():
+    base = RunConfig(model=ModelConfig(), data=DataConfig(source="synthetic"), train=TrainConfig(steps=10, epochs=None))
+    cfgs = degradation_configs(base, tag="20260101-120000")
+    assert [c.name for c in cfgs] == [f"degradation {k} #20260101-120000"
+                                      for k in ("plain-20", "plain-56", "resnet-20", "resnet-56")]
+    runs = [SimpleNamespace(id=str(i), name=c.name) for i, c in enumerate(cfgs)]
+    [(tag, members)] = degradation_groups(runs)
+    assert tag == "20260101-120000" and sorted(members) == ["plain-20", "plain-56", "resnet-20", "resnet-56"]
+    assert [c.name for c in degradation_configs(base)][0] == "degradation plain-20"  # untagged, as before

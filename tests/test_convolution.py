@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from resnet_viz.config import ModelConfig
-from resnet_viz.experiments.convolution import conv_layers, convolution_by_hand
+from resnet_viz.experiments.convolution import (
+    conv_layers,
+    convolution_by_hand,
+    output_size,
+)
 from resnet_viz.nets.cifar import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -96,3 +100,24 @@ def test_bad_image_shape_raises(model_a, image) -> None:
         convolution_by_hand(model_a, image[0], "conv1", 0, 0, 0)
     with pytest.raises(ValueError, match=r"\(1, C, H, W\)"):
         convolution_by_hand(model_a, image.repeat(2, 1, 1, 1), "conv1", 0, 0, 0)
+
+
+def test_output_size_follows_where_the_block_strides() -> None:
+    # A bottleneck strides its middle 3x3 (conv2), so its first 1x1 still sees 32x32 in
+    # stage 2; a basic block strides its first conv. Counting stages in the name gave 16
+    # for both, leaving half of the bottleneck's conv1 output unreachable.
+    torch.manual_seed(0)
+    bottleneck = build_model(ModelConfig(depth=11, block="bottleneck", shortcut="B"))
+    assert output_size(bottleneck, "stage2.block0.conv1") == (32, 32)
+    assert output_size(bottleneck, "stage2.block0.conv2") == (16, 16)
+    assert output_size(bottleneck, "stage3.block0.conv1") == (16, 16)
+    assert output_size(bottleneck, "stage3.block0.conv3") == (8, 8)
+    basic = build_model(ModelConfig(depth=8, shortcut="B"))
+    assert output_size(basic, "conv1") == (32, 32)  # the stem
+    assert output_size(basic, "stage2.block0.conv1") == (16, 16)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    rows, cols = output_size(bottleneck, "stage2.block0.conv1")
+    r = convolution_by_hand(bottleneck, x, "stage2.block0.conv1", 0, rows - 1, cols - 1)  # the far corner
+    assert r.matches
+    with pytest.raises(ValueError, match="not a conv layer"):
+        output_size(basic, "stage2.block0")

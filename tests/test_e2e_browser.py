@@ -431,7 +431,7 @@ def step_slider(panel, name: str, key: str) -> None:
 def start_task(page, panel, name) -> None:
     """Click a background task's Run button once: it gives way to the task's progress bar.
 
-    The task starts in the click's callback (``ui.run_task``), so a full rerun that another
+    The task starts in the click's callback (``tasks.run_task``), so a full rerun that another
     task's progress fragment starts when that task ends cannot drop the click (it did when
     the start hung on the button's return value: this helper used to click up to 3 times).
     """

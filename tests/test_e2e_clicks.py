@@ -2,7 +2,7 @@
 
 Each script run of this page takes 1.5 s (as the Experiments page does on a loaded CPU). A
 second click during the run that the first click started cuts that run short; when
-``ui.run_task`` started its task on the button's return value, the first start was dropped
+``tasks.run_task`` started its task on the button's return value, the first start was dropped
 every time (5 of 5 here). It now starts the task in the click's callback, which Streamlit
 runs first thing in the next run, whatever happens to it. Skipped without Debian chromium,
 as the main browser test is.
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 SLOW_PAGE = '''
 import time
 import streamlit as st
-from resnet_viz.app import ui
+from resnet_viz.app import tasks
 
 round_ = st.number_input("round", 0, 100, 0, key="round")
 time.sleep(1.5)  # a heavy page: plots, models, data
@@ -34,7 +34,7 @@ def job(i):
 
 
 for i in range(2):
-    res = ui.run_task(f"click-test-{i}-{round_}", f"Start {i}", job(i))
+    res = tasks.run_task(f"click-test-{i}-{round_}", f"Start {i}", job(i))
     if res:
         st.write(f"{res} in round {round_}")
 '''

@@ -16,6 +16,7 @@ from torch import nn
 
 from resnet_viz.experiments.attribution import AttributionError, attribute
 from resnet_viz.nets import imagenet
+from resnet_viz.nets.cifar import block_names, get_block
 from resnet_viz.nets.imagenet import (
     IMAGENET_MEAN,
     IMAGENET_MODELS,
@@ -133,6 +134,7 @@ def test_input_shape_and_normalization() -> None:
 
 def test_block_names(resnet18: nn.Module) -> None:
     assert imagenet_blocks(resnet18) == [f"layer{s}.{i}" for s in (1, 2, 3, 4) for i in (0, 1)]
+    assert block_names(resnet18) == imagenet_blocks(resnet18)
 
 
 # (params in millions, GFLOPs = 2 x the paper's billions of multiply-adds, blocks per stage)
@@ -197,15 +199,17 @@ def test_attribution_at_224(resnet18: nn.Module, method: str) -> None:
 
 
 def test_gradcam_on_a_torchvision_block(resnet18: nn.Module) -> None:
+    # Blocks are found by torchvision's names ("layer4.1"): a lookup that knows only the
+    # CIFAR block classes fails here rather than skipping.
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    try:
-        a = attribute(resnet18, x, "gradcam", target=207, block="layer4.1")
-    except AttributionError as e:
-        if "unknown block" not in str(e):
-            raise
-        pytest.skip("attribution resolves block names only for resnet_viz's CIFAR block classes "
-                    "(model.block_names/get_block); torchvision's 'layer4.1' is not recognised yet")
-    assert a.shape == (224, 224) and bool(torch.isfinite(a).all())
+    a = attribute(resnet18, x, "gradcam", target=207, block="layer4.1")
+    assert a.shape == (224, 224) and bool(torch.isfinite(a).all()) and float(a.min()) >= 0
+    assert torch.equal(a, attribute(resnet18, x, "gradcam", target=207))  # the last block by default
+    early = attribute(resnet18, x, "gradcam", target=207, block="layer2.0")
+    assert early.shape == (224, 224) and not torch.equal(early, a)
+    assert get_block(resnet18, "layer4.1") is resnet18.layer4[1]
+    with pytest.raises(AttributionError, match="no block named 'layer5.0'"):
+        attribute(resnet18, x, "gradcam", target=207, block="layer5.0")
 
 
 def test_module_names_its_public_api() -> None:

@@ -18,7 +18,7 @@ from resnet_viz.config import DataConfig, ModelConfig
 from resnet_viz.data.batches import normalize
 from resnet_viz.data.sources import load_data
 from resnet_viz.experiments import Cancelled, accuracy
-from resnet_viz.experiments.lesion import deleted_blocks, lesion_study
+from resnet_viz.experiments.lesion import MAX_K, deleted_blocks, lesion_study, max_k_for
 from resnet_viz.nets.cifar import PadShortcut, block_names, build_model, iter_blocks
 from resnet_viz.store.models import ASSETS_DIR, load_model_file
 
@@ -258,3 +258,18 @@ def test_trained_resnet_survives_deletions_plain_collapses(cifar_1000: tuple) ->
     # Veit et al.: the blocks that change the shape cost the ResNet most. (In this short
     # ResNet-20 the others are not free either: each branch is 0.5-2x its skip's norm.)
     assert stats["resnet20"][0] > stats["resnet20"][1]
+
+
+def test_max_k_is_at_most_the_number_of_blocks() -> None:
+    # ResNet-8 has 3 blocks and ResNet-14 has 6: asking them for k up to 9 was a ValueError
+    # from the app's lesion button.
+    for depth, blocks in ((8, 3), (14, 6), (20, 9), (56, 27)):
+        model = build_model(ModelConfig(depth=depth, shortcut="A"))
+        assert max_k_for(model) == min(9, blocks) == min(MAX_K, len(block_names(model)))
+        assert max_k_for(model, limit=2) == 2
+    small = build_model(ModelConfig(depth=8, shortcut="A"))
+    x = normalize(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), channels_last=False)
+    res = lesion_study(small, x, torch.arange(8) % 10, max_k=max_k_for(small), trials=1)
+    assert [r["k"] for r in res.random_k] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="limit"):
+        max_k_for(small, limit=-1)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from resnet_viz.app.ui import Keys
+from resnet_viz.app.state import Keys
 from resnet_viz.config import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,10 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     st.cache_resource.clear()
     yield
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
 
     try:
-        ui.job_registry().shutdown()
+        resources.job_registry().shutdown()
     except Exception:  # noqa: BLE001 - cleanup only
         pass
     st.cache_resource.clear()
@@ -131,9 +131,9 @@ def test_train_starts_and_stops_a_tiny_run() -> None:
     run_id = at.session_state[Keys.WATCHED_RUN]
     # The page reran from the top, so the sidebar already names the run being watched.
     assert any(c.value.startswith("**Watching:**") for c in at.sidebar.caption), [c.value for c in at.sidebar.caption]
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
 
-    job = ui.job_registry().get(run_id)
+    job = resources.job_registry().get(run_id)
     deadline = time.monotonic() + 60
     while job.snapshot().step < 5 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -148,25 +148,25 @@ def test_train_starts_and_stops_a_tiny_run() -> None:
     resume.click().run()  # started in the click's callback: the same run already shows it training
     assert not at.exception, at.exception
     assert any("Resumed" in t.value for t in at.toast), [t.value for t in at.toast]
-    again = ui.job_registry().get(run_id)
+    again = resources.job_registry().get(run_id)
     assert again is not job and not again.snapshot().done
     again.stop()
     assert again.wait(60) and again.snapshot().state == "stopped"
 
 
 def test_button_callbacks_start_tasks_and_keep_their_errors() -> None:
-    """ui.run_task starts its task in the click's callback, and ui.clicked keeps a callback's
-    ValueError for ui.show_error: the page shows it instead of a traceback."""
+    """tasks.run_task starts its task in the click's callback, and widgets.clicked keeps a
+    callback's ValueError for widgets.show_error: the page shows it instead of a traceback."""
     script = """
 import streamlit as st
-from resnet_viz.app import ui
+from resnet_viz.app import tasks, widgets
 
 def fail():
     raise ValueError("that setting cannot work")
 
-st.button("Break", on_click=ui.clicked(fail))
-ui.show_error()
-res = ui.run_task("callback-test", "Run it", lambda p, s: 42)
+st.button("Break", on_click=widgets.clicked(fail))
+widgets.show_error()
+res = tasks.run_task("callback-test", "Run it", lambda p, s: 42)
 st.write(f"result {res}")
 """
     at = AppTest.from_string(script, default_timeout=30).run()
@@ -175,9 +175,9 @@ st.write(f"result {res}")
     at.run()
     assert not at.error  # shown once
     next(b for b in at.button if b.label == "Run it").click().run()
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
 
-    task = ui.task_registry().get("callback-test")
+    task = resources.task_registry().get("callback-test")
     assert task is not None and task.wait(10)
     at.run()
     assert any(m.value == "result 42" for m in at.markdown), [m.value for m in at.markdown]
@@ -280,12 +280,12 @@ def test_no_pages_folder_next_to_app_py() -> None:
 
 
 def test_experiments_report_tab_offers_the_finished_experiments() -> None:
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
     from resnet_viz.experiments import signal
 
     # Two finished tasks, as the tabs leave them in the registry (a small real result, and
     # one with a hostile title); a failed one is not offered.
-    reg = ui.task_registry()
+    reg = resources.task_registry()
     profiles = [p.to_dict() for p in signal.signal_sweep(depths=(8,), batch=8)]
     done = [reg.start("signal|8", lambda p, s: profiles, title="Signal propagation at initialization: depths 8"),
             reg.start("lesion|x", lambda p, s: {"baseline_acc": 0.5}, title="<b>Lesion</b> of x"),
@@ -309,7 +309,7 @@ def test_experiments_report_tab_offers_the_finished_experiments() -> None:
 def test_a_running_task_shows_its_time_left_and_its_partial_result() -> None:
     import threading
 
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
 
     gate = threading.Event()
     coarse = {"alphas": [-1.0, 0.0, 1.0], "betas": [-1.0, 0.0, 1.0], "loss": [[3.0, 2.0, 3.0], [2.0, 1.0, 2.0],
@@ -320,15 +320,15 @@ def test_a_running_task_shows_its_time_left_and_its_partial_result() -> None:
         gate.wait(30)
         return {"done": True}
 
-    task = ui.task_registry().start("preview-test", fn)
+    task = resources.task_registry().start("preview-test", fn)
     while task.snapshot().partial is None:
         time.sleep(0.01)
     time.sleep(1.1)  # a pace to estimate from
     script = """
 import streamlit as st
 from resnet_viz import plots
-from resnet_viz.app import ui
-res = ui.run_task("preview-test", "Run it", lambda p, s: None,
+from resnet_viz.app import tasks
+res = tasks.run_task("preview-test", "Run it", lambda p, s: None,
                   preview=lambda part: st.plotly_chart(plots.surface_figure(part, title="Preview grid"), key="pv"))
 if res:
     st.success("finished")
@@ -352,15 +352,15 @@ def test_compare_shows_the_shipped_degradation_result_until_the_user_has_one(
         _four,  # tests/ is on sys.path under pytest's default import mode
     )
 
-    from resnet_viz.app import ui
+    from resnet_viz.app import resources
     from resnet_viz.experiments import degradation
 
     shipped = tmp_path / "degradation.json"
     doc = degradation.export_result(_four(0.35, 0.65, 0.27, 0.274), {"data": "CIFAR-10 (JPEG copy)", "steps": 1000,
                                                                   "machine": "2-core test CPU"})
     shipped.write_text(json.dumps(doc))
-    monkeypatch.setattr(ui, "DEGRADATION_FILE", shipped)
-    ui.shipped_degradation.clear()
+    monkeypatch.setattr(resources, "DEGRADATION_FILE", shipped)
+    resources.shipped_degradation.clear()
     at = page("compare").run()
     assert not at.exception, at.exception
     assert any("project's own run" in m.value and "2-core test CPU" in m.value for m in at.markdown)
@@ -368,7 +368,160 @@ def test_compare_shows_the_shipped_degradation_result_until_the_user_has_one(
     assert "trained worse by 30 points (degradation)" in verdict and "removed the degradation" in verdict, verdict
     assert any("plain-56" in c.proto.spec for c in at.get("plotly_chart"))
     shipped.write_text("{not json")  # a damaged file: the page goes on without it
-    ui.shipped_degradation.clear()
+    resources.shipped_degradation.clear()
     at = page("compare").run()
     assert not at.exception and not any("project's own run" in m.value for m in at.markdown)
-    ui.shipped_degradation.clear()
+    resources.shipped_degradation.clear()
+
+
+# ---------------------------------------------------------------- defects found in review
+
+SYNTHETIC = DataConfig(source="synthetic", synthetic_train=640, synthetic_test=160)
+
+
+def _untrained(at: AppTest) -> AppTest:
+    model = next(s for s in at.selectbox if s.label == "Model")
+    return model.set_value(next(o for o in model.options if "Untrained" in o)).run()
+
+
+def test_lesion_study_of_a_small_net_runs() -> None:
+    # ResNet-8 has three blocks; the page asked for k up to 9 and the task failed with
+    # "max_k must be an integer from 0 to 3".
+    from resnet_viz.config import ModelConfig
+
+    p = page("experiments")
+    p.at.session_state[Keys.BUILD_CONFIG] = ModelConfig(depth=8)
+    at = _untrained(p.run())
+    next(b for b in at.button if b.label.startswith("Lesion study")).click().run()
+    _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=120)
+    assert not at.exception, at.exception
+    assert not any("failed" in e.value for e in at.error), [e.value for e in at.error]
+    fig = next(c.proto.spec for c in at.get("plotly_chart") if "Lesion study" in c.proto.spec)
+    assert "stage3.block0" in fig
+
+
+def test_convolution_by_hand_reaches_every_output_of_a_bottleneck() -> None:
+    # A bottleneck strides its 3x3 conv2: conv1 of stage 2 still outputs 32x32, of which
+    # the page let the user pick only the first 16 rows and columns.
+    from resnet_viz.config import ModelConfig
+
+    p = page("experiments")
+    p.at.session_state[Keys.BUILD_CONFIG] = ModelConfig(depth=11, block="bottleneck", shortcut="B")
+    at = _untrained(p.run())
+    at.selectbox(key="conv_layer").set_value("stage2.block0.conv1").run()
+    assert at.number_input(key="conv_row").max == 31 and at.number_input(key="conv_col").max == 31
+    at.number_input(key="conv_row").set_value(31).run()
+    at.number_input(key="conv_col").set_value(31).run()
+    assert not at.exception, at.exception
+    assert any("the same number" in s.value for s in at.success), [s.value for s in at.success]
+    at.selectbox(key="conv_layer").set_value("stage2.block0.conv2").run()
+    assert at.number_input(key="conv_row").max == 15
+
+
+def test_two_uploads_with_one_file_name_are_both_explained() -> None:
+    two = [("same.png", _png_bytes((200, 30, 30)), "image/png"), ("same.png", _png_bytes((30, 30, 200)), "image/png")]
+    at = page("explain").run()
+    next(r for r in at.radio if r.label == "Input").set_value("Upload").run()
+    at.file_uploader[0].set_value(two).run()
+    assert not at.exception, at.exception  # was: duplicate element key "overlay_same.png_..."
+    assert [m.value for m in at.markdown].count("**same.png**") == 2
+    charts = len(at.get("plotly_chart"))
+    at = page("imagenet").run()
+    at.file_uploader[0].set_value(two).run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 4 and charts >= 4
+
+
+def _hostile_run(name: str) -> str:
+    """A run with a checkpoint (an untrained ResNet-8 on the synthetic set) named ``name``."""
+    from resnet_viz.config import ModelConfig, RunConfig
+    from resnet_viz.data.synthetic import SYNTHETIC_CLASSES
+    from resnet_viz.nets.cifar import build_model
+    from resnet_viz.store.rundir import RunDir, default_runs_dir
+
+    cfg = RunConfig(model=ModelConfig(depth=8, num_classes=len(SYNTHETIC_CLASSES)), data=SYNTHETIC, name=name)
+    run = RunDir.create(default_runs_dir(), cfg)
+    run.save_checkpoint(build_model(cfg.model).state_dict(), None, {"step": 1})
+    run.append_metrics([{"kind": "step", "step": s, "epoch": s / 20, "loss": 2.3 - s / 100, "acc": 0.1 + s / 100}
+                        for s in range(1, 11)])
+    run.set_status("stopped")
+    return run.id
+
+
+def _shown_as_markdown(at: AppTest) -> list[str]:
+    """Every text the page hands to Streamlit's Markdown renderer."""
+    texts = [e.value for kind in (at.markdown, at.caption, at.info, at.warning, at.error, at.success, at.toast)
+             for e in kind]
+    return texts + [b.label for b in at.button] + [p.proto.text for p in at.get("progress")]
+
+
+def test_run_names_are_shown_as_typed_not_as_markdown() -> None:
+    import json
+
+    from test_app_helpers import HOSTILE, links_or_images
+
+    _hostile_run(HOSTILE)
+    at = page("experiments").run()
+    model = next(s for s in at.selectbox if s.label == "Model")
+    model.set_value(next(o for o in model.options if HOSTILE in o)).run()
+    assert not at.exception, at.exception
+    shown = _shown_as_markdown(at)
+    assert any("Lesion study" in t and "p.png" in t for t in shown), shown  # the name is on the button
+    assert not [t for t in shown if links_or_images(t)], [t for t in shown if links_or_images(t)]
+    at = page("explain").run()
+    model = next(s for s in at.selectbox if s.label == "Model")
+    model.set_value(next(o for o in model.options if HOSTILE in o)).run()
+    assert not at.exception, at.exception
+    shown = _shown_as_markdown(at)
+    assert any("p.png" in c.value for c in at.caption), shown
+    assert not [t for t in shown if links_or_images(t)], [t for t in shown if links_or_images(t)]
+    at = page("compare").run()
+    assert not at.exception, at.exception
+    names = [tr.get("name", "") for c in at.get("plotly_chart") for tr in json.loads(c.proto.spec)["data"]]
+    assert any("p.png" in n for n in names), names
+    assert not [n for n in names if "<a" in n], names  # Plotly would draw <a href> as a link
+
+
+def test_train_form_starts_at_the_library_defaults() -> None:
+    from resnet_viz.config import TrainConfig, base_lr
+
+    default = TrainConfig.recipe("quick")
+    assert default.epochs == 5  # the page's budget before the defaults moved into the library
+    at = page("train").run()
+    values = {w.label: w.value for w in list(at.number_input) + list(at.selectbox) + list(at.slider) + list(at.toggle)}
+    assert values["Budget"] == default.epochs
+    assert values["Batch size"] == default.batch_size and values["LR schedule"] == default.schedule
+    assert values["Peak learning rate at batch 128"] == pytest.approx(base_lr(default))
+    assert values["Weight decay"] == pytest.approx(default.weight_decay)
+    assert values["Label smoothing"] == pytest.approx(default.label_smoothing)
+    assert values["Augment (crop + flip)"] == default.augment and values["Seed"] == default.seed
+
+
+def test_the_app_and_the_cli_run_the_lesion_study_on_the_same_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from test_cli_experiments import lesion_images
+
+    from resnet_viz.data.sources import load_data
+    from resnet_viz.experiments import lesion
+    from resnet_viz.nets.cifar import build_model
+
+    data_cfg = DataConfig(source="synthetic", synthetic_train=100, synthetic_test=1200)
+    seen = []
+    study = lesion.lesion_study
+
+    def quick(m, x, y, **kw):
+        seen.append((x, y))
+        return study(m, x[:8], y[:8], **{**kw, "max_k": 0, "trials": 1})
+
+    p = page("experiments")
+    p.at.session_state[Keys.DATA_CONFIG] = data_cfg
+    at = _untrained(p.run())
+    at.select_slider(key="lesion_n").set_value(500).run()
+    monkeypatch.setattr(lesion, "lesion_study", quick)
+    next(b for b in at.button if b.label.startswith("Lesion study")).click().run()
+    _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=120)
+    monkeypatch.undo()
+    assert not at.exception and len(seen) == 1, at.exception
+    app_x, app_y = seen[0]
+    cli_x, cli_y = lesion_images(monkeypatch, build_model("resnet20"), load_data(data_cfg), 500)
+    assert len(app_y) == 500 and torch.equal(app_y, cli_y) and torch.equal(app_x, cli_x)

@@ -13,6 +13,7 @@ import torch
 
 from resnet_viz import plots
 from resnet_viz.config import ModelConfig, RunConfig
+from resnet_viz.fsutil import as_number
 from resnet_viz.nets.summary import summarize
 from resnet_viz.plots._base import log_ticks
 from resnet_viz.store.listing import RunInfo
@@ -66,6 +67,15 @@ def test_helpers():
     x, yd = plots.downsample(np.arange(10_000), y, 2000)
     assert len(x) <= 2000 and np.nanmax(yd) == 9.0 and np.isnan(yd).any()  # spike and gap survive
     assert len(plots.downsample([1, 2], [1, 2])[0]) == 2
+
+
+def test_one_number_helper_for_record_fields():
+    # fsutil.as_number is the one copy; plots, the report, skip-branch, listing and degradation use it.
+    assert as_number(3) == 3.0 and isinstance(as_number(3), float) and as_number(np.float32(0.5)) == 0.5
+    assert as_number(True) is None and as_number("3") is None and as_number(None) is None
+    assert math.isnan(as_number(float("nan"))) and as_number(float("inf")) == math.inf
+    assert as_number(float("nan"), finite=True) is None and as_number(float("-inf"), finite=True) is None
+    assert as_number(2.5, finite=True) == 2.5
 
 
 def test_training_curves_empty_and_single_record():
@@ -201,6 +211,36 @@ def test_architecture_imagenet(imagenet_summaries, name: str, n_blocks: int):
     assert all(t.meta["shortcut"] == "identity" and t.line.dash == "solid" for n, t in arcs.items() if n not in changes)
     assert _notes(fig).count("1×1") == len(changes)
     assert len({round(y, 6) for y in layers.y}) == 4  # a row per stage: conv lists need the width
+
+
+# The diagram's geometry, pinned when architecture_diagram was split into layout, data path
+# and drawing (fig.to_dict() of ResNet-20/56/110/164, ResNet-18/34/50 compared before and
+# after): traces, shapes, height, axis ranges, the first and last box, the data path's points.
+ARCH_GEOMETRY = {
+    "a20": (11, 11, 730, (-0.75, 6.03), (-4.86, 0.85), (-0.5, -0.31, 0.5, 0.31), (4.78, -4.31, 5.78, -3.69), 38),
+    "a56": (14, 14, 730, (-0.75, 7.35), (-4.86, 0.85), (-0.5, -0.31, 0.5, 0.31), (6.1, -4.31, 7.1, -3.69), 47),
+    "resnet50": (18, 19, 1136, (-0.75, 9.99), (-8.855, 1.135), (-0.5, -0.595, 0.5, 0.595),
+                 (6.1, -8.305, 7.1, -7.115), 66),
+}
+
+
+@pytest.mark.parametrize("name", list(ARCH_GEOMETRY))
+def test_architecture_geometry_is_pinned(summaries, imagenet_summaries, name: str):
+    fig = _ok(plots.architecture_diagram({**summaries, **imagenet_summaries}[name]))
+    d = fig.to_dict()
+    lay, shapes = d["layout"], d["layout"]["shapes"]
+    path = next(t for t in d["data"] if t["name"] == "data path")
+
+    def r(*v: float) -> tuple[float, ...]:
+        return tuple(round(x, 4) for x in v)
+
+    got = (len(d["data"]), len(shapes), lay["height"], r(*lay["xaxis"]["range"]), r(*lay["yaxis"]["range"]),
+           *(r(*(sh[c] for c in ("x0", "y0", "x1", "y1"))) for sh in (shapes[0], shapes[-1])), len(path["x"]))
+    assert got == ARCH_GEOMETRY[name]
+    layers = next(t for t in d["data"] if t["name"] == "layers")
+    # Each box's text marker sits at the centre of its rectangle, in data-path order.
+    centres = [r((sh["x0"] + sh["x1"]) / 2, (sh["y0"] + sh["y1"]) / 2) for sh in shapes]
+    assert centres == [r(x, y) for x, y in zip(layers["x"], layers["y"])]
 
 
 def test_block_detail_and_the_neutral_description(imagenet_summaries, summaries):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from resnet_viz.config import ModelConfig, TrainConfig
 from resnet_viz.nets.cifar import block_names, build_model, get_block
+from resnet_viz.plots import PROBE_STATS
 from resnet_viz.training.probes import probe_blocks
 from resnet_viz.training.schedule import lr_at
 
@@ -27,7 +28,7 @@ def test_probe_records_every_block_and_removes_hooks() -> None:
     res = probe.results()
     assert list(res) == block_names(model)
     for stats in res.values():
-        assert set(stats) == {"act_norm", "grad_norm", "ratio", "cos"}
+        assert set(stats) == {"act_norm", "grad_norm", "ratio", "cos"} == set(PROBE_STATS)  # each has a label
         assert stats["act_norm"] > 0 and stats["grad_norm"] > 0 and stats["ratio"] > 0
         assert -1 <= stats["cos"] <= 1
     for m in model.modules():

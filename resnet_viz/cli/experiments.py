@@ -98,14 +98,6 @@ def read_experiment(arg: str) -> tuple[str, Any]:
     return title or Path(path).stem, data
 
 
-def _subset(x, y, n: int):
-    from resnet_viz.data.batches import normalize
-
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(y), generator=g)[: min(n, len(y))]
-    return normalize(x[idx], channels_last=False), y[idx]
-
-
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result: dict[str, Any] = {"experiment": args.command}
@@ -144,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
             data = data_for(cfg)
             result["data"] = data.name
             if args.command == "lesion":
+                from resnet_viz.experiments.common import evaluation_subset
                 from resnet_viz.experiments.lesion import lesion_study
 
-                x, y = _subset(data.test_x, data.test_y, args.images)
+                x, y = evaluation_subset(data.test_x, data.test_y, args.images)
                 result.update(lesion_study(model, x, y, trials=args.trials, max_k=args.max_k, label=label,
                                            progress=StderrProgress()).to_dict())
             else:

@@ -54,29 +54,24 @@ def _positive_int(s: str) -> int:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m resnet_viz", description="ResNet Lab: CIFAR ResNets you can train and look inside.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _model_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--depth", type=int, default=20, help="6n+2 for basic blocks, 9n+2 for bottleneck")
+    sp.add_argument("--shortcut", default="A", choices=SHORTCUTS)
+    sp.add_argument("--block", default="basic", choices=BLOCKS)
+    sp.add_argument("--width", type=int, default=1, help="multiplies the 16/32/64 filters")
 
-    def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--depth", type=int, default=20, help="6n+2 for basic blocks, 9n+2 for bottleneck")
-        sp.add_argument("--shortcut", default="A", choices=SHORTCUTS)
-        sp.add_argument("--block", default="basic", choices=BLOCKS)
-        sp.add_argument("--width", type=int, default=1, help="multiplies the 16/32/64 filters")
 
-    s = sub.add_parser("summary", help="parameters, FLOPs and per-block shapes of a model")
-    model_args(s)
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a model and save the run folder")
-    model_args(t)
+    _model_args(t)
     t.add_argument("--zero-init-residual", action="store_true")
     t.add_argument("--data", default="synthetic", help="cifar10, synthetic, or a folder of class folders")
     t.add_argument("--data-dir", default=None, help="where cifar10 is downloaded/cached (env RESNET_VIZ_DATA)")
     t.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
     t.add_argument("--recipe", default="brief", choices=tuple(RECIPES),
-                   help="brief: the defaults (14 epochs one-cycle); paper: He et al.'s 64k iterations, "
-                        "LR 0.1 /10 at 32k and 48k, weight decay 1e-4. Flags given here override it")
+                   help="brief: the defaults (14 epochs one-cycle); quick: 5 epochs of it (the app's default); "
+                        "paper: He et al.'s 64k iterations, LR 0.1 /10 at 32k and 48k, weight decay 1e-4. "
+                        "Flags given here override it")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=float, default=None,
                         help=f"default {_T.epochs:g} (brief); the paper recipe runs 64,000 steps")
@@ -106,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="runs folder (default ./runs or env RESNET_VIZ_RUNS)")
     t.add_argument("--name", default=None)
     t.add_argument("--resume", default=None, metavar="RUN_ID", help="continue a run from its checkpoint")
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m resnet_viz", description="ResNet Lab: CIFAR ResNets you can train and look inside.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("summary", help="parameters, FLOPs and per-block shapes of a model")
+    _model_args(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    _add_train_parser(sub)
 
     e = sub.add_parser("export", help="write a run's trained model (weights only) to a safetensors file")
     e.add_argument("run_id")

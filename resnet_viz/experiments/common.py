@@ -13,12 +13,16 @@ JSON-serializable: the CLI prints it as one JSON object and the app plots it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from resnet_viz.data.batches import normalize
+
+# eval_mode lives in nets (nets.summary uses it too); experiments import it from here.
+from resnet_viz.nets.cifar import eval_mode
 
 ProgressFn = Callable[..., None]  # (fraction, message) or (fraction, message, partial=dict)
 
@@ -42,17 +46,6 @@ def report(progress: ProgressFn | None, fraction: float, message: str, partial: 
         progress(fraction, message, partial=partial)
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode for the body; its mode is restored afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
              stop: threading.Event | None = None) -> float:
@@ -63,3 +56,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             check(stop)
             correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
     return correct / max(1, len(y))
+
+
+def evaluation_subset(x_uint8: torch.Tensor, y: torch.Tensor, n: int,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` test images an experiment evaluates on (all of them when there are fewer),
+    normalized (N, 3, H, W) with their labels: a seeded random sample, so that the CLI and
+    the app measure the same model on the same images and get the same numbers."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n!r}")
+    if y.dim() != 1 or len(y) != len(x_uint8):
+        raise ValueError(f"{len(x_uint8)} images but labels shaped {tuple(y.shape)}")
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: min(n, len(y))]
+    return normalize(x_uint8[idx], channels_last=False), y[idx]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from resnet_viz.config import RunConfig, TrainConfig
+from resnet_viz.fsutil import as_number
 
 DEGRADATION_DEPTHS: tuple[int, int] = (20, 56)
 NAME_PREFIX = "degradation "
@@ -34,7 +35,9 @@ FINISHED_STATUSES = ("finished", "diverged")  # a diverged run is a result, not 
 # 36%, ResNet-56 38% training error): long enough for plain-56 to fall clearly behind,
 # short enough (about 15 minutes for all four on 2 CPU cores) to run while reading.
 DEFAULT_STEPS = 1000
-_GROUP_RE = re.compile(r"^degradation (plain|resnet)-(\d+)(?: #(.+))?$")
+# A run's name says which experiment it belongs to: "degradation plain-20 #TAG", made by
+# ``run_name`` and read back by ``parse_run_name`` (the only two places that know the format).
+_NAME_RE = re.compile(r"^degradation (plain|resnet)-(\d+)(?: #(.+))?$")
 
 
 def default_train_config() -> TrainConfig:
@@ -49,14 +52,40 @@ def run_key(depth: int, shortcut: str) -> str:
     return f"{'plain' if shortcut == 'none' else 'resnet'}-{depth}"
 
 
+def new_tag() -> str:
+    """A tag for four runs queued together: the time, so that the largest tag is the newest."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def run_name(key: str, tag: str = "") -> str:
+    """"degradation plain-20 #TAG" for run ``key`` ("plain-20") of the experiment ``tag``
+    (no " #TAG" when the tag is empty); ``parse_run_name`` reads it back."""
+    if parse_run_name(NAME_PREFIX + key) is None:
+        raise ValueError(f"not a degradation run key: {key!r} (expected e.g. 'plain-20' or 'resnet-56')")
+    if tag != tag.strip() or "\n" in tag:
+        raise ValueError(f"a tag must not start or end with spaces or hold a line break, got {tag!r}")
+    return NAME_PREFIX + key + (f" #{tag}" if tag else "")
+
+
+def parse_run_name(name: str) -> tuple[str, str] | None:
+    """(run key, tag) of a name made by ``run_name``, e.g. ("plain-20", "20260101-120000");
+    None for any other name. The depth is read as a number: "plain-020" is "plain-20"."""
+    m = _NAME_RE.match(name)
+    if m is None:
+        return None
+    return f"{m.group(1)}-{int(m.group(2))}", m.group(3) or ""
+
+
 def _check_depths(depths: Sequence[int]) -> tuple[int, int]:
     if len(depths) != 2 or not all(isinstance(d, int) for d in depths) or depths[0] >= depths[1]:
         raise ValueError(f"depths must be two integers, shallow then deep, e.g. (20, 56); got {tuple(depths)}")
     return depths[0], depths[1]
 
 
-def degradation_configs(base: RunConfig, depths: Sequence[int] = DEGRADATION_DEPTHS) -> list[RunConfig]:
-    """plain-shallow, plain-deep, ResNet-shallow, ResNet-deep (option A), in that order.
+def degradation_configs(base: RunConfig, depths: Sequence[int] = DEGRADATION_DEPTHS,
+                        tag: str = "") -> list[RunConfig]:
+    """plain-shallow, plain-deep, ResNet-shallow, ResNet-deep (option A), in that order,
+    named by ``run_name`` with ``tag`` (e.g. ``new_tag()``) so that they group together.
 
     Everything but depth, shortcut and name comes from ``base``: the same data, seed (so
     the same data order and initialisation stream) and training budget, so any difference
@@ -68,7 +97,7 @@ def degradation_configs(base: RunConfig, depths: Sequence[int] = DEGRADATION_DEP
     for shortcut in ("none", RESNET_SHORTCUT):
         for d in depths:
             model = dataclasses.replace(base.model, depth=d, shortcut=shortcut)  # validates the depth
-            out.append(dataclasses.replace(base, model=model, name=NAME_PREFIX + run_key(d, shortcut)))
+            out.append(dataclasses.replace(base, model=model, name=run_name(run_key(d, shortcut), tag)))
     return out
 
 
@@ -80,27 +109,23 @@ class Verdict:
     numbers: dict[str, dict[str, float | None]]  # run key -> final_errors()
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else None
-
-
 def degradation_groups(infos: Sequence[Any],
                        depths: Sequence[int] = DEGRADATION_DEPTHS) -> list[tuple[str, dict[str, Any]]]:
     """Experiments found among runs, newest first: (tag, {run key: run}).
 
-    A run belongs to one when its name is "degradation plain-20 #TAG" (as the app names
-    the four it queues together; an untagged name groups under ""). Runs are RunInfo-like
+    A run belongs to one when ``parse_run_name`` reads its name (as ``degradation_configs``
+    names the four queued together; an untagged name groups under ""). Runs are RunInfo-like
     (``name`` attribute), newest first as ``list_runs`` gives them, so when a key repeats
     within a tag the newest run wins. Keys outside ``depths`` are ignored.
     """
     shallow, deep = _check_depths(depths)
     groups: dict[str, dict[str, Any]] = {}
     for info in infos:
-        m = _GROUP_RE.match(str(getattr(info, "name", "") or ""))
-        if m is None or int(m.group(2)) not in (shallow, deep):
+        parsed = parse_run_name(str(getattr(info, "name", "") or ""))
+        if parsed is None or int(parsed[0].split("-")[1]) not in (shallow, deep):
             continue
-        key = f"{m.group(1)}-{int(m.group(2))}"
-        groups.setdefault(m.group(3) or "", {}).setdefault(key, info)
+        key, tag = parsed
+        groups.setdefault(tag, {}).setdefault(key, info)
     # Tags are timestamps (YYYYmmdd-HHMMSS), so the largest is the newest.
     return sorted(groups.items(), key=lambda kv: kv[0], reverse=True)
 
@@ -115,9 +140,9 @@ def final_errors(records: Sequence[dict], window: int = 50) -> dict[str, float |
     if window < 1:
         raise ValueError(f"window must be at least 1 step, got {window}")
     steps = [r for r in records if isinstance(r, dict) and r.get("kind") == "step"][-window:]
-    accs = [a for a in (_num(r.get("acc")) for r in steps) if a is not None and math.isfinite(a)]
-    losses = [v for v in (_num(r.get("loss")) for r in steps) if v is not None]
-    evals = [a for a in (_num(r.get("test_acc")) for r in records
+    accs = [a for a in (as_number(r.get("acc")) for r in steps) if a is not None and math.isfinite(a)]
+    losses = [v for v in (as_number(r.get("loss")) for r in steps) if v is not None]
+    evals = [a for a in (as_number(r.get("test_acc")) for r in records
                          if isinstance(r, dict) and r.get("kind") == "eval") if a is not None]
     return {
         "train_error": 1.0 - sum(accs) / len(accs) if accs else None,

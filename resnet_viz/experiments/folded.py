@@ -52,10 +52,10 @@ class Probe:
         """(net, [(net conv, work conv, work bn)], [(net tensor, work tensor)]) for the refresh.
 
         A batch norm named ``bnS`` (or ``bn``) is folded into its sibling conv ``convS`` (or
-        ``conv``), as every block of ``model.py`` names them, and becomes an identity. Not
+        ``conv``), as every block of ``nets/cifar.py`` names them, and becomes an identity. Not
         with torch.fx: its tracer patches ``nn.Module.__call__`` for the whole process while
-        it runs, so a forward pass in another thread (a second experiment) broke either one
-        ("module is not installed as a submodule", seen here). The fold is checked on a few
+        it runs, so a forward pass in another thread (a second experiment) would break
+        either one. The fold is checked on a few
         images of x; a net it does not fit is evaluated unfolded: slower, the same numbers.
         """
         net = copy.deepcopy(work)

@@ -42,9 +42,21 @@ from typing import Any
 from torch import Tensor, nn
 
 from resnet_viz.experiments.common import ProgressFn, accuracy, check, report
-from resnet_viz.nets.cifar import Block, PadShortcut, Projection, block_names, get_block
+from resnet_viz.nets.cifar import BasicBlock, Bottleneck, PadShortcut, Projection, block_names, get_block
 
-__all__ = ["LesionResult", "deleted_blocks", "lesion_study"]
+__all__ = ["LesionResult", "deleted_blocks", "lesion_study", "max_k_for"]
+
+# Random deletions go up to this many blocks by default in the app: Veit et al. plot up to
+# about a third of ResNet-56's 27 blocks, where a plain net has long collapsed.
+MAX_K = 9
+
+
+def max_k_for(model: nn.Module, limit: int = MAX_K) -> int:
+    """The largest k ``lesion_study`` should try on ``model``: ``limit``, or every block
+    when the net has fewer (ResNet-8 has 3, ResNet-14 has 6)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+    return min(limit, len(block_names(model)))
 
 
 @dataclass(frozen=True)
@@ -76,16 +88,25 @@ class _Deleted(nn.Module):
         return self.relu_out(self.shortcut(x))
 
 
-def _io_channels(block: Block) -> tuple[int, int]:
-    return block.conv1.in_channels, block.last_bn.num_features
+def _cifar_block(block: nn.Module) -> BasicBlock | Bottleneck:
+    # get_block also finds torchvision's blocks; a stand-in needs the CIFAR blocks' attributes.
+    if not isinstance(block, (BasicBlock, Bottleneck)):
+        raise ValueError(f"the lesion study deletes CIFAR ResNet blocks, not {type(block).__name__}")
+    return block
 
 
-def _changes_shape(block: Block) -> bool:
+def _io_channels(block: nn.Module) -> tuple[int, int]:
+    b = _cifar_block(block)
+    return b.conv1.in_channels, b.last_bn.num_features
+
+
+def _changes_shape(block: nn.Module) -> bool:
     in_ch, out_ch = _io_channels(block)
-    return block.stride != 1 or in_ch != out_ch
+    return _cifar_block(block).stride != 1 or in_ch != out_ch
 
 
-def _stand_in(block: Block) -> _Deleted:
+def _stand_in(module: nn.Module) -> _Deleted:
+    block = _cifar_block(module)
     if block.shortcut is not None:
         skip = block.shortcut  # the block's own module (shared, not copied): same weights, same hooks
     elif _changes_shape(block):
@@ -192,6 +213,29 @@ def _check_inputs(x: Tensor, y: Tensor, max_k: int | None, n: int, trials: int, 
     return max_k
 
 
+class _Lesions:
+    """Accuracy of ``model`` with a set of its blocks deleted; each set is evaluated once
+    (the baseline and single blocks come up again among the random subsets), and every
+    request, evaluated or not, counts one step of progress."""
+
+    def __init__(self, model: nn.Module, names: list[str], x: Tensor, y: Tensor, batch_size: int, total: int,
+                 progress: ProgressFn | None, stop: threading.Event | None) -> None:
+        self.model, self.names, self.x, self.y, self.batch_size = model, names, x, y, batch_size
+        self.total, self.progress, self.stop = total, progress, stop
+        self.cache: dict[frozenset[int], float] = {}
+        self.done = 0
+
+    def __call__(self, subset: tuple[int, ...], message: str) -> float:
+        key = frozenset(subset)
+        if key not in self.cache:
+            check(self.stop)
+            with deleted_blocks(self.model, [self.names[i] for i in subset]):
+                self.cache[key] = accuracy(self.model, self.x, self.y, self.batch_size, self.stop)
+        self.done += 1
+        report(self.progress, self.done / self.total, message)
+        return self.cache[key]
+
+
 def lesion_study(
     model: nn.Module,
     x: Tensor,
@@ -233,20 +277,7 @@ def lesion_study(
     if param is not None:
         x, y = x.to(param.device), y.to(param.device)
 
-    cache: dict[frozenset[int], float] = {}
-    done = 0
-
-    def evaluate(subset: tuple[int, ...], message: str) -> float:
-        nonlocal done
-        key = frozenset(subset)
-        if key not in cache:
-            check(stop)
-            with deleted_blocks(model, [names[i] for i in subset]):
-                cache[key] = accuracy(model, x, y, batch_size, stop)
-        done += 1
-        report(progress, done / total, message)
-        return cache[key]
-
+    evaluate = _Lesions(model, names, x, y, batch_size, total, progress, stop)
     baseline = evaluate((), "intact model")
     single = []
     for i, (name, blk) in enumerate(zip(names, blocks, strict=True)):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from resnet_viz.experiments.attribution import (
     METHODS,
+    STEM,
     attribute,
     normalize_map,
     predict,
@@ -33,9 +34,6 @@ from resnet_viz.experiments.common import ProgressFn, check, report
 from resnet_viz.nets.cifar import block_names, get_block
 
 __all__ = ["SanityResult", "reading", "sanity_check", "spearman", "ssim"]
-
-STEM = "stem"  # the first conv + BN, before any block (attribution.STEM names the same place)
-
 
 @dataclass(frozen=True)
 class SanityResult:
@@ -154,7 +152,8 @@ def _groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     names = block_names(model)
     if not isinstance(fc, nn.Linear) or conv1 is None or bn1 is None or not names:
         raise ValueError("the sanity check needs a CifarResNet (a stem conv1/bn1, blocks and a linear fc)")
-    return [("fc", [fc])] + [(n, [get_block(model, n)]) for n in reversed(names)] + [(STEM, [conv1, bn1])]
+    head: list[nn.Module] = [fc]
+    return [("fc", head)] + [(n, [get_block(model, n)]) for n in reversed(names)] + [(STEM, [conv1, bn1])]
 
 
 def _map(model: nn.Module, x: Tensor, method: str, target: int, seed: int) -> Tensor:

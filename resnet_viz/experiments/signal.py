@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,32 +109,7 @@ def signal_propagation(
     x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)  # (B, 3, 32, 32)
     y = torch.randint(0, config.num_classes, (batch,), generator=gen)  # (B,)
 
-    # The model is ours, so it may be changed freely. Frozen weights with an input that
-    # needs grad: every block output still carries a gradient for the probe, and the
-    # backward pass skips the weight gradients nobody reads.
-    model.train(mode == "train")
-    model.requires_grad_(False)
-    x.requires_grad_(True)
-    variances: dict[str, Tensor] = {}
-
-    def var_hook(name: str):
-        def hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
-            variances[name] = out.detach().float().var()
-
-        return hook
-
-    handles = [blk.register_forward_hook(var_hook(name)) for name, blk in iter_blocks(model)]
-    try:
-        # max_samples=batch: the probe's statistics then use the whole batch.
-        with probe_blocks(model, max_samples=batch) as probe:
-            loss = F.cross_entropy(model(x), y)
-            check(stop)
-            report(progress, 0.5, f"{config.label}: backward")
-            loss.backward()
-        stats = probe.results()
-    finally:
-        for h in handles:
-            h.remove()
+    variances, stats = _block_statistics(model, x, y, mode, config.label, progress, stop)
     names = list(stats)
     report(progress, 1.0, f"{config.label}: done")
     return SignalProfile(
@@ -145,6 +120,39 @@ def signal_propagation(
         forward_var=[float(variances[n]) for n in names],
         grad_norm=[stats[n]["grad_norm"] for n in names],
     )
+
+
+def _block_statistics(
+    model: nn.Module, x: Tensor, y: Tensor, mode: str, label: str,
+    progress: ProgressFn | None, stop: threading.Event | None,
+) -> tuple[dict[str, Tensor], dict[str, dict[str, float]]]:
+    """(output variance per block, the probe's statistics per block) for one forward and backward pass."""
+    # The model is ours, so it may be changed freely. Frozen weights with an input that
+    # needs grad: every block output still carries a gradient for the probe, and the
+    # backward pass skips the weight gradients nobody reads.
+    model.train(mode == "train")
+    model.requires_grad_(False)
+    x.requires_grad_(True)
+    variances: dict[str, Tensor] = {}
+
+    def var_hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+        def hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
+            variances[name] = out.detach().float().var()
+
+        return hook
+
+    handles = [blk.register_forward_hook(var_hook(name)) for name, blk in iter_blocks(model)]
+    try:
+        # max_samples=batch: the probe's statistics then use the whole batch.
+        with probe_blocks(model, max_samples=len(x)) as probe:
+            loss = F.cross_entropy(model(x), y)
+            check(stop)
+            report(progress, 0.5, f"{label}: backward")
+            loss.backward()
+        return variances, probe.results()
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def signal_sweep(
@@ -205,6 +213,53 @@ def _autocorrelation(g: Tensor, max_lag: int) -> list[float]:
     return [float((g[: n - k] * g[k:]).sum()) / energy for k in range(max_lag + 1)]
 
 
+def _subject(
+    model_or_config: nn.Module | ModelConfig, gen: torch.Generator, calibrate_bn: bool | None, seed: int,
+) -> tuple[str, nn.Module]:
+    """(label, the model to differentiate): an untrained net for a config, else the model or a calibrated copy."""
+    if isinstance(model_or_config, ModelConfig):
+        model: nn.Module = _untrained(model_or_config, seed)
+        if calibrate_bn is not False:
+            _calibrate_bn(model, gen)
+        return f"{model_or_config.label} (untrained)", model
+    if isinstance(model_or_config, nn.Module):
+        config = getattr(model_or_config, "config", None)
+        label = config.label if isinstance(config, ModelConfig) else type(model_or_config).__name__
+        model = model_or_config
+        if calibrate_bn:
+            model = copy.deepcopy(model)
+            _calibrate_bn(model, gen)
+        return label, model
+    raise ValueError(f"expected a model or a ModelConfig, got {type(model_or_config).__name__}")
+
+
+def _line_gradient(
+    model: nn.Module, gen: torch.Generator, points: int, target: int, label: str,
+    progress: ProgressFn | None, stop: threading.Event | None,
+) -> Tensor:
+    """d logit[target] / d t at ``points`` values of t in [-1, 1] along x0 + t v, as a (P,) CPU tensor."""
+    device = next(model.parameters()).device
+    x0 = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(device)  # (1, 3, 32, 32)
+    v = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(device)
+    v = v / v.norm()
+    t = torch.linspace(-1.0, 1.0, points, device=device)  # (P,)
+    grads: list[Tensor] = []
+    # Eval mode: each point's logit depends on its own t only, so the gradient of the sum
+    # of logits with respect to t is every point's own derivative, in one backward pass.
+    with eval_mode(model), torch.enable_grad():
+        for i in range(0, points, _CHUNK):
+            check(stop)
+            tc = t[i : i + _CHUNK].clone().requires_grad_(True)  # (b,)
+            logits = model(x0 + tc.view(-1, 1, 1, 1) * v)  # (b, classes)
+            if not 0 <= target < logits.shape[1]:
+                raise ValueError(f"target must be a class index in 0..{logits.shape[1] - 1}, got {target}")
+            # autograd.grad, not backward(): nothing accumulates in the parameters' .grad.
+            (g,) = torch.autograd.grad(logits[:, target].sum(), tc)
+            grads.append(g.detach().float().cpu())
+            report(progress, (i + len(tc)) / points, f"{label}: {i + len(tc)}/{points} points")
+    return torch.cat(grads)
+
+
 def shattered_gradients(
     model_or_config: nn.Module | ModelConfig,
     *,
@@ -230,47 +285,14 @@ def shattered_gradients(
     if not isinstance(points, int) or isinstance(points, bool) or not 8 <= points <= 65_536:
         raise ValueError(f"points must be an integer between 8 and 65536, got {points!r}")
     gen = torch.Generator().manual_seed(seed)
-    if isinstance(model_or_config, ModelConfig):
-        label = f"{model_or_config.label} (untrained)"
-        model: nn.Module = _untrained(model_or_config, seed)
-        if calibrate_bn is not False:
-            _calibrate_bn(model, gen)
-    elif isinstance(model_or_config, nn.Module):
-        config = getattr(model_or_config, "config", None)
-        label = config.label if isinstance(config, ModelConfig) else type(model_or_config).__name__
-        model = model_or_config
-        if calibrate_bn:
-            model = copy.deepcopy(model)
-            _calibrate_bn(model, gen)
-    else:
-        raise ValueError(f"expected a model or a ModelConfig, got {type(model_or_config).__name__}")
-    device = next(model.parameters()).device
-
-    x0 = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(device)  # (1, 3, 32, 32)
-    v = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(device)
-    v = v / v.norm()
-    t = torch.linspace(-1.0, 1.0, points, device=device)  # (P,)
-    grads: list[Tensor] = []
-    # Eval mode: each point's logit depends on its own t only, so the gradient of the sum
-    # of logits with respect to t is every point's own derivative, in one backward pass.
-    with eval_mode(model), torch.enable_grad():
-        for i in range(0, points, _CHUNK):
-            check(stop)
-            tc = t[i : i + _CHUNK].clone().requires_grad_(True)  # (b,)
-            logits = model(x0 + tc.view(-1, 1, 1, 1) * v)  # (b, classes)
-            if not 0 <= target < logits.shape[1]:
-                raise ValueError(f"target must be a class index in 0..{logits.shape[1] - 1}, got {target}")
-            # autograd.grad, not backward(): nothing accumulates in the parameters' .grad.
-            (g,) = torch.autograd.grad(logits[:, target].sum(), tc)
-            grads.append(g.detach().float().cpu())
-            report(progress, (i + len(tc)) / points, f"{label}: {i + len(tc)}/{points} points")
-    gradient = torch.cat(grads)  # (P,)
+    label, model = _subject(model_or_config, gen, calibrate_bn, seed)
+    gradient = _line_gradient(model, gen, points, target, label, progress, stop)  # (P,)
     lags = list(range(points // 2 + 1))
     ac = _autocorrelation(gradient, lags[-1])
     below = [k for k, a in zip(lags, ac, strict=True) if a < 1.0 / math.e]
     return ShatteredResult(
         label=label,
-        t=t.cpu().tolist(),
+        t=torch.linspace(-1.0, 1.0, points).tolist(),  # the same points _line_gradient used
         gradient=gradient.tolist(),
         autocorrelation=ac,
         lags=lags,

@@ -8,11 +8,10 @@ numbers show; it never claims what they do not.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-STATS = ("ratio", "cos", "act_norm", "grad_norm")
+from resnet_viz.fsutil import as_number
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ def _matrix(probes: Sequence[dict], blocks: list[str], stat: str) -> list[list[f
         row = []
         for p in probes:
             v = p["blocks"].get(b, {}).get(stat)
-            row.append(float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
+            row.append(as_number(v, finite=True))
         out.append(row)
     return out
 

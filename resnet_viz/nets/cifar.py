@@ -14,7 +14,10 @@ Backprop attach hooks per module and break when one ReLU is reused.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +34,7 @@ __all__ = [
     "build_model",
     "block_names",
     "get_block",
+    "eval_mode",
     "MODELS",
 ]
 
@@ -209,26 +213,63 @@ class CifarResNet(nn.Module):
 
 
 def iter_blocks(model: nn.Module) -> list[tuple[str, Block]]:
-    """(name, block) for every residual/plain block in forward order."""
+    """(name, block) for every residual/plain block of a CIFAR ResNet, in forward order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (BasicBlock, Bottleneck))]
 
 
+def _block_types() -> tuple[type[nn.Module], ...]:
+    """These blocks, and torchvision's (``nets.imagenet``) once its resnet module is loaded:
+    a model holding them cannot exist before, and this module need not import torchvision."""
+    tv = sys.modules.get("torchvision.models.resnet")
+    return (BasicBlock, Bottleneck) if tv is None else (BasicBlock, Bottleneck, tv.BasicBlock, tv.Bottleneck)
+
+
 def block_names(model_or_config: nn.Module | ModelConfig) -> list[str]:
-    """Stable block names, ``stage1.block0`` ... ``stage3.block{n-1}``."""
+    """Block names in forward order: ``stage1.block0`` ... ``stage3.block{n-1}`` for a CIFAR
+    ResNet (or its config), ``layer1.0`` ... for torchvision's ImageNet ResNets."""
     if isinstance(model_or_config, ModelConfig):
         n = model_or_config.blocks_per_stage
         return [f"stage{s}.block{i}" for s in (1, 2, 3) for i in range(n)]
-    return [n for n, _ in iter_blocks(model_or_config)]
+    types = _block_types()
+    return [n for n, m in model_or_config.named_modules() if isinstance(m, types)]
 
 
-def get_block(model: nn.Module, name: str) -> Block:
+def get_block(model: nn.Module, name: str) -> nn.Module:
+    """The block called ``name`` (one of ``block_names(model)``); ValueError for any other name."""
     try:
         m = model.get_submodule(name)
-    except AttributeError as e:
-        raise ValueError(f"the model has no block named {name!r}") from e
-    if not isinstance(m, (BasicBlock, Bottleneck)):
-        raise ValueError(f"{name!r} is not a block")
+    except AttributeError:
+        m = None
+    if not isinstance(m, _block_types()):
+        names = block_names(model)
+        span = f"{names[0]} ... {names[-1]}" if len(names) > 4 else ", ".join(names) or "none"
+        raise ValueError(f"the model has no block named {name!r}; its blocks are {span}")
     return m
+
+
+@contextmanager
+def eval_mode(model: nn.Module, *, frozen: bool = False) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the body, with ``frozen`` also without parameter gradients.
+
+    Afterwards, also when the body raises, every module's ``training`` flag and every
+    parameter's ``requires_grad`` are put back exactly as found: per module, because a caller
+    may mix modes (a frozen stage in eval mode while the rest trains). Eval mode keeps
+    BatchNorm from normalizing by the batch and updating its running averages; frozen
+    parameters make backward passes to the input cheaper.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        if frozen:
+            for p, _ in flags:
+                p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
 
 
 def build_model(config: ModelConfig | str) -> CifarResNet:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from resnet_viz.nets.cifar import block_names
 from resnet_viz.nets.cost import count_params, traced
 
 __all__ = [
@@ -171,7 +172,7 @@ def imagenet_input(img: Image.Image) -> Tensor:
 
 def imagenet_blocks(model: nn.Module) -> list[str]:
     """Block names in forward order: "layer1.0" ... "layer4.1" (or "layer4.2" for 34/50)."""
-    return [n for n, m in model.named_modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    return block_names(model)
 
 
 def _convs(block: nn.Module) -> list[tuple[int, int, int]]:

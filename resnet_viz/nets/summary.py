@@ -18,6 +18,7 @@ from resnet_viz.nets.cifar import (
     PadShortcut,
     Projection,
     build_model,
+    eval_mode,
     iter_blocks,
 )
 from resnet_viz.nets.cost import count_params, traced
@@ -70,14 +71,10 @@ def summarize(model_or_config: CifarResNet | ModelConfig, image_size: int = 32) 
     model = build_model(model_or_config) if isinstance(model_or_config, ModelConfig) else model_or_config
     config = model.config
     blocks = iter_blocks(model)
-    with traced(model, [name for name, _ in blocks]) as trace:
-        was_training = model.training
-        model.eval()  # BN in train mode would reject nothing, but eval leaves running stats alone
-        try:
-            p = next(model.parameters())
-            model(torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))
-        finally:
-            model.train(was_training)
+    with traced(model, [name for name, _ in blocks]) as trace, eval_mode(model):
+        # eval: BN in train mode would reject nothing, but eval leaves running stats alone
+        p = next(model.parameters())
+        model(torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))
 
     # Receptive field along the branch path: rf grows by (k-1)*jump per conv, jump by stride.
     rf, jump = 3, 1  # after the stem's 3x3 conv

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
+from resnet_viz.fsutil import as_number
+
 PALETTE: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#7F7F7F")
 TEMPLATE = "plotly_white"
 MAX_POINTS = 2000  # per line: more is invisible at page width and slows the browser
-PROBE_STATS: tuple[str, ...] = ("grad_norm", "act_norm", "ratio", "cos")
-_STAT_LABEL = {"grad_norm": "gradient norm", "act_norm": "activation norm", "ratio": "||F(x)|| / ||x||",
-               "cos": "cos(F(x), x)"}
+# The per-block statistics the trainer's probes record (training.probes), by key, with the
+# label a figure or a page shows for each; the one place that names them for display.
+PROBE_STATS: dict[str, str] = {"grad_norm": "gradient norm", "act_norm": "activation norm",
+                               "ratio": "||F(x)|| / ||x||", "cos": "cos(F(x), x)"}
 _MAX_HEATMAP_COLS = 600  # probe columns kept; a 60k-step run probed every 10 steps has 6000
 
 
@@ -85,18 +87,13 @@ def downsample(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
     return xa[idx], ya[idx]
 
 
-def _num(v: Any) -> float | None:
-    """A float from a record field; None for missing or non-numeric (NaN stays NaN)."""
-    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else None  # numpy scalars too
-
-
 def _series(records: Sequence[dict], kind: str, x_key: str, *keys: str) -> tuple[np.ndarray, ...]:
     """(x, key1, key2, ...) arrays from records of one kind, sorted by x; records missing
     a field are dropped (a malformed line), while NaN values are kept (a diverged step)."""
     rows: list[list[float]] = []
     for r in records:
         if isinstance(r, dict) and r.get("kind") == kind:
-            vals = [_num(r.get(k)) for k in (x_key, *keys)]
+            vals = [as_number(r.get(k)) for k in (x_key, *keys)]
             nums = [v for v in vals if v is not None]
             if len(nums) == len(vals) and math.isfinite(nums[0]):
                 rows.append(nums)
@@ -128,7 +125,7 @@ def _numbers(values: Any) -> Iterator[float]:
     if isinstance(values, (list, tuple, np.ndarray)):
         for x in values:
             yield from _numbers(x)
-    elif _num(values) is not None:
+    elif as_number(values) is not None:
         yield float(values)
 
 

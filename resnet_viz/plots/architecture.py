@@ -3,8 +3,10 @@ from the neutral description in ``archspec`` that CIFAR and ImageNet summaries c
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +39,8 @@ _SKIP_STYLE = {  # (shortcut, shape changes) -> (legend label, colour, dash)
     ("projection", True): ("1×1 projection, shape changes", "#D55E00", "dot"),
     ("projection", False): ("1×1 projection", "#D55E00", "solid"),
 }
+
+
 class _Geom:
     """Box and row heights for a diagram whose boxes hold ``lines`` lines of text."""
 
@@ -108,6 +112,110 @@ def _run_text(group: list[ArchBlock]) -> tuple[str, str]:
     return text, hover
 
 
+@dataclass(frozen=True)
+class _Box:
+    """One box of the diagram, on a grid of rows and columns."""
+
+    row: int
+    col: int
+    kind: str  # "layer" (a stem box or the head), "block", or "more" (a compressed run of blocks)
+    item: Any  # ArchBox, ArchBlock or list[ArchBlock]
+    stage: int  # index into _Layout.stages; -1 for the stem and the head
+
+
+@dataclass(frozen=True)
+class _Layout:
+    stages: list[list[ArchBlock]]  # the blocks of each stage, in order
+    boxes: list[_Box]  # in data-path order: stem, blocks, head
+    geom: _Geom
+    has_convs: bool  # boxes list each block's convs (ImageNet summaries)
+    crowded: bool  # a row so full that block boxes drop the stage from their name
+    n_rows: int
+
+
+def _layout(arch: Architecture) -> _Layout:
+    """Which boxes, in which rows: the stem, each stage's items (long stages compressed by
+    ``_stage_items``), the head. One row for short nets, one row per stage otherwise."""
+    n_stem = len(arch.stem)
+    stages = [[b for b in arch.blocks if b.stage == s] for s in sorted({b.stage for b in arch.blocks})]
+    per_stage = [_stage_items(st) for st in stages]
+    # Boxes that list their convs (ImageNet) need a row's width per stage to stay legible.
+    has_convs = any(b.convs for b in arch.blocks)
+    one_row = n_stem + 1 + sum(len(items) for items in per_stage) <= _ONE_ROW_MAX and not has_convs
+    boxes = [_Box(0, c, "layer", box, -1) for c, box in enumerate(arch.stem)]
+    row, col = 0, n_stem
+    for s, items in enumerate(per_stage):
+        if not one_row and s > 0:
+            row, col = row + 1, n_stem
+        for it in items:
+            boxes.append(_Box(row, col, "more" if isinstance(it, list) else "block", it, s))
+            col += 1
+    boxes.append(_Box(row, col, "layer", arch.head, -1))
+    crowded = not has_convs and max(Counter(b.row for b in boxes).values()) >= _CROWDED
+    lines = max([3] + [3 + len(b.convs) for b in arch.blocks] + [1 + len(x.lines) for x in (*arch.stem, arch.head)])
+    return _Layout(stages, boxes, _Geom(lines), has_convs, crowded, 1 + row)
+
+
+def _data_path(lay: _Layout) -> tuple[list[float | None], list[float | None]]:
+    """The line from each box to the next (None-separated), wrapping below a row to the next."""
+    g = lay.geom
+    path_x: list[float | None] = []
+    path_y: list[float | None] = []
+    for box, nxt in itertools.pairwise(lay.boxes):
+        (cx, cy), (nx, ny) = g.grid(box.row, box.col), g.grid(nxt.row, nxt.col)
+        right, left = cx + _BOX_W / 2, nx - _BOX_W / 2
+        if ny == cy:
+            path_x += [right, left, None]
+            path_y += [cy, cy, None]
+        else:
+            mid = cy - g.row_h / 2
+            path_x += [right, right + _GAP / 2, right + _GAP / 2, left - _GAP / 2, left - _GAP / 2, left, None]
+            path_y += [cy, cy, mid, mid, ny, ny, None]
+    return path_x, path_y
+
+
+def _draw_box(fig: go.Figure, lay: _Layout, box: _Box, seen: set[str]) -> tuple[str, str]:
+    """The box's rectangle and skip arc; returns its (text, hover text)."""
+    g, it, s = lay.geom, box.item, box.stage
+    cx, cy = g.grid(box.row, box.col)
+    fill, line, dash = "#F2F2F2", "#888", "solid"
+    if box.kind == "layer":
+        text, hover = "<br>".join((f"<b>{it.title}</b>", *it.lines)), it.hover
+    elif box.kind == "block":
+        fill, line = _STAGE_FILL[s % 4], _STAGE_LINE[s % 4]
+        text, hover = _block_text(it, short=lay.crowded)
+        if it.shortcut != "none":
+            _arc(fig, g, cx, cy, it.shortcut, it.shape_changes, it.name, f"{it.name} shortcut: {it.shortcut}", seen)
+    else:  # a compressed run of blocks: one arc when they all have the same shortcut
+        fill, line, dash = "white", _STAGE_LINE[s % 4], "dash"
+        text, hover = _run_text(it)
+        kinds = {(b.shortcut, b.shape_changes) for b in it}
+        if len(kinds) == 1 and it[0].shortcut != "none":
+            kd, ch = kinds.pop()
+            _arc(fig, g, cx, cy, kd, ch, f"{it[0].name}…{it[-1].name}",
+                 f"each of these {len(it)} blocks has a {kd} shortcut", seen)
+    fig.add_shape(type="rect", x0=cx - _BOX_W / 2, x1=cx + _BOX_W / 2, y0=cy - g.box_h / 2,
+                  y1=cy + g.box_h / 2, fillcolor=fill, line={"color": line, "width": 1.4, "dash": dash},
+                  layer="below")
+    return text, hover
+
+
+def _draw_captions(fig: go.Figure, arch: Architecture, lay: _Layout) -> None:
+    """A caption under each stage's boxes: blocks, output shape, parameters."""
+    for s, st in enumerate(lay.stages):
+        mine = [b for b in lay.boxes if b.stage == s]
+        cols = [b.col for b in mine]
+        cx0, cy = lay.geom.grid(mine[0].row, min(cols))
+        cx1, _ = lay.geom.grid(mine[0].row, max(cols))
+        kinds = "".join(f"{k} " for k in sorted({b.kind for b in st} - {""}))
+        blocks = f"{len(st)} {kinds}block{'s' * (len(st) != 1)}"
+        wrap = "<br>" if len(cols) < 3 else ", "  # a caption wider than its stage takes two lines
+        fig.add_annotation(x=(cx0 + cx1) / 2, y=cy - lay.geom.box_h / 2 - 0.12, yanchor="top", showarrow=False,
+                           text=f"{arch.stage_name(st[0].stage)}: {blocks}{wrap}{shape_text(st[-1].out_shape)}, "
+                                f"{count_text(sum(b.params for b in st))} params",
+                           font={"size": 11, "color": _STAGE_LINE[s % 4]})
+
+
 def architecture_diagram(summary: ModelSummary | Mapping[str, Any] | Architecture) -> go.Figure:
     """The model as boxes (stem, blocks by stage, head) with each block's skip path as an
     arc: solid for identity, dotted where the shape changes (He et al. Fig. 3), none for a
@@ -117,89 +225,26 @@ def architecture_diagram(summary: ModelSummary | Mapping[str, Any] | Architectur
     list each block's convs, basic against bottleneck) or an ``Architecture``.
     """
     arch = to_architecture(summary)
-    n_stem = len(arch.stem)
-    stages = [[b for b in arch.blocks if b.stage == s] for s in sorted({b.stage for b in arch.blocks})]
-    per_stage = [_stage_items(st) for st in stages]
-    # Boxes that list their convs (ImageNet) need a row's width per stage to stay legible.
-    has_convs = any(b.convs for b in arch.blocks)
-    one_row = n_stem + 1 + sum(len(items) for items in per_stage) <= _ONE_ROW_MAX and not has_convs
-    g = _Geom(max([3] + [3 + len(b.convs) for b in arch.blocks] + [1 + len(x.lines) for x in (*arch.stem, arch.head)]))
-
-    # Place every box: (row, col, kind, payload, stage index or -1).
-    placed: list[tuple[int, int, str, Any, int]] = [(0, c, "layer", box, -1) for c, box in enumerate(arch.stem)]
-    row, col = 0, n_stem
-    for s, items in enumerate(per_stage):
-        if not one_row and s > 0:
-            row, col = row + 1, n_stem
-        for it in items:
-            placed.append((row, col, "more" if isinstance(it, list) else "block", it, s))
-            col += 1
-    placed.append((row, col, "layer", arch.head, -1))
-    crowded = not has_convs and max(Counter(r for r, *_ in placed).values()) >= _CROWDED
-
+    lay = _layout(arch)
+    g = lay.geom
     fig = go.Figure()
-    xs, ys, texts, hovers = [], [], [], []
-    path_x: list[float | None] = []
-    path_y: list[float | None] = []
-    seen: set[str] = set()
-    for k, (r, c, kind, it, s) in enumerate(placed):
-        cx, cy = g.grid(r, c)
-        fill, line, dash = "#F2F2F2", "#888", "solid"
-        if kind == "layer":
-            text, hover = "<br>".join((f"<b>{it.title}</b>", *it.lines)), it.hover
-        elif kind == "block":
-            fill, line = _STAGE_FILL[s % 4], _STAGE_LINE[s % 4]
-            text, hover = _block_text(it, short=crowded)
-            if it.shortcut != "none":
-                _arc(fig, g, cx, cy, it.shortcut, it.shape_changes, it.name, f"{it.name} shortcut: {it.shortcut}", seen)
-        else:  # a compressed run of blocks
-            fill, line, dash = "white", _STAGE_LINE[s % 4], "dash"
-            text, hover = _run_text(it)
-            kinds = {(b.shortcut, b.shape_changes) for b in it}
-            if len(kinds) == 1 and it[0].shortcut != "none":
-                kd, ch = kinds.pop()
-                _arc(fig, g, cx, cy, kd, ch, f"{it[0].name}…{it[-1].name}",
-                     f"each of these {len(it)} blocks has a {kd} shortcut", seen)
-        fig.add_shape(type="rect", x0=cx - _BOX_W / 2, x1=cx + _BOX_W / 2, y0=cy - g.box_h / 2,
-                      y1=cy + g.box_h / 2, fillcolor=fill, line={"color": line, "width": 1.4, "dash": dash},
-                      layer="below")
-        xs.append(cx), ys.append(cy), texts.append(text), hovers.append(hover)
-        if k + 1 < len(placed):  # the data path to the next box, wrapping to the next row
-            nx, ny = g.grid(placed[k + 1][0], placed[k + 1][1])
-            right, left = cx + _BOX_W / 2, nx - _BOX_W / 2
-            if ny == cy:
-                path_x += [right, left, None]
-                path_y += [cy, cy, None]
-            else:
-                mid = cy - g.row_h / 2
-                path_x += [right, right + _GAP / 2, right + _GAP / 2, left - _GAP / 2, left - _GAP / 2, left, None]
-                path_y += [cy, cy, mid, mid, ny, ny, None]
+    seen: set[str] = set()  # legend entries already shown
+    texts, hovers = zip(*(_draw_box(fig, lay, box, seen) for box in lay.boxes))
+    xs, ys = zip(*(g.grid(b.row, b.col) for b in lay.boxes))
+    path_x, path_y = _data_path(lay)
     fig.add_trace(go.Scatter(x=path_x, y=path_y, mode="lines", line={"color": "#999", "width": 1.4},
                              hoverinfo="skip", showlegend=False, name="data path"))
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=texts, hovertext=hovers, hoverinfo="text",
-                             marker={"size": 30, "opacity": 0}, textfont={"size": 11 if has_convs else 10},
-                             showlegend=False,
-                             name="layers"))
-    for s, st in enumerate(stages):  # caption under each stage's boxes
-        cols = [c for (r, c, kind, _, si) in placed if si == s]
-        r = next(r for (r, c, kind, _, si) in placed if si == s)
-        cx0, cy = g.grid(r, min(cols))
-        cx1, _ = g.grid(r, max(cols))
-        kinds = "".join(f"{k} " for k in sorted({b.kind for b in st} - {""}))
-        blocks = f"{len(st)} {kinds}block{'s' * (len(st) != 1)}"
-        wrap = "<br>" if len(cols) < 3 else ", "  # a caption wider than its stage takes two lines
-        fig.add_annotation(x=(cx0 + cx1) / 2, y=cy - g.box_h / 2 - 0.12, yanchor="top", showarrow=False,
-                           text=f"{arch.stage_name(st[0].stage)}: {blocks}{wrap}{shape_text(st[-1].out_shape)}, "
-                                f"{count_text(sum(b.params for b in st))} params",
-                           font={"size": 11, "color": _STAGE_LINE[s % 4]})
+    fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="markers+text", text=list(texts), hovertext=list(hovers),
+                             hoverinfo="text", marker={"size": 30, "opacity": 0},
+                             textfont={"size": 11 if lay.has_convs else 10}, showlegend=False, name="layers"))
+    _draw_captions(fig, arch, lay)
     if not any(b.shortcut != "none" for b in arch.blocks):
         sub = "plain net: no shortcuts, each block's output is only F(x)"
     else:
         sub = "arcs are shortcuts: solid = identity, dotted = the shape changes (as in He et al. Fig. 3)"
-    n_rows = 1 + max(r for r, *_ in placed)
-    _style(fig, arch.title, 160 + round(190 * g.row_h / _ROW_H) * n_rows, sub)
+    _style(fig, arch.title, 160 + round(190 * g.row_h / _ROW_H) * lay.n_rows, sub)
     fig.update_xaxes(visible=False, range=[-_BOX_W / 2 - 0.25, max(xs) + _BOX_W / 2 + 0.25])
-    fig.update_yaxes(visible=False, range=[-(n_rows - 1) * g.row_h - g.box_h / 2 - 0.55, g.arc_h + 0.3])
+    fig.update_yaxes(visible=False, range=[-(lay.n_rows - 1) * g.row_h - g.box_h / 2 - 0.55, g.arc_h + 0.3])
     fig.update_layout(hovermode="closest", hoverdistance=60, margin={"l": 10, "r": 10, "b": 40},
                       legend={"orientation": "h", "y": 0.0, "x": 0.0, "yanchor": "top"})
     return fig

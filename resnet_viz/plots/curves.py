@@ -9,10 +9,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from resnet_viz.fsutil import as_number
 from resnet_viz.plots._base import (
     _mode,
     _note,
-    _num,
     _series,
     _style,
     downsample,
@@ -120,8 +120,9 @@ def error_table_rows(infos: Sequence[Any]) -> list[dict[str, Any]]:
         model = getattr(cfg, "model", None)
         if model is not None and model not in params_by_config:
             params_by_config[model] = _param_count(model)
-        acc, test_acc = _num(getattr(info, "final_train_acc", None)), _num(getattr(info, "test_accuracy", None))
-        elapsed = _num(getattr(info, "elapsed_s", None))
+        acc = as_number(getattr(info, "final_train_acc", None))
+        test_acc = as_number(getattr(info, "test_accuracy", None))
+        elapsed = as_number(getattr(info, "elapsed_s", None))
         rows.append({
             "run": getattr(info, "name", "") or getattr(info, "id", ""),
             "label": getattr(info, "label", "") or (model.label if model is not None else ""),

@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from resnet_viz.fsutil import as_number
 from resnet_viz.plots._base import _note, _style, log_ticks, log_yaxis, run_color
 
 
@@ -54,7 +55,7 @@ def slices_figure(slices: Sequence[dict[str, Any]], title: str = "Loss along a d
         fig.add_trace(go.Scatter(x=s["alphas"], y=[100 * a for a in s["acc"]], showlegend=False, **kw), row=1, col=2)
     xt = "α (0 = initial, 1 = trained)" if slices[0].get("kind") == "interpolation" else "α along the direction"
     fig.update_xaxes(title_text=xt)
-    losses = [v for s in slices for v in s["loss"] if isinstance(v, (int, float)) and v > 0]
+    losses = [n for s in slices for v in s["loss"] if (n := as_number(v)) is not None and n > 0]
     if losses and max(losses) > 100 * min(losses):  # an untrained net far out: a linear axis flattens the rest
         log_yaxis(fig, losses, row=1, col=1)
         fig.layout.annotations[0].text = "training loss (log scale)"

@@ -10,12 +10,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from resnet_viz.fsutil import as_number
 from resnet_viz.plots._base import (
     _MAX_HEATMAP_COLS,
-    _STAT_LABEL,
     PROBE_STATS,
     _note,
-    _num,
     _style,
     log_ticks,
     log_yaxis,
@@ -95,7 +94,7 @@ def depth_profile(series: Sequence[tuple[str, Sequence[str], Sequence[float]]], 
     for i, (label, names, values) in enumerate(series):
         if len(names) != len(values):
             raise ValueError(f"{label}: {len(names)} block names but {len(values)} values")
-        y = np.array([v if (_num(v) is not None) else np.nan for v in values], dtype=float)
+        y = np.array([v if (as_number(v) is not None) else np.nan for v in values], dtype=float)
         if log_y:
             y[~(y > 0)] = np.nan  # a log axis cannot place 0 or negatives: leave a gap
         y[~np.isfinite(y)] = np.nan
@@ -129,16 +128,16 @@ def probe_heatmap(records: Sequence[dict], stat: str = "grad_norm", title: str =
     use a log colour scale (the ratio's diverges at 1); cos diverges at 0 from -1 to 1."""
     if stat not in PROBE_STATS:
         raise ValueError(f"unknown probe statistic {stat!r}; choose one of {', '.join(PROBE_STATS)}")
-    label = _STAT_LABEL[stat]
+    label = PROBE_STATS[stat]
     probes = sorted((r for r in records if isinstance(r, dict) and r.get("kind") == "probe"
-                     and isinstance(r.get("blocks"), dict) and _num(r.get("step")) is not None),
+                     and isinstance(r.get("blocks"), dict) and as_number(r.get("step")) is not None),
                     key=lambda r: r["step"])
     if len(probes) > _MAX_HEATMAP_COLS:  # evenly spaced columns; the figure has no more pixels anyway
         probes = [probes[i] for i in np.linspace(0, len(probes) - 1, _MAX_HEATMAP_COLS).round().astype(int)]
     names: list[str] = list(dict.fromkeys(n for r in probes for n in r["blocks"]))
     if all(_block_key(n) for n in names):
         names.sort(key=lambda n: _block_key(n) or (0, 0))  # every key is a tuple here
-    raw = np.array([[_num((r["blocks"].get(n) or {}).get(stat)) for r in probes] for n in names], dtype=float)
+    raw = np.array([[as_number((r["blocks"].get(n) or {}).get(stat)) for r in probes] for n in names], dtype=float)
     fig = _style(go.Figure(), title or f"{label[0].upper()}{label[1:]} per block over training",
                  int(min(max(14 * len(names) + 150, 320), 720)), "y: blocks, input end at the bottom")
     if not probes:

@@ -24,6 +24,7 @@ import torch
 
 from resnet_viz import plots
 from resnet_viz.experiments.skipbranch import skip_branch
+from resnet_viz.fsutil import as_number
 from resnet_viz.store.listing import RunInfo, list_runs
 from resnet_viz.store.rundir import RunDir, RunError
 from resnet_viz.training.device import describe_device, pick_device
@@ -65,7 +66,7 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
         return "<p class='note'>No runs.</p>"
     cols = list(rows[0])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td{_num(r.get(c))}>{html.escape(_cell(r.get(c)))}</td>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td{_num_class(r.get(c))}>{html.escape(_cell(r.get(c)))}</td>" for c in cols)
                    + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -76,8 +77,9 @@ def _cell(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
 
 
-def _num(v: Any) -> str:
-    return " class='num'" if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+def _num_class(v: Any) -> str:
+    """The table cell's class: numbers align right."""
+    return " class='num'" if as_number(v) is not None else ""
 
 
 def _kv_table(d: Mapping[str, Any]) -> str:
@@ -102,7 +104,7 @@ def experiment_kind(result: Any) -> str:
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
+    if as_number(v, finite=True) is None:
         return "n/a"
     return f"{v:.1%}" if pct else f"{v:.3g}"
 
@@ -133,14 +135,14 @@ def _figures_and_numbers(kind: str, result: Any) -> tuple[list[Any], list[str]]:
         lines = []
         for s in items:
             mid = len(s["loss"]) // 2
-            finite = [v for v in s["loss"] if isinstance(v, (int, float))]
+            finite = [v for v in s["loss"] if as_number(v, finite=True) is not None]
             lines.append(f"{s.get('label') or 'model'}: loss {_fmt(s['loss'][mid])} at α = {_fmt(s['alphas'][mid])}, "
                          f"{_fmt(max(finite, default=None))} at most over {len(s['alphas'])} points")
         return [plots.slices_figure(items)], lines
     if kind == "surface":
         figs, lines = [], []
         for s in items:
-            flat = [v for row in s["loss"] for v in row if isinstance(v, (int, float))]
+            flat = [v for row in s["loss"] for v in row if as_number(v, finite=True) is not None]
             centre = s["loss"][len(s["betas"]) // 2][len(s["alphas"]) // 2] if s["loss"] else None
             lines.append(f"{s.get('label') or 'model'}: {len(s['alphas'])} × {len(s['betas'])} grid, loss "
                          f"{_fmt(centre)} at the centre, from {_fmt(min(flat, default=None))} "

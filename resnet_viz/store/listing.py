@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import datetime as _dt
 import io
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_viz.config import RunConfig
-from resnet_viz.fsutil import iter_jsonl_reversed
+from resnet_viz.fsutil import as_number, iter_jsonl_reversed
 from resnet_viz.store.checkpoint import checkpoint_problem
 from resnet_viz.store.rundir import (
     CHECKPOINT_FILE,
@@ -32,12 +31,8 @@ from resnet_viz.store.rundir import (
 _FINAL_STEPS = 50  # final train loss/acc average this many step records
 
 
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
 def _mean(values: Sequence[Any]) -> float | None:
-    nums = [v for v in map(_num, values) if v is not None]
+    nums = [v for v in map(as_number, values) if v is not None]
     return sum(nums) / len(nums) if nums else None  # NaN stays NaN: a diverged run shows it
 
 
@@ -89,7 +84,7 @@ def _scan_tail(path: Path) -> _Tail:
         elif kind == "end" and tail.end is None:
             tail.end = rec
         if tail.elapsed is None:
-            tail.elapsed = _num(rec.get("elapsed"))
+            tail.elapsed = as_number(rec.get("elapsed"))
         if len(tail.steps) >= _FINAL_STEPS and (tail.last_eval or tail.end):
             break
     return tail
@@ -127,13 +122,13 @@ def _run_info(path: Path) -> RunInfo:
         name=config.name if config else "",
         label=config.model.label if config else "",
         config=config,
-        steps=int(n_steps) if (n_steps := _num(steps)) is not None and math.isfinite(n_steps) else None,
+        steps=int(n_steps) if (n_steps := as_number(steps, finite=True)) is not None else None,
         final_train_loss=_mean([r.get("loss") for r in tail.steps]),
         final_train_acc=_mean([r.get("acc") for r in tail.steps]),
-        test_accuracy=_num(last_eval.get("test_acc", end.get("test_acc"))),
-        test_loss=_num(last_eval.get("test_loss", end.get("test_loss"))),
-        elapsed_s=_num(end.get("elapsed", tail.elapsed)),
-        images_per_second=_num(end.get("images_per_second")) or _mean([r.get("ips") for r in tail.steps]),
+        test_accuracy=as_number(last_eval.get("test_acc", end.get("test_acc"))),
+        test_loss=as_number(last_eval.get("test_loss", end.get("test_loss"))),
+        elapsed_s=as_number(end.get("elapsed", tail.elapsed)),
+        images_per_second=as_number(end.get("images_per_second")) or _mean([r.get("ips") for r in tail.steps]),
         damaged="; ".join(reasons) or None,
     )
 

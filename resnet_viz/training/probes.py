@@ -14,6 +14,7 @@ Per block (y = relu(F(x) + s(x)) with s the shortcut):
   (the gradient of the mean loss times the batch size, so batch size does not change it).
 - residual blocks only: ``ratio`` = mean ||F(x)_i|| / ||s(x)_i||, the size of what the
   block adds against what it passes on, and ``cos`` = mean cosine of F(x)_i with s(x)_i.
+Their display labels are ``plots.PROBE_STATS`` (a key added here needs one there).
 Statistics are computed inside the hooks from detached tensors and kept as 0-dim tensors,
 so nothing is retained and, on CUDA, nothing synchronizes until ``results()``. They use
 the first ``max_samples`` images of the batch: means over 32 images are steady enough

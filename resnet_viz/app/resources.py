@@ -1,0 +1,166 @@
+"""What one server process shares between users, through ``st.cache_resource``/``cache_data``.
+
+The job registry is one per server process, so a reloaded page or a second tab finds the
+training that is still going; the run folders on disk are the source of truth. Models are
+cached as weights and rebuilt per use, so two users never share a module that Captum is
+hooking.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import streamlit as st
+import torch
+
+from resnet_viz.app.state import build_config, data_config
+from resnet_viz.background.jobs import JobRegistry, JobSnapshot
+from resnet_viz.config import DataConfig, ModelConfig, RunConfig
+from resnet_viz.data.sources import ImageData, load_data
+from resnet_viz.experiments import degradation
+from resnet_viz.nets.cifar import CifarResNet, build_model
+from resnet_viz.store import models
+from resnet_viz.store.listing import RunInfo, list_runs
+from resnet_viz.store.models import (
+    DEGRADATION_FILE,
+    ModelRef,
+    class_names,
+    load_model_file,
+    load_run_model,
+)
+from resnet_viz.store.rundir import RunDir, RunError, default_runs_dir
+
+if TYPE_CHECKING:
+    from resnet_viz.background.tasks import TaskRegistry
+
+
+@st.cache_resource(show_spinner=False)
+def job_registry() -> JobRegistry:
+    return JobRegistry(default_runs_dir())
+
+
+@st.cache_resource(show_spinner=False)
+def task_registry() -> TaskRegistry:
+    from resnet_viz.background.tasks import TaskRegistry
+
+    return TaskRegistry()
+
+
+def runs_root() -> Path:
+    return job_registry().runs_root
+
+
+# ------------------------------------------------------------------ data
+
+
+# Two data sets at most stay in memory (CIFAR-10 as uint8 is 184 MB): switching back and forth
+# between two is instant, a third evicts the one used least recently (a job training on it
+# keeps its own reference), so a long-lived server does not hold every set it ever loaded.
+@st.cache_resource(show_spinner="Loading the data set (the first time decodes it; later starts take a second)...",
+                   max_entries=2)
+def _data(cfg: DataConfig) -> ImageData:
+    return load_data(cfg)
+
+
+def data() -> ImageData | None:
+    """The data set in use, or None after showing why it cannot be loaded."""
+    try:
+        return _data(data_config())
+    except ValueError as e:
+        st.error(f"The data set cannot be loaded: {e}")
+        return None
+
+
+# ------------------------------------------------------------------ models
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _weights(kind: str, key: str, stamp: float) -> tuple[dict[str, torch.Tensor], RunConfig]:
+    if kind == "file":
+        model, cfg, _ = load_model_file(Path(key))
+    else:
+        model, cfg = load_run_model(RunDir.open(runs_root(), key))
+    return {k: v.clone() for k, v in model.state_dict().items()}, cfg
+
+
+def load_model(ref: ModelRef) -> tuple[CifarResNet, ModelConfig, tuple[str, ...]]:
+    """(a fresh model, its config, its class names) for ``ref``; weights are cached, the
+    module is this caller's own."""
+    if ref.kind == "untrained":
+        ds = data()
+        classes = ds.classes if ds is not None else tuple(f"class {i}" for i in range(10))
+        cfg = replace(build_config(), num_classes=len(classes))
+        torch.manual_seed(0)
+        return build_model(cfg).eval(), cfg, classes
+    path = Path(ref.key) if ref.kind == "file" else runs_root() / ref.key / "checkpoint.safetensors"
+    stamp = path.stat().st_mtime if path.exists() else 0.0
+    state, cfg = _weights(ref.kind, ref.key, stamp)
+    model = build_model(cfg.model)
+    model.load_state_dict(state)
+    return model.eval(), cfg.model, class_names(cfg)
+
+
+def model_refs(include_untrained: bool = True) -> list[ModelRef]:
+    """Shipped models, then runs with a checkpoint (newest first), then the Build model."""
+    return models.model_refs(runs_root(), include_untrained)
+
+
+@contextmanager
+def inference() -> Iterator[None]:
+    """Run the page's own model work on one thread while a job trains.
+
+    Two torch threads in the page fighting the trainer's two threads for two cores make a
+    one-image saliency map 30x slower (0.09 s against 3.4 s measured on a 2-core CPU); one
+    thread keeps the page quick and costs the trainer almost nothing.
+    """
+    prev = torch.get_num_threads()
+    busy = job_registry().active() is not None
+    if busy:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if busy:
+            torch.set_num_threads(prev)
+
+
+# ------------------------------------------------------------------ runs
+
+
+def runs() -> list[RunInfo]:
+    try:
+        return list_runs(runs_root())
+    except RunError as e:
+        st.error(str(e))
+        return []
+
+
+def run_records(run_id: str) -> list[dict[str, Any]]:
+    """Live records from the registry when the run trains in this server, else from disk."""
+    job = job_registry().get(run_id)
+    if job is not None:
+        return list(job.snapshot().records)
+    try:
+        return RunDir.open(runs_root(), run_id).read_metrics()
+    except RunError as e:
+        st.warning(str(e))
+        return []
+
+
+def snapshot(run_id: str) -> JobSnapshot | None:
+    job = job_registry().get(run_id)
+    return job.snapshot() if job is not None else None
+
+
+@st.cache_data(show_spinner=False)
+def shipped_degradation() -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]] | None:
+    """The degradation experiment the project ran on CIFAR-10 (``assets/degradation.json``):
+    (records per run, what/where/how long), or None when the file is absent or unreadable."""
+    try:
+        return degradation.read_result(json.loads(DEGRADATION_FILE.read_text(encoding="utf-8")))
+    except (OSError, ValueError):  # json.JSONDecodeError is a ValueError
+        return None

@@ -1,0 +1,188 @@
+"""Widgets the pages share: model and image pickers, uploads, the sidebar, button callbacks,
+and ``literal`` for showing what a user typed or named exactly as typed."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any, Callable, Sequence
+
+import streamlit as st
+
+from resnet_viz.app import resources
+from resnet_viz.app.state import Keys, data_config, flash
+from resnet_viz.config import DataConfig
+from resnet_viz.data.sources import default_source, describe_default_source
+from resnet_viz.store.models import ModelRef
+from resnet_viz.training.device import describe_device, pick_device
+
+# ------------------------------------------------------------------ user text
+
+# Characters that start Markdown or one of Streamlit's directives (:red[...], :material/x:,
+# $LaTeX$) anywhere in a line; a backslash makes each a plain character (CommonMark escapes).
+# "." and "-" are left alone inside a line, so "plain-20.png" reads as typed.
+_INLINE = re.compile(r"([\\`*_{}\[\]()<>#!|~$:&@^=])")
+_LIST_START = re.compile(r"^(\s*)([-+]|\d+\.)")  # "- x", "+ x" and "1. x" would start a list
+_WWW = re.compile(r"(www)\.", re.IGNORECASE)  # GFM links "www.x.org" without any other markup
+
+
+def literal(text: object) -> str:
+    """``text`` escaped for Streamlit Markdown (markdown, captions, labels, toasts): a run
+    name like ``[x](http://e) ![](http://e/p.png)`` shows those characters, not a link and a
+    remote image. Line breaks become spaces: a name is one line."""
+    s = _INLINE.sub(r"\\\1", " ".join(str(text).splitlines()))
+    s = _LIST_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], s)
+    return _WWW.sub(r"\1\\.", s)
+
+
+def plot_text(text: object) -> str:
+    """``text`` for a Plotly label (legend, title, hover): Plotly reads a few HTML tags,
+    ``<a href>`` among them, so ``<`` and ``&`` are written as entities it shows as typed."""
+    return html.escape(str(text), quote=False)
+
+
+def plot_labels(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Experiment results with their "label" (a model's name, maybe a user's run name)
+    made ``plot_text``, for the figures; the results themselves stay as computed."""
+    return [{**r, "label": plot_text(r["label"])} if "label" in r else r for r in results]
+
+
+def item_key(prefix: str, index: int, *parts: object) -> str:
+    """A widget key for the ``index``-th item of a list: two uploads may share a file
+    name, so the name alone cannot tell their elements apart."""
+    return "_".join([prefix, str(index), *map(str, parts)])
+
+
+def data_label(cfg: DataConfig) -> str:
+    if cfg == default_source():
+        return describe_default_source()
+    return {"synthetic": "Synthetic shapes (not CIFAR-10)", "cifar10": "CIFAR-10"}.get(cfg.source, f"Folder {cfg.path}")
+
+
+# ------------------------------------------------------------------ models
+
+
+def pick_model(label: str, key: str, default_index: int = 0, refs: list[ModelRef] | None = None) -> ModelRef | None:
+    refs = refs if refs is not None else resources.model_refs()
+    if not refs:
+        st.info("No models yet: train one on the Train page.")
+        return None
+    # Selectbox options are plain text in Streamlit (only its label is Markdown): no escaping.
+    return st.selectbox(label, refs, index=min(default_index, len(refs) - 1), format_func=lambda r: r.label, key=key)
+
+
+def pick_two_models(key: str, second_label: str = "Compare with") -> tuple[ModelRef | None, ModelRef | None]:
+    """Two model pickers side by side (default: the shipped ResNet-20 and plain-20)."""
+    refs = resources.model_refs()
+    c1, c2 = st.columns(2)
+    with c1:
+        a = pick_model("Model", key=f"{key}_model_a", refs=refs)
+    with c2:
+        b = pick_model(second_label, key=f"{key}_model_b", default_index=1, refs=refs)
+    return a, b
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def upload_images(label: str, key: str, multiple: bool = False) -> list[tuple[str, Any]]:
+    """Uploaded images as (display name, RGB PIL image); bad files get a message each.
+
+    Files are checked by content (``uploads.open_upload``); the name is only displayed,
+    never used as a path, and two files may have the same name.
+    """
+    from resnet_viz.data.uploads import ImageError, open_upload
+
+    files = st.file_uploader(label, type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
+                             accept_multiple_files=multiple, key=key)
+    files = files if isinstance(files, list) else [files] if files else []
+    out = []
+    for f in files:
+        try:
+            out.append((f.name, open_upload(f.getvalue())))
+        except ImageError as e:
+            st.error(f"{literal(f.name)}: {e}")
+    return out
+
+
+def test_image_picker(key: str) -> tuple[str, Any] | None:
+    """A test-set image picked by class and index: (caption, (3, 32, 32) uint8 tensor)."""
+    ds = resources.data()
+    if ds is None:
+        return None
+    c1, c2 = st.columns(2)
+    cls = c1.selectbox("Class", range(len(ds.classes)), format_func=lambda i: ds.classes[i], key=f"{key}_cls")
+    idx = (ds.test_y == cls).nonzero().flatten()
+    i = c2.number_input(f"Index (0-{len(idx) - 1})", 0, max(0, len(idx) - 1), 0, key=f"{key}_idx")
+    if len(idx) == 0:
+        st.warning("This class has no test images.")
+        return None
+    return f"{ds.classes[cls]} #{int(i)} ({ds.name})", ds.test_x[idx[int(i)]]
+
+
+def input_images(key: str, multiple: bool = False) -> list[tuple[str, Any]]:
+    """The inputs the user chose: a test image, or uploads (as (3, 32, 32) uint8 tensors)."""
+    from resnet_viz.data.uploads import to_input_tensor
+
+    mode = st.radio("Input", ["A test image", "Upload"], horizontal=True, key=f"{key}_mode")
+    if mode == "A test image":
+        picked = test_image_picker(key)
+        return [picked] if picked else []
+    return [(name, to_input_tensor(img)) for name, img in upload_images(
+        "Images (PNG, JPEG, WebP, BMP or GIF; up to 10 MB)", key=f"{key}_upload", multiple=multiple)]
+
+
+# ------------------------------------------------------------------ buttons and chrome
+
+
+def clicked(fn: Callable[..., Any], *args: Any, done: str = "") -> Callable[[], None]:
+    """A button's ``on_click``: ``fn(*args)`` in the run that follows the click (a return
+    value read later in the script is lost when that run is cut short by another rerun);
+    ``done`` is flashed on success (a callback draws nothing itself: in a fragment's run
+    Streamlit would put it at the top of the page), a ValueError is kept for ``show_error``."""
+    def callback() -> None:
+        try:
+            fn(*args)
+        except ValueError as e:
+            st.session_state[Keys.ERROR] = str(e)
+        else:
+            if done:
+                flash(done)
+    return callback
+
+
+def show_error() -> None:
+    """The error the last button callback kept, once."""
+    err = st.session_state.pop(Keys.ERROR, None)
+    if err:
+        st.error(err)
+
+
+def guarded(fn: Callable[[], None]) -> None:
+    """Run a page body; an unexpected error becomes a message, never a traceback."""
+    try:
+        fn()
+    except ValueError as e:
+        st.error(str(e))
+
+
+def sidebar() -> None:
+    """What every page shows: the data set in use, the device, the run being watched."""
+    with st.sidebar:
+        cfg = data_config()
+        label = literal(data_label(cfg))
+        if cfg.source == "synthetic":
+            st.warning(f"**Data:** {label}", icon=":material/science:")
+        else:
+            st.info(f"**Data:** {label}", icon=":material/dataset:")
+        st.caption(f"**Device:** {describe_device(pick_device('auto'))}")
+        watched = st.session_state.get(Keys.WATCHED_RUN)
+        snap = resources.snapshot(watched) if watched else None
+        if snap is not None:
+            st.caption(f"**Watching:** {snap.label} · {snap.state} · {snap.progress:.0%}")
+        elif watched:
+            st.caption(f"**Watching:** run {literal(watched)}")
+        active = resources.job_registry().active()
+        if active is not None and active.run_id != watched:
+            s = active.snapshot()
+            st.caption(f"**Training now:** {s.label} · {s.state} · {s.progress:.0%}")
