@@ -73,7 +73,9 @@ with left:
     st.caption(SHORTCUT_HELP[shortcut])
     width = st.select_slider("Width multiplier", [1, 2, 4], value=current.width)
     zero_init = st.toggle("Zero-init residual branches", value=current.zero_init_residual,
-                          disabled=shortcut == "none", help="zero the last BN of each residual branch: each block starts as its shortcut (Goyal et al. 2017)")
+                          disabled=shortcut == "none",
+                          help="zero the last BN of each residual branch: each block starts as its shortcut "
+                               "(Goyal et al. 2017)")
 cfg = ModelConfig(depth=depth, shortcut=shortcut, block=block, width=width,
                   zero_init_residual=zero_init and shortcut != "none")
 st.session_state[state.Keys.BUILD_CONFIG] = cfg

@@ -4,6 +4,7 @@ import streamlit as st
 
 from resnet_viz import plots
 from resnet_viz.app import resources, tasks, widgets
+from resnet_viz.background.tasks import content_tag, model_tag, task_key
 from resnet_viz.config import ModelConfig
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import convolution, landscape, lesion, sanity, signal
@@ -18,7 +19,7 @@ ref_a, ref_b = widgets.pick_two_models("exp")
 refs = [r for r in (ref_a, ref_b) if r is not None]
 refs = refs[:1] if len(refs) == 2 and refs[0] == refs[1] else refs
 models = {r.key: resources.load_model(r) for r in refs}
-tags = {r.key: tasks.model_tag(r, models[r.key][1]) for r in refs}
+tags = {r.key: model_tag(r, models[r.key][1]) for r in refs}
 names = {r.key: f"Untrained {models[r.key][1].label} (Build page)" if r.kind == "untrained" else r.label for r in refs}
 
 
@@ -45,7 +46,7 @@ with tabs[0]:
             continue
         x, y = evaluation_subset(data.test_x, data.test_y, n)  # the images the CLI's lesion study uses
         model = models[ref.key][0]
-        res = tasks.run_task(tasks.task_key("lesion", tags[ref.key], n), f"Lesion study: {widgets.literal(ref.label)}",
+        res = tasks.run_task(task_key("lesion", tags[ref.key], n), f"Lesion study: {widgets.literal(ref.label)}",
                              lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: lesion.lesion_study(
                                  m, x, y, max_k=lesion.max_k_for(m), trials=5, progress=p, stop=s,
                                  label=lb).to_dict(),
@@ -69,7 +70,7 @@ with tabs[1]:
             continue
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
         model = models[ref.key][0]
-        res = tasks.run_task(tasks.task_key("slice", tags[ref.key], n, steps, seed),
+        res = tasks.run_task(task_key("slice", tags[ref.key], n, steps, seed),
                              f"1D slice: {widgets.literal(ref.label)}",
                              lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: landscape.random_slice(
                                  m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
@@ -81,7 +82,7 @@ with tabs[1]:
     if refs and fits(refs[0]):
         ref = refs[0]
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
-        surf = tasks.run_task(tasks.task_key("surface", tags[ref.key], n, steps, seed),
+        surf = tasks.run_task(task_key("surface", tags[ref.key], n, steps, seed),
                               f"2D surface: {widgets.literal(ref.label)} ({steps}x{steps})",
                               lambda p, s, m=models[ref.key][0], x=x, y=y, lb=names[ref.key]: landscape.surface_2d(
                                   m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
@@ -101,7 +102,7 @@ with tabs[2]:
     st.markdown("Untrained plain and residual nets of growing depth: forward activation variance and the "
                 "gradient norm per block; then the input gradient along a line of inputs (shattered gradients).")
     depths = st.multiselect("Depths", [20, 32, 44, 56, 110], default=[20, 56, 110], key="sig_depths")
-    prof = tasks.run_task(tasks.task_key("signal", ",".join(map(str, sorted(depths)))), "Measure signal propagation",
+    prof = tasks.run_task(task_key("signal", ",".join(map(str, sorted(depths)))), "Measure signal propagation",
                           lambda p, s: [x.to_dict() for x in signal.signal_sweep(
                               depths=tuple(sorted(depths)), progress=p, stop=s)],
                           title=f"Signal propagation at initialization: depths {', '.join(map(str, sorted(depths)))}")
@@ -112,7 +113,7 @@ with tabs[2]:
             ". At initialization with batch norm, a plain net's gradient grows block by block on its way back "
             "to the input; the identity paths keep a ResNet's within a small factor.")
     d = st.select_slider("Depth for shattered gradients", [20, 56, 110], value=56, key="shat_depth")
-    shat = tasks.run_task(tasks.task_key("shattered", d), "Measure shattered gradients",
+    shat = tasks.run_task(task_key("shattered", d), "Measure shattered gradients",
                           lambda p, s: [signal.shattered_gradients(ModelConfig(depth=d, shortcut=sc), progress=p,
                                                                    stop=s).to_dict() for sc in ("none", "A")],
                           title=f"Shattered gradients: plain and ResNet, depth {d}")
@@ -161,7 +162,7 @@ with tabs[5]:
     if refs and inputs:
         ref = refs[0]
         x = normalize(inputs[0][1][None], channels_last=False)
-        res = tasks.run_task(tasks.task_key("sanity", tags[ref.key], tasks.content_tag(inputs[0][1])),
+        res = tasks.run_task(task_key("sanity", tags[ref.key], content_tag(inputs[0][1])),
                              f"Sanity check: {widgets.literal(ref.label)}",
                              lambda p, s, m=models[ref.key][0], x=x: sanity.sanity_check(m, x, progress=p,
                                                                                          stop=s).to_dict(),

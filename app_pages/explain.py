@@ -32,7 +32,7 @@ for i, (caption, image) in enumerate(inputs):
     x = normalize(image[None], channels_last=False)  # (1, 3, 32, 32)
     rgb = image.permute(1, 2, 0).numpy()
     cols = st.columns(len(models))
-    for col, (model, cfg, classes, ref) in zip(cols, models):
+    for col, (model, _cfg, classes, ref) in zip(cols, models, strict=True):
         with col:
             b = block if block in block_names(model) else None
             with resources.inference():

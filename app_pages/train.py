@@ -47,7 +47,8 @@ def start_training() -> None:
     f, data = st.session_state, resources.data()
     if data is None:
         return
-    steps = {"epochs": float(f.tr_budget), "steps": None} if f.tr_kind == "epochs" else {"epochs": None, "steps": int(f.tr_budget)}
+    budget = float(f.tr_budget)
+    steps = {"epochs": budget, "steps": None} if f.tr_kind == "epochs" else {"epochs": None, "steps": int(budget)}
     cfg = RunConfig(
         model=replace(model_cfg, num_classes=len(data.classes)),
         data=state.data_config(),

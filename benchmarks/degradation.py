@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contextlib
+
 import torch  # noqa: E402
 
 from resnet_viz.config import ModelConfig, RunConfig  # noqa: E402
@@ -66,18 +68,18 @@ def main() -> None:
     if args.export:
         about = {"data": data.name, "steps": args.steps, "batch_size": train.batch_size, "seed": train.seed,
                  "machine": _machine(), "torch": torch.__version__, "seconds": seconds,
-                 "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/degradation.py " + " ".join(sys.argv[1:])}
-        Path(args.export).write_text(json.dumps(degradation.export_result(results, about), separators=(",", ":")) + "\n")
+                 "date": time.strftime("%Y-%m-%d"),
+                 "command": "python benchmarks/degradation.py " + " ".join(sys.argv[1:])}
+        exported = degradation.export_result(results, about)
+        Path(args.export).write_text(json.dumps(exported, separators=(",", ":")) + "\n")
         print(f"wrote {args.export}")
 
 
 def _machine() -> str:
     """E.g. "2-core Intel(R) Xeon(R) Processor, CPU": what the times were measured on."""
     cpu = platform.processor() or "CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()}-core {cpu}, {gpu}"
 

@@ -1,8 +1,9 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures and helpers shared by the test modules."""
 
 from __future__ import annotations
 
-from typing import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -12,6 +13,14 @@ from resnet_viz.config import ModelConfig
 from resnet_viz.data.batches import normalize
 from resnet_viz.nets.cifar import build_model
 
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; fail saying ``what`` did not happen, never hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
 
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:

@@ -9,7 +9,8 @@ import markdown
 import pytest
 import torch
 
-from resnet_viz.app import tasks, widgets
+from resnet_viz.app import widgets
+from resnet_viz.background.tasks import content_tag, model_tag, task_key
 from resnet_viz.config import BASE_BATCH, ModelConfig, TrainConfig, base_lr, scaled_lr
 from resnet_viz.store.models import ModelRef
 
@@ -67,22 +68,22 @@ def test_items_with_one_name_get_different_keys() -> None:
 
 
 def test_task_keys_name_what_is_computed() -> None:
-    assert tasks.task_key("lesion", "run-1", 500) == "lesion|run-1|500"
-    assert tasks.task_key("signal", "20,56") == "signal|20,56"
-    assert tasks.task_key("slice", "t", 1000, 11, 0) != tasks.task_key("slice", "t", 1000, 11, 1)
+    assert task_key("lesion", "run-1", 500) == "lesion|run-1|500"
+    assert task_key("signal", "20,56") == "signal|20,56"
+    assert task_key("slice", "t", 1000, 11, 0) != task_key("slice", "t", 1000, 11, 1)
     with pytest.raises(ValueError, match="experiment"):
-        tasks.task_key("", "x")
+        task_key("", "x")
     with pytest.raises(ValueError, match="experiment"):
-        tasks.task_key("a|b", "x")
+        task_key("a|b", "x")
     run = ModelRef("run", "run-1", "ResNet(A)-20 · mine")
     untrained = ModelRef("untrained", "untrained", "Untrained")
     cfg = ModelConfig(depth=20)
-    assert tasks.model_tag(run, cfg) == "run-1"
-    assert tasks.model_tag(untrained, cfg) == f"untrained {cfg}" != tasks.model_tag(untrained, ModelConfig(depth=32))
+    assert model_tag(run, cfg) == "run-1"
+    assert model_tag(untrained, cfg) == f"untrained {cfg}" != model_tag(untrained, ModelConfig(depth=32))
 
 
 def test_content_tag_tells_images_apart_by_their_pixels() -> None:
     a = torch.zeros(3, 32, 32, dtype=torch.uint8)
     b = a.clone()
     b[0, 0, 0] = 1
-    assert tasks.content_tag(a) == tasks.content_tag(a.clone()) != tasks.content_tag(b)
+    assert content_tag(a) == content_tag(a.clone()) != content_tag(b)

@@ -86,7 +86,8 @@ def _write_tree(root: Path, per_class: int = 10) -> int:
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             size, mode, ext = _VARIANTS[i % len(_VARIANTS)]
-            Image.new("RGB", size, (shade,) * 3).convert(mode, palette=Image.Palette.ADAPTIVE).save(root / name / f"{i:03d}.{ext}")
+            img = Image.new("RGB", size, (shade,) * 3).convert(mode, palette=Image.Palette.ADAPTIVE)
+            img.save(root / name / f"{i:03d}.{ext}")
     return per_class * len(_SHADES)
 
 
@@ -230,9 +231,9 @@ def test_random_crop_is_a_shifted_zero_padded_window() -> None:
 def test_random_flip_flips_about_half() -> None:
     x = torch.randint(0, 256, (400, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     out = random_flip(x, torch.Generator().manual_seed(0))
-    flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, x)]
-    kept = [torch.equal(o, i) for o, i in zip(out, x)]
-    assert all(f != k for f, k in zip(flipped, kept))  # each image is exactly one of the two
+    flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, x, strict=True)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))  # each image is exactly one of the two
     assert 150 < sum(flipped) < 250
 
 

@@ -147,7 +147,8 @@ def streamlit_server(script: Path, tmp: Path, env: dict[str, str] | None = None)
         deadline = time.monotonic() + SERVER_START_S
         while _health(f"{base}/_stcore/health") != "ok":
             if proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited with {proc.returncode}" if proc.poll() is not None else f"not healthy in {SERVER_START_S} s"
+                why = (f"exited with {proc.returncode}" if proc.poll() is not None
+                       else f"not healthy in {SERVER_START_S} s")
                 pytest.fail(f"streamlit {why}:\n{log_path.read_text(errors='replace')[-4000:]}")
             time.sleep(0.25)
         yield base

@@ -122,7 +122,7 @@ def test_categories() -> None:
 def test_input_shape_and_normalization() -> None:
     white = imagenet_input(Image.new("RGB", (400, 300), (255, 255, 255)))
     assert white.shape == (1, 3, 224, 224) and white.dtype == torch.float32
-    want = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    want = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)])
     assert torch.allclose(white[0].mean((1, 2)), want, atol=1e-3)
     assert torch.allclose(white[0].amin((1, 2)), white[0].amax((1, 2)), atol=1e-3)  # constant stays constant
     mean_grey = tuple(round(m * 255) for m in IMAGENET_MEAN)

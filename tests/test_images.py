@@ -27,7 +27,7 @@ def solid(color: tuple[int, int, int], size: tuple[int, int] = (8, 6), mode: str
 
 
 def close(px: tuple[int, ...], want: tuple[int, ...], tol: int = 3) -> bool:
-    return all(abs(a - b) <= tol for a, b in zip(px, want))
+    return all(abs(a - b) <= tol for a, b in zip(px, want, strict=True))
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF"])
@@ -140,7 +140,7 @@ def test_decompression_bomb_is_refused_without_global_changes(side: int) -> None
     assert f"{pixels / 1e6:.1f} megapixels" in str(info.value)  # the size is named
     if side < 20000:  # Pillow lets us see the header: the message gives width x height
         assert f"{side}x{side}" in str(info.value)
-    assert Image.MAX_IMAGE_PIXELS == limit_before
+    assert limit_before == Image.MAX_IMAGE_PIXELS
     assert warnings.filters == filters_before
 
 

@@ -72,7 +72,7 @@ def test_direction_is_filter_normalized_and_ignores_bn_and_biases() -> None:
     model = _tiny(0)
     dirs = random_direction(model, seed=3)
     assert len(dirs) == len(list(model.parameters()))
-    for (name, p), d in zip(model.named_parameters(), dirs):
+    for (name, p), d in zip(model.named_parameters(), dirs, strict=True):
         assert d.shape == p.shape
         if p.dim() <= 1:  # BN weights/biases and the linear bias
             assert not d.any(), name
@@ -85,11 +85,11 @@ def test_direction_is_filter_normalized_and_ignores_bn_and_biases() -> None:
 def test_same_seed_same_direction_different_seed_different() -> None:
     model = _tiny(0)
     a, b, c = random_direction(model, 5), random_direction(model, 5), random_direction(model, 6)
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
-    assert any(not torch.equal(u, v) for u, v in zip(a, c) if u.dim() > 1)
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert any(not torch.equal(u, v) for u, v in zip(a, c, strict=True) if u.dim() > 1)
     # Another net of the same architecture gets the same raw direction, scaled to its own filters.
     other = random_direction(_tiny(1, shortcut="none"), 5)
-    for u, v in zip(a, other):
+    for u, v in zip(a, other, strict=True):
         if u.dim() > 1:
             ru, rv = u.reshape(u.shape[0], -1), v.reshape(v.shape[0], -1)
             torch.testing.assert_close(ru / ru.norm(dim=1, keepdim=True), rv / rv.norm(dim=1, keepdim=True))
@@ -235,7 +235,7 @@ def test_trained_models_sit_at_the_minimum_of_a_random_slice() -> None:
         model, _, _ = load_model_file(path)
         s = random_slice(model, x, y, seed=0, steps=7, span=1.0, label=name)
         print(f"\n{name}: " + "  ".join(f"a={a:+.2f} loss={lv:.3f} acc={ac:.3f}"
-                                        for a, lv, ac in zip(s.alphas, s.loss, s.acc)))
+                                        for a, lv, ac in zip(s.alphas, s.loss, s.acc, strict=True)))
         assert s.alphas[3] == 0.0
         assert s.loss[3] == min(s.loss), f"{name}: the trained weights are not the slice's minimum"
 
@@ -286,7 +286,8 @@ def test_probe_folds_every_batch_norm_and_keeps_the_numbers(shortcut: str, block
     from resnet_viz.experiments.folded import Probe
 
     torch.manual_seed(2)
-    model = _tiny(5, shortcut) if block == "basic" else build_model(ModelConfig(depth=11, shortcut=shortcut, block=block))
+    model = (_tiny(5, shortcut) if block == "basic"
+             else build_model(ModelConfig(depth=11, shortcut=shortcut, block=block)))
     x, y = _data(12)
     probe = Probe(model, x, y, batch_size=5, precision="fp32")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in probe.net.modules())

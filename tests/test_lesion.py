@@ -166,10 +166,10 @@ def test_deleted_residual_block_is_relu_of_its_shortcut(cfg: tuple[str, int, str
     for deleted in ([names[0]], [names[1]], names[1:], names):
         blocks = [m.get_submodule(n) for n in deleted]
         with deleted_blocks(m, deleted), torch.no_grad():
-            assert all(m.get_submodule(n) is not b for n, b in zip(deleted, blocks))
+            assert all(m.get_submodule(n) is not b for n, b in zip(deleted, blocks, strict=True))
             got = m(x)
         assert torch.equal(got, manual_forward(m, x, set(deleted)))
-        assert all(m.get_submodule(n) is b for n, b in zip(deleted, blocks))
+        assert all(m.get_submodule(n) is b for n, b in zip(deleted, blocks, strict=True))
 
 
 def test_deleted_identity_block_passes_its_input_through(batch: tuple) -> None:
@@ -200,15 +200,12 @@ def test_plain_deletion_keeps_shapes(batch: tuple) -> None:
 def test_bad_arguments(batch: tuple) -> None:
     x, y = batch
     m = tiny()
-    with pytest.raises(ValueError, match="no block named"):
-        with deleted_blocks(m, ["stage4.block0"]):
-            pass
-    with pytest.raises(ValueError, match="twice"):
-        with deleted_blocks(m, ["stage1.block0", "stage1.block0"]):
-            pass
-    with pytest.raises(ValueError, match="not one string"):
-        with deleted_blocks(m, "stage1.block0"):
-            pass
+    with pytest.raises(ValueError, match="no block named"), deleted_blocks(m, ["stage4.block0"]):
+        pass
+    with pytest.raises(ValueError, match="twice"), deleted_blocks(m, ["stage1.block0", "stage1.block0"]):
+        pass
+    with pytest.raises(ValueError, match="not one string"), deleted_blocks(m, "stage1.block0"):
+        pass
     with pytest.raises(ValueError, match="max_k must be an integer from 0 to 3"):
         lesion_study(m, x, y, max_k=4)
     with pytest.raises(ValueError, match="trials"):

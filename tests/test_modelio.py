@@ -62,7 +62,7 @@ def test_damaged_or_foreign_files_give_clear_errors(tmp_path: Path) -> None:
 
     with safe_open(str(good), framework="pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has keys() but is not iterable)
     tensors.pop("fc.weight")
     save_file(tensors, str(tmp_path / "short.safetensors"), metadata=meta)
     with pytest.raises(ModelFileError, match="does not fit"):

@@ -6,11 +6,13 @@ tick here, so the tests call ``at.run()`` again to poll (Streamlit's documented 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -32,10 +34,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield
     from resnet_viz.app import resources
 
-    try:
+    with contextlib.suppress(Exception):  # cleanup only
         resources.job_registry().shutdown()
-    except Exception:  # noqa: BLE001 - cleanup only
-        pass
     st.cache_resource.clear()
 
 
@@ -321,8 +321,7 @@ def test_a_running_task_shows_its_time_left_and_its_partial_result() -> None:
         return {"done": True}
 
     task = resources.task_registry().start("preview-test", fn)
-    while task.snapshot().partial is None:
-        time.sleep(0.01)
+    wait_until(lambda: task.snapshot().partial is not None, "the task's first partial result", timeout=30)
     time.sleep(1.1)  # a pace to estimate from
     script = """
 import streamlit as st

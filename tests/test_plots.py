@@ -92,7 +92,7 @@ def test_training_curves_realistic():
     test_loss = next(t for t in fig.data if t.name == "test" and t.xaxis == "x")
     assert list(test_loss.x) == [100, 200, 300, 400, 500, 600]
     err = next(t for t in fig.data if t.name == "test" and t.xaxis == "x2")
-    assert 0 < min(err.y) and max(err.y) < 100  # percent
+    assert min(err.y) > 0 and max(err.y) < 100  # percent
     assert "diverged" not in _notes(fig)
 
 
@@ -240,7 +240,7 @@ def test_architecture_geometry_is_pinned(summaries, imagenet_summaries, name: st
     layers = next(t for t in d["data"] if t["name"] == "layers")
     # Each box's text marker sits at the centre of its rectangle, in data-path order.
     centres = [r((sh["x0"] + sh["x1"]) / 2, (sh["y0"] + sh["y1"]) / 2) for sh in shapes]
-    assert centres == [r(x, y) for x, y in zip(layers["x"], layers["y"])]
+    assert centres == [r(x, y) for x, y in zip(layers["x"], layers["y"], strict=True)]
 
 
 def test_block_detail_and_the_neutral_description(imagenet_summaries, summaries):
@@ -305,7 +305,8 @@ def test_log_ticks_label_values_in_full():
         log_ticks(float("nan"), 1.0)
     sig = _ok(plots.signal_figure([{"shortcut": "none", "label": "plain", "blocks": ["a", "b"],
                                     "forward_var": [1.0, 1e4], "grad_norm": [0.5, 0.05]}]))
-    assert list(sig.layout.yaxis.ticktext)[-1] == "1e4" and list(sig.layout.yaxis2.ticktext) == ["0.05", "0.1", "0.2", "0.5"]
+    assert list(sig.layout.yaxis.ticktext)[-1] == "1e4"
+    assert list(sig.layout.yaxis2.ticktext) == ["0.05", "0.1", "0.2", "0.5"]
 
 
 def test_surface_figure_is_labelled_in_loss():

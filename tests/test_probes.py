@@ -66,9 +66,8 @@ def test_plain_net_has_no_skip_statistics() -> None:
 
 def test_hooks_are_removed_when_the_step_fails() -> None:
     model = build_model(ModelConfig(depth=8))
-    with pytest.raises(RuntimeError):
-        with probe_blocks(model):
-            model(torch.randn(2, 5, 32, 32))  # wrong channel count
+    with pytest.raises(RuntimeError), probe_blocks(model):
+        model(torch.randn(2, 5, 32, 32))  # wrong channel count
     assert not any(m._forward_hooks for m in model.modules())
 
 

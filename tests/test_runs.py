@@ -59,7 +59,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> None:
 
 def steps(n: int, start: int = 1) -> list[dict]:
     return [
-        {"kind": "step", "step": s, "epoch": s / 10, "loss": 1.0 / s, "acc": 0.5, "lr": 0.1, "ips": 100.0, "elapsed": s / 10}
+        {"kind": "step", "step": s, "epoch": s / 10, "loss": 1.0 / s, "acc": 0.5, "lr": 0.1, "ips": 100.0,
+         "elapsed": s / 10}
         for s in range(start, start + n)
     ]
 
@@ -120,7 +121,7 @@ def test_checkpoint_resume_matches_continuing(tmp_path: Path) -> None:
     fresh_opt.load_state_dict(ckpt.optimizer_state)
     train_step(model, opt, 2)
     train_step(fresh, fresh_opt, 2)
-    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -116,7 +116,7 @@ def test_trained_saliency_fails_to_survive_randomization() -> None:
     for i in range(len(x)):
         for method in top:
             r = sanity_check(model, x[i:i + 1], method)
-            steps = zip(["trained"] + r.layers, r.similarity)
+            steps = zip(["trained"] + r.layers, r.similarity, strict=True)
             print(f"\n{method} image {i}: " + ", ".join(f"{n} {s:.2f}" for n, s in steps))
             top[method].append(r.similarity[1])
             print(r.to_dict()["reading"])

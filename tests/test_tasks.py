@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from conftest import wait_until
 
 from resnet_viz.background.tasks import TaskRegistry
 from resnet_viz.experiments import check, report
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail the test saying ``what`` did not happen, never hang."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout:g} s")
-        time.sleep(0.01)
 
 
 def slow(n: int, delay: float = 0.01):
@@ -44,7 +35,7 @@ def test_a_task_reports_progress_and_its_result() -> None:
 def test_stop_ends_a_task_within_one_step_and_a_new_start_reruns_it() -> None:
     reg = TaskRegistry()
     task = reg.start("b", slow(10_000))
-    wait_for(lambda: task.snapshot().fraction > 0, "the task reported no progress")
+    wait_until(lambda: task.snapshot().fraction > 0, "the task to report progress", timeout=10)
     task.stop()
     assert task.wait(5)
     assert task.snapshot().state == "stopped" and task.snapshot().result is None
@@ -84,7 +75,7 @@ def test_a_task_keeps_its_latest_partial_result_and_estimates_the_time_left() ->
         return {"grid": 5}
 
     task = TaskRegistry().start("partial", fn)
-    wait_for(lambda: task.snapshot().fraction >= 0.5, "the task did not report half way")
+    wait_until(lambda: task.snapshot().fraction >= 0.5, "the task to report half way", timeout=10)
     snap = task.snapshot()
     assert snap.partial == {"grid": 3} and not snap.done and snap.result is None
     assert snap.eta_s is None or snap.eta_s == pytest.approx(snap.elapsed, rel=0.01)  # half done: as long again

@@ -7,10 +7,10 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
+from conftest import wait_until
 
 import resnet_viz.training.loop as train_mod
 import resnet_viz.training.state as state_mod
@@ -31,7 +31,8 @@ def tiny_data():
 def tiny_config(steps: int = 30, **train) -> RunConfig:
     t = dict(steps=steps, epochs=None, batch_size=32, lr=0.05, probe_every=5, log_every=5, eval_every=0)
     t.update(train)
-    return RunConfig(model=ModelConfig(depth=8, shortcut="A"), data=DataConfig(source="synthetic"), train=TrainConfig(**t))
+    return RunConfig(model=ModelConfig(depth=8, shortcut="A"), data=DataConfig(source="synthetic"),
+                     train=TrainConfig(**t))
 
 
 def step_losses(records) -> list[float]:
@@ -131,14 +132,6 @@ class _CountingEvent(threading.Event):
         return super().wait(timeout)
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.01)
-
-
 def test_pause_holds_training_and_resume_continues(tmp_path: Path, tiny_data) -> None:
     """No step is taken while paused, however long the pause holds; training continues after
     it, and the paused time is not training time."""
@@ -167,9 +160,9 @@ def test_pause_holds_training_and_resume_continues(tmp_path: Path, tiny_data) ->
     trainer.start()
     held_from = time.perf_counter()  # reset once the pause shows
     try:
-        _wait_until(lambda: run.status()["status"] == "paused", "the run to show as paused")
+        wait_until(lambda: run.status()["status"] == "paused", "the run to show as paused")
         held_from, polls = time.perf_counter(), stop.waits
-        _wait_until(lambda: stop.waits >= polls + 15, "the paused loop to poll its events 15 more times")
+        wait_until(lambda: stop.waits >= polls + 15, "the paused loop to poll its events 15 more times")
         assert [r["step"] for r in steps] == list(range(1, 11))  # still step 10, 15 polls later
         assert trainer.is_alive()
     finally:
@@ -259,7 +252,7 @@ def test_job_stop_saves_and_a_failing_job_reports(tmp_path: Path, tiny_data) -> 
     reg = JobRegistry(tmp_path)
     try:
         job = reg.submit(tiny_config(steps=100_000), name="long", data=tiny_data)
-        _wait_until(lambda: job.snapshot().step >= 10, "the long job to reach step 10")
+        wait_until(lambda: job.snapshot().step >= 10, "the long job to reach step 10")
         job.stop()
         assert job.wait(30), "the job did not stop within 30 s"
         snap = job.snapshot()

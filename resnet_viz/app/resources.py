@@ -9,10 +9,11 @@ hooking.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 import torch
@@ -94,14 +95,16 @@ def load_model(ref: ModelRef) -> tuple[CifarResNet, ModelConfig, tuple[str, ...]
         ds = data()
         classes = ds.classes if ds is not None else tuple(f"class {i}" for i in range(10))
         cfg = replace(build_config(), num_classes=len(classes))
-        torch.manual_seed(0)
-        return build_model(cfg).eval(), cfg, classes
+        # A private RNG: the process's own generator is every visitor's and every job's.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return build_model(cfg).eval(), cfg, classes
     path = Path(ref.key) if ref.kind == "file" else runs_root() / ref.key / "checkpoint.safetensors"
     stamp = path.stat().st_mtime if path.exists() else 0.0
-    state, cfg = _weights(ref.kind, ref.key, stamp)
-    model = build_model(cfg.model)
+    state, run_cfg = _weights(ref.kind, ref.key, stamp)
+    model = build_model(run_cfg.model)
     model.load_state_dict(state)
-    return model.eval(), cfg.model, class_names(cfg)
+    return model.eval(), run_cfg.model, class_names(run_cfg)
 
 
 def model_refs(include_untrained: bool = True) -> list[ModelRef]:

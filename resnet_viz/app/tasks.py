@@ -1,48 +1,25 @@
 """Long computations as background tasks: a Run button, progress with Stop, the result.
 
 Tasks live in one registry per server process (``resources.task_registry``), keyed by
-what they compute (``task_key``), so a reload or another tab finds the same task and its
+what they compute (``background.tasks.task_key``), so a reload or another tab finds the same task and its
 result.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
-import torch
 
 from resnet_viz.app.resources import task_registry
 from resnet_viz.background.progress import clock
-from resnet_viz.config import ModelConfig
-from resnet_viz.store.models import ModelRef
-
-
-def model_tag(ref: ModelRef, cfg: ModelConfig) -> str:
-    """What a task on model ``ref`` computes on: its run or file, or for the untrained model
-    the Build page's config of now (a different build is a different model)."""
-    return f"untrained {cfg}" if ref.kind == "untrained" else ref.key
-
-
-def task_key(experiment: str, *parts: object) -> str:
-    """The registry key of ``experiment`` on ``parts`` (a model tag, then its settings):
-    two requests for the same computation get the same key, so they share one task."""
-    if not experiment or "|" in experiment:
-        raise ValueError(f"an experiment name must be non-empty and hold no '|', got {experiment!r}")
-    return "|".join([experiment, *map(str, parts)])
-
-
-def content_tag(x: torch.Tensor) -> str:
-    """A short digest of ``x``'s values, for keying a task by an image: two uploads may
-    share a file name, and one name may be uploaded again with other pixels."""
-    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title: str = "",
              preview: Callable[[Any], None] | None = None) -> Any:
     """A Run button for a long computation, its progress bar and Stop while it runs, and
-    its result (or None) once it is done. ``key`` names what is computed (``task_key``), so
+    its result (or None) once it is done. ``key`` names what is computed (``background.tasks.task_key``), so
     a reload or another tab finds the same task and its result; ``title`` says it in words
     for the report (the button's label by default). While it runs, ``preview`` (if given)
     draws the latest partial result the task published, e.g. a loss surface on a coarse
@@ -59,7 +36,7 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
         # lost when that run is cut short by the next rerun (a second click, or another
         # task's progress fragment ending in a full rerun).
         st.button(label, key=f"start_{key}", help=help, icon=":material/play_arrow:",
-                  on_click=reg.start, args=(key, fn), kwargs={"title": title or label})
+                  on_click=_start, args=(key, fn, title or label))
         return None
     if not task.snapshot().done:
         _task_progress(key, preview)
@@ -67,6 +44,10 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
     snap = task.snapshot()
     st.caption(f"Computed in {snap.elapsed:.1f} s.")
     return snap.result
+
+
+def _start(key: str, fn: Callable[..., Any], title: str) -> None:
+    task_registry().start(key, fn, title=title)
 
 
 @st.fragment(run_every=1.0)

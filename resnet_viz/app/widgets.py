@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import streamlit as st
 
@@ -112,7 +113,9 @@ def test_image_picker(key: str) -> tuple[str, Any] | None:
         return None
     c1, c2 = st.columns(2)
     cls = c1.selectbox("Class", range(len(ds.classes)), format_func=lambda i: ds.classes[i], key=f"{key}_cls")
-    idx = (ds.test_y == cls).nonzero().flatten()
+    if cls is None:
+        return None
+    idx = ds.test_y.eq(cls).nonzero().flatten()
     i = c2.number_input(f"Index (0-{len(idx) - 1})", 0, max(0, len(idx) - 1), 0, key=f"{key}_idx")
     if len(idx) == 0:
         st.warning("This class has no test images.")

@@ -12,16 +12,41 @@ No Streamlit here; the worker thread never touches the UI.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from resnet_viz.background.progress import eta
+from resnet_viz.config import ModelConfig
 from resnet_viz.experiments.common import Cancelled, ProgressFn
+from resnet_viz.store.models import ModelRef
 
 TaskFn = Callable[[ProgressFn, threading.Event], Any]
+
+
+def model_tag(ref: ModelRef, cfg: ModelConfig) -> str:
+    """What a task on model ``ref`` computes on: its run or file, or for the untrained model
+    the Build page's config of now (a different build is a different model)."""
+    return f"untrained {cfg}" if ref.kind == "untrained" else ref.key
+
+
+def task_key(experiment: str, *parts: object) -> str:
+    """The registry key of ``experiment`` on ``parts`` (a model tag, then its settings):
+    two requests for the same computation get the same key, so they share one task."""
+    if not experiment or "|" in experiment:
+        raise ValueError(f"an experiment name must be non-empty and hold no '|', got {experiment!r}")
+    return "|".join([experiment, *map(str, parts)])
+
+
+def content_tag(x: torch.Tensor) -> str:
+    """A short digest of ``x``'s values, for keying a task by an image: two uploads may
+    share a file name, and one name may be uploaded again with other pixels."""
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -229,8 +229,8 @@ def architecture_diagram(summary: ModelSummary | Mapping[str, Any] | Architectur
     g = lay.geom
     fig = go.Figure()
     seen: set[str] = set()  # legend entries already shown
-    texts, hovers = zip(*(_draw_box(fig, lay, box, seen) for box in lay.boxes))
-    xs, ys = zip(*(g.grid(b.row, b.col) for b in lay.boxes))
+    texts, hovers = zip(*(_draw_box(fig, lay, box, seen) for box in lay.boxes), strict=True)
+    xs, ys = zip(*(g.grid(b.row, b.col) for b in lay.boxes), strict=True)
     path_x, path_y = _data_path(lay)
     fig.add_trace(go.Scatter(x=path_x, y=path_y, mode="lines", line={"color": "#999", "width": 1.4},
                              hoverinfo="skip", showlegend=False, name="data path"))

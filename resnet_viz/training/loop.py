@@ -15,9 +15,9 @@ processes is in one place, ``state.Processes``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn

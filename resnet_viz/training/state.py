@@ -138,7 +138,9 @@ def prepare(
     model: nn.Module = build_model(config.model)
     if tc.sync_bn and ctx.is_distributed:
         model = convert_sync_bn(model, device)
-    model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
+    model = model.to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.nesterov, weight_decay=tc.weight_decay
     )
@@ -246,7 +248,7 @@ class StepLog:
         recs = [
             {"kind": "step", "step": s + 1, "epoch": (s + 1) / self.per_epoch, "loss": lv,
              "acc": cv / self.batch_size, "lr": lr, "ips": ips, "elapsed": t}
-            for (s, _, _, lr), (lv, cv) in zip(self.pending, vals)
+            for (s, _, _, lr), (lv, cv) in zip(self.pending, vals, strict=True)
         ]
         self.pending.clear()
         finite = all(math.isfinite(r["loss"]) for r in recs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from captum.attr import LayerActivation, LayerGradientXActivation
 from torch import Tensor, nn
@@ -37,7 +37,7 @@ def top_k(probs: Tensor, classes: Sequence[str], k: int = 5) -> list[tuple[str, 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise AttributionError(f"k must be a positive integer, got {k!r}")
     values, idx = p.topk(min(k, p.numel()))  # sorted, largest first
-    return [(classes[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
+    return [(classes[i], float(v)) for v, i in zip(values.tolist(), idx.tolist(), strict=True)]
 
 
 def feature_maps(model: nn.Module, x: Tensor, block: str) -> Tensor:
@@ -74,5 +74,5 @@ def block_norms(model: nn.Module, x: Tensor, target: int | None = None) -> dict[
                 "act_norm": float(a.detach().flatten(1).norm(dim=1).mean()),
                 "grad_norm": float(g.detach().flatten(1).norm(dim=1).mean()),
             }
-            for n, a, g in zip(names, acts, grads)
+            for n, a, g in zip(names, acts, grads, strict=True)
         }
