@@ -126,10 +126,11 @@ def test_sigterm_stops_cleanly_with_status_interrupted(tmp_path: Path) -> None:
 
 
 def test_recipe_paper_is_the_papers_schedule_and_given_flags_override_it() -> None:
-    from resnet_viz.cli.main import _run_config, build_parser
+    from resnet_viz.cli.main import build_parser
+    from resnet_viz.cli.train import run_config
 
     def train_config(*args: str):
-        return _run_config(build_parser().parse_args(["train", *args]), 10).train
+        return run_config(build_parser().parse_args(["train", *args]), 10).train
 
     p = train_config("--recipe", "paper")
     assert (p.steps, p.epochs, p.batch_size, p.lr, p.momentum, p.nesterov) == (64_000, None, 128, 0.1, 0.9, False)

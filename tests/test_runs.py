@@ -22,9 +22,8 @@ from resnet_viz.store.rundir import (
     RunDir,
     RunError,
     default_runs_dir,
-    make_run_id,
-    validate_run_id,
 )
+from resnet_viz.store.runids import make_run_id, validate_run_id
 
 
 def small_config(name: str = "") -> RunConfig:

@@ -19,14 +19,8 @@ from typing import Any
 from resnet_viz.config import RunConfig
 from resnet_viz.fsutil import as_number, iter_jsonl_reversed
 from resnet_viz.store.checkpoint import checkpoint_problem
-from resnet_viz.store.rundir import (
-    CHECKPOINT_FILE,
-    ID_RE,
-    METRICS_FILE,
-    STAMP_RE,
-    RunDir,
-    RunError,
-)
+from resnet_viz.store.rundir import CHECKPOINT_FILE, METRICS_FILE, RunDir
+from resnet_viz.store.runids import ID_RE, STAMP_RE, RunError
 
 _FINAL_STEPS = 50  # final train loss/acc average this many step records
 

@@ -13,11 +13,9 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import re
 import socket
 import threading
 import time
-import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +34,7 @@ from resnet_viz.store.checkpoint import (
     load_checkpoint_file,
     save_checkpoint_file,
 )
+from resnet_viz.store.runids import RunError, make_run_id, validate_run_id
 
 if TYPE_CHECKING:  # torch is only needed once a checkpoint or TensorBoard is touched
     import torch
@@ -48,17 +47,6 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATUS_FILE = "status.json"
-# Strict on purpose: ids come from URLs and the CLI and are joined to paths, so only
-# characters that can never spell "..", a separator or a hidden file are allowed.
-ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}")
-STAMP_RE = re.compile(r"(\d{8}-\d{6})-")
-_SLUG_MAX = 40
-
-
-class RunError(ValueError):
-    """A run is missing or damaged (the message says why), or a run id is invalid."""
-
-
 def default_runs_dir() -> Path:
     """``$RESNET_VIZ_RUNS`` if set, else ``runs/`` at the repository root (or, for an
     installed package, in the current working directory)."""
@@ -66,41 +54,6 @@ def default_runs_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return work_dir() / "runs"
-
-
-def validate_run_id(run_id: str) -> str:
-    """Return ``run_id`` if it is safe to join to a path, else raise RunError."""
-    if not isinstance(run_id, str) or not ID_RE.fullmatch(run_id):
-        raise RunError(
-            f"invalid run id {run_id!r}: use 1-100 lowercase letters, digits, '-' or '_', "
-            "starting with a letter or digit (e.g. 20261126-193501-resnet20-a)"
-        )
-    return run_id
-
-
-def _slug(name: str | None) -> str:
-    # Fold accents to ASCII first so "Résumé" becomes "resume", not "r-sum".
-    ascii_name = unicodedata.normalize("NFKD", name or "").encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
-    return slug[:_SLUG_MAX].strip("-") or "run"
-
-
-def make_run_id(name: str | None, root: Path | None = None, now: _dt.datetime | None = None) -> str:
-    """``<UTC yyyymmdd-hhmmss>-<slug of name>``; sorts by creation time.
-
-    With ``root``, an id already taken there gets a ``-2``, ``-3``, ... suffix.
-    ``RunDir.create`` still claims the folder with an exclusive mkdir, so two processes
-    racing for the same id cannot both get it.
-    """
-    stamp = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{_slug(name)}"
-    if root is None:
-        return base
-    run_id, n = base, 1
-    while (Path(root) / run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    return run_id
 
 
 def _pid_alive(pid: int) -> bool:
