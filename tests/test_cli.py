@@ -141,5 +141,5 @@ def test_recipe_paper_is_the_papers_schedule_and_given_flags_override_it() -> No
     assert train_config("--recipe", "paper", "--epochs", "2").epochs == 2 and train_config().nesterov
     assert train_config() == TrainConfig(probe_every=10)  # the brief recipe is the library's defaults
     assert not train_config("--no-nesterov").nesterov and not train_config("--momentum", "0").nesterov
-    run = _run_config(build_parser().parse_args(["train", "--recipe", "paper", "--val-split", "5000"]), 10)
+    run = run_config(build_parser().parse_args(["train", "--recipe", "paper", "--val-split", "5000"]), 10)
     assert run.data.validation == 5000
