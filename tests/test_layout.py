@@ -88,3 +88,23 @@ def test_pages_never_train_or_start_threads():
         assert not _modules(page) & banned, (page.name, _modules(page) & banned)
         calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
         assert not calls & {"backward", "zero_grad"}, (page.name, calls & {"backward", "zero_grad"})
+
+
+# "About 300 lines a module, about 60 a function" (nanoGPT's rule of a file read in one sitting
+# and a function that fits on a screen); the slack keeps a docstring from tipping a file over.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 320, 65
+
+
+def test_modules_and_functions_stay_short():
+    long = []
+    for path in sorted(LIBRARY.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        where = path.relative_to(ROOT)
+        if source.count("\n") > MAX_MODULE_LINES:
+            long.append(f"{where}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    long.append(f"{where}:{node.lineno} {node.name}(): {size} lines")
+    assert not long, "split these into named parts:\n" + "\n".join(long)
