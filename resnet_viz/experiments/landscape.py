@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments.common import ProgressFn, check, report
 from resnet_viz.experiments.folded import Probe
+from resnet_viz.fsutil import as_number  # NaN/inf are not JSON: a diverged point becomes a gap
 
 # Images per forward pass. Small batches are faster here: ResNet-20 evaluates 2,000 images at
 # 8,000 img/s in batches of 128-192 against 4,700 img/s in batches of 1,000 (2-core EPYC, bf16),
@@ -42,11 +43,6 @@ EVAL_BATCH = 128
 
 __all__ = ["EVAL_BATCH", "Slice1D", "Surface2D", "fixed_subset", "interpolation_slice", "random_direction",
            "preview_strides", "random_slice", "surface_2d"]
-
-
-def _finite_or_none(v: float) -> float | None:
-    # NaN/inf are not JSON: a diverged point far from the minimum is shown as a gap instead.
-    return v if math.isfinite(v) else None
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ class Slice1D:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["loss"] = [_finite_or_none(v) for v in self.loss]
+        d["loss"] = [as_number(v, finite=True) for v in self.loss]
         return d
 
 
@@ -74,7 +70,7 @@ class Surface2D:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["loss"] = [[_finite_or_none(v) for v in row] for row in self.loss]
+        d["loss"] = [[as_number(v, finite=True) for v in row] for row in self.loss]
         return d
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from resnet_viz.config import RunConfig
 from resnet_viz.data.batches import eval_batches
 from resnet_viz.data.sources import ImageData
-from resnet_viz.nets.cifar import param_norms_finite
+from resnet_viz.nets.cifar import eval_mode, param_norms_finite
 from resnet_viz.store.rundir import RunDir
 from resnet_viz.training.device import autocast
 from resnet_viz.training.distributed import CompileError, DistContext, compile_failure
@@ -73,11 +73,9 @@ def evaluate(
     """
     ctx = dist or DistContext()
     lo, hi = ctx.shard(len(y))
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(2, device=device)  # (loss sum, correct count)
-    try:
+    with eval_mode(model):
         for xb, yb in eval_batches(x[lo:hi], y[lo:hi], batch_size, device, channels_last):
             with autocast(device, precision):
                 logits = model(xb)
@@ -86,8 +84,6 @@ def evaluate(
             logits = logits.float()
             sums[0] += nn.functional.cross_entropy(logits, yb, reduction="sum")
             sums[1] += (logits.argmax(1) == yb).sum()
-    finally:
-        model.train(was_training)
     loss_sum, correct = ctx.all_reduce_sum(sums).tolist()
     n = max(len(y), 1)
     return loss_sum / n, correct / n
