@@ -15,7 +15,9 @@ st.caption("He et al. (2015), Table 1 and Fig. 3: the 18- and 34-layer nets stac
 c1, c2 = st.columns([1, 1])
 name = c1.radio("Network", imagenet.IMAGENET_MODELS, horizontal=True, index=0)
 pretrained = c2.toggle("Pretrained ImageNet weights", value=False,
-                       help="downloaded by torchvision on first use (needs internet), then cached")
+                       help="torchvision's weights from download.pytorch.org: downloaded on first use (needs "
+                            "internet), cached in torch's hub folder, and checked against the SHA-256 in "
+                            "torchvision's file name before every load")
 
 
 @st.cache_resource(show_spinner="Loading the network...", max_entries=3)

@@ -1,11 +1,14 @@
 """torchvision's ImageNet ResNets: building, ReLU splitting, inputs, summaries, attribution.
 
-Random weights only: nothing here downloads. The download is monkeypatched where
-torchvision calls it (``torchvision.models._api.load_state_dict_from_url``).
+Random weights only: nothing here downloads. Pretrained loading runs on a temporary
+torch.hub folder, with ``torch.hub.download_url_to_file`` replaced.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+from pathlib import Path
 from urllib.error import URLError
 
 import pytest
@@ -79,36 +82,6 @@ def test_build_matches_torchvision_and_splits_relus(name: str) -> None:
 def test_unknown_model_name() -> None:
     with pytest.raises(ImageNetError, match="resnet18, resnet34, resnet50"):
         build_imagenet("resnet101", pretrained=False)
-
-
-@pytest.mark.parametrize("error", [URLError("no route to host"), RuntimeError("invalid hash value")])
-def test_pretrained_offline_raises_helpful_error(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
-    def fail(*args, **kwargs):
-        raise error
-
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fail)
-    with pytest.raises(WeightsUnavailable) as info:
-        build_imagenet("resnet18", pretrained=True)
-    assert isinstance(info.value, ValueError)
-    msg = str(info.value)
-    for part in ("download.pytorch.org", "TORCH_HOME", "random weights", torch.hub.get_dir()):
-        assert part in msg
-
-
-def test_pretrained_path_loads_weights_and_splits_relus(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Stand-in for the download: torchvision's own loading code runs on a known state_dict.
-    source = torchvision.models.resnet18().state_dict()
-    seen: list[str] = []
-
-    def fake_download(url: str, *args, **kwargs):
-        seen.append(url)
-        return source
-
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_download)
-    model = build_imagenet("resnet18", pretrained=True)
-    assert seen and seen[0].startswith("https://download.pytorch.org/")
-    assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"])
-    assert max(_relu_calls(model).values()) == 1
 
 
 def test_categories() -> None:
@@ -214,3 +187,115 @@ def test_gradcam_on_a_torchvision_block(resnet18: nn.Module) -> None:
 
 def test_module_names_its_public_api() -> None:
     assert all(hasattr(imagenet, n) for n in imagenet.__all__)
+
+
+# Pretrained weights are read from torch.hub's cache by resnet_viz, not torchvision: the file's
+# SHA-256 must match the prefix in torchvision's file name, and it is unpickled with weights_only.
+
+
+class _Marker:
+    """Unpickling this object creates ``path``: proof that a load ran code from the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+@pytest.fixture()
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """torch.hub's checkpoints folder, empty and temporary; downloading fails as if offline."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise URLError("tests do not download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _saved(obj: object) -> tuple[bytes, str]:
+    """``obj`` as torch.save writes it, and the first 8 hex digits of its SHA-256."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue(), hashlib.sha256(buf.getvalue()).hexdigest()[:8]
+
+
+def _name_files_by(monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
+    """Make torchvision's URL for the weights name ``prefix`` as their hash; the file name."""
+    monkeypatch.setattr(imagenet, "_weights_url", lambda name: f"https://download.pytorch.org/models/{name}-{prefix}.pth")
+    return f"resnet18-{prefix}.pth"
+
+
+def test_a_cached_file_that_is_not_torchvisions_is_refused_unread(hub: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    real_name = torchvision.models.ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]  # resnet18-f37072fd.pth
+    torch.save(_Marker(marker), hub / real_name)  # someone who can write the cache put it there
+    with pytest.raises(WeightsUnavailable) as info:
+        build_imagenet("resnet18", pretrained=True)
+    assert not marker.exists(), "the cached file was unpickled and ran code"
+    assert isinstance(info.value, ValueError)
+    msg = str(info.value)
+    for part in ("not torchvision's resnet18 weights", "SHA-256", "f37072fd", "not loaded", str(hub / real_name)):
+        assert part in msg
+
+
+def test_a_file_matching_its_hash_loads_the_same_weights(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(3)
+    source = torchvision.models.resnet18().state_dict()
+    data, prefix = _saved(source)
+    (hub / _name_files_by(monkeypatch, prefix)).write_bytes(data)
+    state = build_imagenet("resnet18", pretrained=True).state_dict()
+    assert list(state) == list(source)
+    assert all(torch.equal(state[k], v) for k, v in source.items())
+    assert max(_relu_calls(build_imagenet("resnet18", pretrained=True)).values()) == 1
+
+
+def test_a_file_matching_its_hash_still_runs_no_code(hub: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Defence in depth: even a file whose hash matches is unpickled with weights_only=True.
+    marker = tmp_path / "code-ran"
+    data, prefix = _saved(_Marker(marker))
+    (hub / _name_files_by(monkeypatch, prefix)).write_bytes(data)
+    with pytest.raises(WeightsUnavailable, match="could not be loaded"):
+        build_imagenet("resnet18", pretrained=True)
+    assert not marker.exists()
+
+
+def test_a_missing_file_is_downloaded_with_its_hash_checked(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(4)
+    source = torchvision.models.resnet18().state_dict()
+    data, prefix = _saved(source)
+    name = _name_files_by(monkeypatch, prefix)
+    calls: list[tuple[str, str, str | None]] = []
+
+    def download(url: str, dst: str, hash_prefix: str | None = None, progress: bool = True) -> None:
+        calls.append((url, dst, hash_prefix))
+        Path(dst).write_bytes(data)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    model = build_imagenet("resnet18", pretrained=True)
+    assert calls == [(f"https://download.pytorch.org/models/{name}", str(hub / name), prefix)]
+    assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"])
+    build_imagenet("resnet18", pretrained=True)
+    assert len(calls) == 1  # cached now
+
+
+@pytest.mark.parametrize("error", [URLError("no route to host"), RuntimeError("invalid hash value")])
+def test_pretrained_offline_raises_helpful_error(hub: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 error: Exception) -> None:
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    with pytest.raises(WeightsUnavailable) as info:
+        build_imagenet("resnet18", pretrained=True)
+    assert isinstance(info.value, ValueError)
+    msg = str(info.value)
+    for part in ("download.pytorch.org", "TORCH_HOME", "random weights", str(hub), "resnet18-f37072fd.pth",
+                 "must begin with f37072fd"):
+        assert part in msg
+    assert not any(hub.iterdir())  # nothing was put in the cache

@@ -1,7 +1,12 @@
 """torchvision's ImageNet ResNets: the paper's Table 1 / Fig. 3 networks, next to the CIFAR ones.
 
 Models come from ``torchvision.models`` so pretrained weights are torchvision's own,
-downloaded from download.pytorch.org on first use and cached in torch's hub folder.
+downloaded from download.pytorch.org on first use and cached in torch's hub folder. They are
+read here, not by torchvision: torch.hub trusts a file already in its cache (no hash check) and
+unpickles it with ``weights_only=False``, so whoever can write that folder could run code in the
+server. Every load checks the file's SHA-256 against the prefix in torchvision's file name and
+unpickles tensors only (``weights_only=True``).
+
 Two changes are made after building, neither of which touches the ``state_dict``:
 
 - every block gets one ``nn.ReLU`` module per use. torchvision's blocks call the same
@@ -16,7 +21,11 @@ and linear layer, so they are twice the paper's "multiply-adds" (1.8 / 3.6 / 3.8
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
+import re
+from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 
@@ -113,32 +122,77 @@ def _split_relus(model: nn.Module) -> None:
             m.relu3 = nn.ReLU(inplace=True)
 
 
+def _weights_url(name: str) -> str:
+    """Where torchvision publishes ``name``'s default weights, e.g. .../resnet18-f37072fd.pth."""
+    return str(_WEIGHTS[name].DEFAULT.url)
+
+
+def _weights_file(name: str) -> tuple[str, Path, str]:
+    """(url, path in torch's hub cache, SHA-256 prefix) of ``name``'s pretrained weights.
+
+    torchvision names each file after the first hex digits of its SHA-256 (``-f37072fd.pth``),
+    and torch.hub caches it under that same name in ``<hub dir>/checkpoints``.
+    """
+    url = _weights_url(name)
+    filename = url.rsplit("/", 1)[-1]
+    found = re.fullmatch(r".+-([0-9a-f]{8,64})\.pth", filename)
+    if found is None:
+        raise ImageNetError(f"{url} names no SHA-256 prefix, so its file cannot be checked before loading")
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / filename, found.group(1)
+
+
 def _unavailable(name: str, error: BaseException) -> WeightsUnavailable:
-    cache = f"{torch.hub.get_dir()}/checkpoints"
+    url, path, prefix = _weights_file(name)
     return WeightsUnavailable(
         f"the pretrained {name} weights could not be loaded ({type(error).__name__}: {error}). "
-        f"They download from download.pytorch.org on first use (about 45-100 MB) and are cached in {cache} "
-        "(set $TORCH_HOME to move torch's hub folder). Connect to the internet and try again, copy the file "
-        "into that folder by hand, delete a damaged file there, or use random weights to look at the architecture."
+        f"They download from download.pytorch.org on first use (about 45-100 MB) and are cached in {path.parent} "
+        "(set $TORCH_HOME to move torch's hub folder). Connect to the internet and try again, copy torchvision's "
+        f"file {url} into that folder by hand under its own name, {path.name} (its SHA-256 must begin with "
+        f"{prefix}; any other file is refused), delete a damaged file there, or use random weights to look at "
+        "the architecture."
     )
+
+
+def _checked_state(name: str) -> dict[str, Tensor]:
+    """``name``'s pretrained state_dict, downloaded if not cached, read only if its SHA-256 matches."""
+    url, path, prefix = _weights_file(name)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # torch.hub writes a temporary file beside ``path``, checks its hash and only then renames
+        # it into place: a broken or foreign download never lands in the cache.
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=False)
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if not digest.startswith(prefix):
+        raise WeightsUnavailable(
+            f"{path} is not torchvision's {name} weights file: its SHA-256 begins with {digest[:len(prefix)]}, "
+            f"torchvision's with {prefix}. It was not loaded. Delete it to download the weights again, or "
+            f"replace it with the file from {url}."
+        )
+    # The bytes hashed are the bytes loaded (a second read could see a swapped file), and
+    # weights_only=True rebuilds tensors and plain containers, never arbitrary objects.
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise WeightsUnavailable(f"{path} holds a {type(state).__name__}, not a state_dict; delete it")
+    return state
 
 
 def build_imagenet(name: str, pretrained: bool) -> nn.Module:
     """torchvision's resnet18/34/50, with its ImageNet weights if ``pretrained``, in eval mode.
 
-    Raises ``WeightsUnavailable`` when the weights cannot be downloaded or read.
+    Raises ``WeightsUnavailable`` when the weights cannot be downloaded or read, or when the
+    cached file is not torchvision's (its SHA-256 does not match the file name's prefix).
     """
     _check_name(name)
-    weights = _WEIGHTS[name].DEFAULT if pretrained else None
-    builder = getattr(torchvision.models, name)
-    try:
-        model = builder(weights=weights)
-    except (URLError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        # URLError/OSError: offline, DNS, proxy, disk full; RuntimeError: hash mismatch or a
-        # cached file that torch.load cannot read; EOF/Unpickling: a truncated cache file.
-        if weights is None:
-            raise
-        raise _unavailable(name, e) from e
+    model = getattr(torchvision.models, name)()
+    if pretrained:
+        try:
+            state = _checked_state(name)
+        except (URLError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            # URLError/OSError: offline, DNS, proxy, disk full; RuntimeError: a download whose hash
+            # does not match, or a file torch.load cannot read; EOF/Unpickling: a truncated file.
+            raise _unavailable(name, e) from e
+        model.load_state_dict(state)  # strict: every key of the architecture, nothing else
     _split_relus(model)
     return model.eval()
 
