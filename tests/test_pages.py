@@ -255,15 +255,17 @@ def test_imagenet_page_explains_an_upload_with_random_weights() -> None:
     assert len(at.get("plotly_chart")) == 2
 
 
-def test_imagenet_page_offline_pretrained_gives_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_imagenet_page_offline_pretrained_gives_a_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from urllib.error import URLError
 
-    import torchvision.models._api as api
+    import torch.hub
 
     def offline(*a, **k):
         raise URLError("no network")
 
-    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    # An empty hub cache, so the weights are fetched (resnet_viz.nets.imagenet downloads them itself).
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     at = page("imagenet").run()
     next(t for t in at.toggle if t.label.startswith("Pretrained")).set_value(True).run()
     assert not at.exception, at.exception
