@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from resnet_viz.app import state, widgets
+from resnet_viz.app import preload, state, widgets
 
+# Before anything else: concurrent first sessions must not see a half-imported pandas (see preload).
+preload.ensure()
 st.set_page_config(page_title="ResNet Lab", page_icon=":material/account_tree:", layout="wide")
 pages = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
