@@ -189,8 +189,8 @@ def _image_file(folder: DataFolder, e: os.DirEntry[str], label: int) -> ImageFil
         raise DataError(f"cannot read {folder.show(path)} ({why(exc)})") from None
     if st.st_size > MAX_FILE_BYTES:
         raise DataError(
-            f"{folder.show(path)} is {st.st_size / 2**20:.0f} MB, over the limit of {MAX_FILE_BYTES / 2**20:.0f} MB "
-            "for one image; scale it down or remove it"
+            f"{folder.show(path)} is {st.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for one image; "
+            "scale it down or remove it"
         )
     folder.images += 1
     if folder.images > MAX_IMAGES:
@@ -205,7 +205,7 @@ def decode_image(path: Path) -> np.ndarray:
     """One file as a (32, 32, 3) uint8 RGB array (any size or mode in)."""
     with Image.open(path, formats=_FORMATS) as im:
         if im.size[0] * im.size[1] > MAX_PIXELS:  # before decoding: a small file can claim huge pixels
-            raise DataError(f"{im.size[0]}x{im.size[1]} pixels is over the limit of {MAX_PIXELS / 1e6:.0f} megapixels")
+            raise DataError(f"{im.size[0]}x{im.size[1]} pixels is over the limit of {MAX_PIXELS:,} pixels")
         if im.format == "JPEG" and min(im.size) > 2 * IMAGE_SIZE:
             im.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # decode big JPEGs at 1/2..1/8 scale: far faster
         rgb = im.convert("RGB") if im.mode != "RGB" else im
