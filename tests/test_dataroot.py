@@ -36,7 +36,8 @@ def allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _load(path: Path | str, trusted: bool = False) -> sources.ImageData:
-    return sources.load_data(DataConfig(source="folder", path=str(path), holdout_fraction=0.2), trusted=trusted)
+    cfg = DataConfig(source="folder", path=str(path), holdout_fraction=0.2)
+    return sources.load_data(cfg, trusted=True) if trusted else sources.load_data(cfg)
 
 
 def _no_decode(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
