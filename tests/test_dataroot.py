@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from test_data import _write_tree
 
 from resnet_viz.config import DataConfig
@@ -122,7 +121,8 @@ def test_a_tree_over_the_caps_is_refused_before_decoding(allowed: Path, monkeypa
 def test_pixels_are_capped_before_decoding(allowed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_tree(allowed / "fruit", per_class=5)  # sizes up to 100x80
     monkeypatch.setattr(files, "MAX_PIXELS", 64 * 64)
-    with pytest.raises(DataError, match=r"/004\.jpg in .*fruit as an image \(DataError: 100x80 pixels is over the limit of 4,096 pixels\)"):
+    too_big = r"/004\.jpg in .*fruit as an image \(DataError: 100x80 pixels is over the limit of 4,096 pixels\)"
+    with pytest.raises(DataError, match=too_big):
         _load(allowed / "fruit")
 
 

@@ -33,7 +33,7 @@ MAX_CLASSES = 1_000  # ImageNet's count
 MAX_NESTING = 4  # folders inside a class folder (ImageFolder allows any depth; a loop of links never ends)
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # read from the header, before the pixels are decoded (as uploads.MAX_PIXELS)
-# ImageFolder's extensions' formats only: a renamed EPS would otherwise start Ghostscript.
+# The formats of ImageFolder's extensions (and GIF, often misnamed) only: a renamed EPS would start Ghostscript.
 _FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP", "GIF")
 
 ProgressFn = Callable[[int, int], None]
