@@ -16,7 +16,8 @@ from resnet_viz.config import (
     base_lr,
     scaled_lr,
 )
-from resnet_viz.data.sources import default_source
+from resnet_viz.data.roots import locate
+from resnet_viz.data.sources import allowed_roots, default_source
 from resnet_viz.store.listing import metrics_csv
 
 st.title("Train")
@@ -34,6 +35,8 @@ try:
         new_cfg = default_source()
     elif choice == "folder":
         path = st.text_input("Folder (with class folders, or train/ and test/)", value=current.path or "")
+        if path:
+            locate(path, allowed_roots())  # a path on the server's disk: only under the allowed data folders
         new_cfg = DataConfig(source="folder", path=path) if path else current
     else:
         new_cfg = DataConfig(source=choice)

@@ -168,7 +168,9 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     else:
         config = run_config(args, 10)  # validate every argument before the (slow) data load
     check_batch_split(config.train.batch_size, ctx.world_size)
-    data = load_data(config.data if args.resume else _data_config(args))
+    # The CLI runs as the server's operator: --data (or a resumed run's folder) may be anywhere,
+    # not only under the app's allowed roots; the scan's limits still apply.
+    data = load_data(config.data if args.resume else _data_config(args), trusted=True)
     if not args.resume:
         config = run_config(args, len(data.classes))
         run = RunDir.create(root, config, args.name) if ctx.is_main else None

@@ -38,6 +38,7 @@ from resnet_viz.data.files import (
     scan_classes,
     stratified_split,
 )
+from resnet_viz.data.roots import allowed_roots_for, locate
 from resnet_viz.data.synthetic import generate
 from resnet_viz.fsutil import PROJECT_ROOT, work_dir
 
@@ -83,10 +84,16 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else default_data_dir() / "cache"
 
 
-def load_data(cfg: DataConfig, cache_dir: Path | None = None, progress: ProgressFn | None = None) -> ImageData:
-    """The images ``cfg`` describes, with ``cfg.validation`` training images held out as a
-    validation set; a :class:`DataError` says why they cannot be had."""
-    data = _load_source(cfg, cache_dir, progress)
+def allowed_roots() -> tuple[Path, ...]:
+    """Where a folder data set may be read from unless trusted (see ``roots.py``)."""
+    return allowed_roots_for(default_data_dir())
+
+
+def load_data(cfg: DataConfig, cache_dir: Path | None = None, progress: ProgressFn | None = None, *,
+              trusted: bool = False) -> ImageData:
+    """The images ``cfg`` describes, ``cfg.validation`` training images held out as a validation set;
+    a :class:`DataError` says why not. A folder must be under :func:`allowed_roots` unless ``trusted``."""
+    data = _load_source(cfg, cache_dir, progress, trusted)
     return split_validation(data, cfg.validation, cfg.seed) if cfg.validation else data
 
 
@@ -112,7 +119,7 @@ def split_validation(data: ImageData, n: int, seed: int) -> ImageData:
     )
 
 
-def _load_source(cfg: DataConfig, cache_dir: Path | None, progress: ProgressFn | None) -> ImageData:
+def _load_source(cfg: DataConfig, cache_dir: Path | None, progress: ProgressFn | None, trusted: bool) -> ImageData:
     if cfg.source == "synthetic":
         return make_synthetic(cfg.synthetic_train, cfg.synthetic_test, cfg.seed)
     if cfg.source == "cifar10":
@@ -121,7 +128,8 @@ def _load_source(cfg: DataConfig, cache_dir: Path | None, progress: ProgressFn |
     if cfg.source == "folder":
         if not cfg.path:
             raise DataError("the folder data source needs a path to a folder of class folders")
-        return load_folder(Path(cfg.path), cfg.holdout_fraction, cfg.seed, cache_dir, progress)
+        roots = None if trusted else allowed_roots()
+        return load_folder(Path(cfg.path), cfg.holdout_fraction, cfg.seed, cache_dir, progress, roots)
     raise DataError(f"unknown data source {cfg.source!r}; choose cifar10, folder or synthetic")
 
 
@@ -192,37 +200,39 @@ def load_folder(
     seed: int,
     cache_dir: Path | None = None,
     progress: ProgressFn | None = None,
+    roots: tuple[Path, ...] | None = None,
 ) -> ImageData:
     """A tree of class folders (ImageFolder layout), with or without ``train/`` + ``test/``.
 
     With both ``train/`` and ``test/`` they are the two splits. Otherwise the folder (or its
     lone ``train/``) is the class tree and a seeded, per-class ``holdout_fraction`` of it
-    becomes the test set.
+    becomes the test set. The folder must lie in one of ``roots`` (None: trusted, anywhere).
     """
-    root = Path(path).expanduser()
+    folder = locate(path, roots)
+    root, where = folder.path, folder.label
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; give a folder with one sub-folder of images per class")
+        raise DataError(f"data folder {where} does not exist; give a folder with one sub-folder of images per class")
     if not 0.0 < holdout_fraction < 1.0:
         raise DataError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
     split = (root / "train").is_dir() and (root / "test").is_dir()
     if split:
-        classes, train_files = scan_classes(root / "train", root)
-        test_classes, test_files = scan_classes(root / "test", root)
+        classes, train_files = scan_classes(root / "train", folder)
+        test_classes, test_files = scan_classes(root / "test", folder)
         if test_classes != classes:
             only_train = sorted(set(classes) - set(test_classes))
             only_test = sorted(set(test_classes) - set(classes))
             raise DataError(
-                f"{root}/train and {root}/test must have the same class folders; only in train: "
+                f"{where}/train and {where}/test must have the same class folders; only in train: "
                 f"{only_train or 'none'}, only in test: {only_test or 'none'}; rename or remove folders to match"
             )
     else:
-        classes, train_files = scan_classes(class_tree(root), root)
+        classes, train_files = scan_classes(class_tree(root), folder)
         test_files = []
     key = files_key([("split" if split else "tree", classes)], train_files + test_files)
     cache = _cache_file(cache_dir, "folder", root, key)
     payload = cache_load(cache) if cache else None
     if payload is None:
-        everything = decode_files(root, train_files + test_files, progress)  # (N, 3, 32, 32)
+        everything = decode_files(root, train_files + test_files, progress, where)  # (N, 3, 32, 32)
         n_train = len(train_files)
         payload = {
             "train_x": everything[:n_train],
@@ -236,15 +246,15 @@ def load_folder(
             cache_save(cache, payload)
     if not split:
         # The split is cheap and not cached, so changing the seed or fraction needs no decode.
-        train_idx, test_idx = stratified_split(payload["train_y"], holdout_fraction, seed, root)
+        train_idx, test_idx = stratified_split(payload["train_y"], holdout_fraction, seed, where)
         x, y = payload["train_x"], payload["train_y"]
         payload = {**payload, "train_x": x[train_idx], "train_y": y[train_idx],
                    "test_x": x[test_idx], "test_y": y[test_idx]}  # fmt: skip
     looks_like_cifar = (
         tuple(classes) == CIFAR10_CLASSES and len(payload["train_y"]) == 50_000 and len(payload["test_y"]) == 10_000
     )
-    folder = root.resolve().name or str(root)
-    name = f"CIFAR-10 (JPEG copy): {folder}" if looks_like_cifar else folder
+    short = root.name or where
+    name = f"CIFAR-10 (JPEG copy): {short}" if looks_like_cifar else short
     return _image_data(payload, name=name, source="folder")
 
 
@@ -272,7 +282,7 @@ def _default() -> tuple[DataConfig, str]:
     if _REPO_ROOT is not None:  # a checkout may have the team's shared copy beside it
         candidates.append(_REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg")
     for folder in candidates:
-        if folder.is_dir():
+        if folder.is_dir() and any(folder.resolve().is_relative_to(r) for r in allowed_roots()):
             folder = folder.resolve()
             return DataConfig(source="folder", path=str(folder)), f"CIFAR-10 (JPEG copy) from {folder}"
     return DataConfig(), (
