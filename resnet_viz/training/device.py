@@ -85,6 +85,8 @@ def one_cpu_thread() -> Iterator[None]:
     started later at one thread for good. So the first caller in saves the count and the last
     one out puts it back. Every caller lowers it: with OpenMP each thread has its own count (a
     new thread starts from the last one set), so a caller's thread may still have the old one.
+    One leaving while others are inside puts nothing back, as under a process-wide count that
+    would lift their limit; its own thread stays at one (a page's script run ends soon anyway).
     """
     with _OneCpuThread.lock:
         if _OneCpuThread.inside == 0:
