@@ -149,3 +149,25 @@ def test_summary_flops_shapes_and_receptive_field() -> None:
     rfs = [b.receptive_field for b in s.blocks]
     assert rfs == sorted(rfs) and rfs[0] == 7
     assert s.stem_params + sum(b.params for b in s.blocks) + s.head_params == s.params
+
+
+SEEDED = [ModelConfig(depth=8, shortcut=s) for s in ("A", "B", "C", "none")] + [
+    ModelConfig(depth=11, shortcut="B", block="bottleneck"),
+    ModelConfig(depth=8, shortcut="C", width=2, zero_init_residual=True, num_classes=7),
+]
+
+
+@pytest.mark.parametrize("config", SEEDED, ids=lambda c: c.label)
+def test_a_generator_gives_the_weights_of_the_global_seed_and_leaves_the_global_rng_alone(config) -> None:
+    # Runs, benchmarks and interpolation slices made with torch.manual_seed(s) keep their weights.
+    for seed in (0, 7):
+        torch.manual_seed(seed)
+        expected = build_model(config).state_dict()
+        before = torch.random.get_rng_state()
+        got = build_model(config, generator=torch.Generator().manual_seed(seed)).state_dict()
+        assert torch.equal(torch.random.get_rng_state(), before)
+        assert got.keys() == expected.keys()
+        assert [k for k in got if not torch.equal(got[k], expected[k])] == []
+        assert all(t.device.type == "cpu" for t in got.values())
+    a, b = (build_model(SEEDED[0], generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert not torch.equal(a.conv1.weight, b.conv1.weight)

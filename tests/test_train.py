@@ -346,3 +346,46 @@ def test_a_validation_split_is_held_out_and_evaluated(tiny_data) -> None:
     assert result.test_acc == evals[-1]["test_acc"]  # test figures keep their meaning
     with pytest.raises(ValueError, match="use a smaller --val-split"):
         fit(dataclasses.replace(cfg, data=DataConfig(validation=640)), data=tiny_data)
+
+
+@pytest.mark.slow
+def test_a_seeded_run_ignores_other_threads_seeding_the_global_rng(
+    tiny_data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages and experiment threads seed and draw from torch's global RNG at any moment; a run
+    with a given seed still starts from the same weights and takes the same first steps."""
+    cfg = tiny_config(steps=10, probe_every=0, eval_every=1000)  # augmented: the data's randomness too
+    alone: list[dict] = []
+    fit(cfg, data=tiny_data, on_records=alone.extend)
+
+    stop, reseeded = threading.Event(), threading.Event()
+
+    def page() -> None:
+        i = 0
+        while not stop.is_set():
+            torch.manual_seed(1000 + i)
+            torch.rand(64)
+            reseeded.set()
+            i += 1
+            time.sleep(0.001)
+
+    build = state_mod.build_model
+
+    def build_after_a_reseed(*args, **kwargs):
+        # Make sure the page gets a turn between the trainer's seeding and its build, which a
+        # thread switch may otherwise give it or not.
+        reseeded.clear()
+        assert reseeded.wait(10)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(state_mod, "build_model", build_after_a_reseed)
+    other = threading.Thread(target=page, daemon=True)
+    other.start()
+    busy: list[dict] = []
+    try:
+        fit(cfg, data=tiny_data, on_records=busy.extend)
+    finally:
+        stop.set()
+        other.join(10)
+    assert len(step_losses(alone)) == 10
+    assert step_losses(busy) == step_losses(alone)

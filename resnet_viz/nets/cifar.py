@@ -14,6 +14,7 @@ Backprop attach hooks per module and break when one ReLU is reused.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -163,9 +164,21 @@ def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int) -> nn.Module 
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = config
+        if generator is None:
+            self._make_layers(config)
+        else:
+            # Made without values, then drawn from the generator: torch's layers draw their
+            # default init from the global RNG, which any thread may reseed at any moment.
+            with torch.device("meta"):
+                self._make_layers(config)
+            self.to_empty(device="cpu")
+            self._default_init(generator)
+        self._init_weights(generator)
+
+    def _make_layers(self, config: ModelConfig) -> None:
         block_cls: type[Block] = BasicBlock if config.block == "basic" else Bottleneck
         w1, w2, w3 = config.stage_widths
         self.conv1 = conv3x3(3, w1)
@@ -179,7 +192,6 @@ class CifarResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(self._in_ch, config.num_classes)
-        self._init_weights()
 
     def _make_stage(self, block_cls: type[Block], planes: int, n: int, stride: int) -> nn.Sequential:
         blocks: OrderedDict[str, nn.Module] = OrderedDict()
@@ -191,13 +203,26 @@ class CifarResNet(nn.Module):
             self._in_ch = out_ch
         return nn.Sequential(blocks)
 
-    def _init_weights(self) -> None:
+    @torch.no_grad()
+    def _default_init(self, g: torch.Generator) -> None:
+        """Torch's default init of each layer, from ``g`` in the order the layers are made (a block's
+        shortcut first): ``g`` seeded with s gives the weights ``torch.manual_seed(s)`` gives."""
+        made: list[nn.Module] = [self.conv1]
+        for _, b in iter_blocks(self):
+            made += [*(b.shortcut.modules() if b.shortcut is not None else ()), *b.children()]
+        for m in dict.fromkeys([*made, self.fc]):  # each once, first place kept
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+                if m.bias is not None:
+                    bound = 1 / math.sqrt(m.weight[0].numel())
+                    nn.init.uniform_(m.bias, -bound, bound, generator=g)
+
+    def _init_weights(self, g: torch.Generator | None) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
             elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                m.reset_parameters()  # weight 1, bias 0, fresh running statistics (after to_empty)
         if self.config.zero_init_residual and self.config.shortcut != "none":
             # Each residual block then starts as its shortcut: the net behaves like a
             # shallower one at step 0 (Goyal et al. 2017). Meaningless for a plain net.
@@ -272,13 +297,14 @@ def eval_mode(model: nn.Module, *, frozen: bool = False) -> Iterator[nn.Module]:
             p.requires_grad_(requires_grad)
 
 
-def build_model(config: ModelConfig | str) -> CifarResNet:
-    """A model from a config or a registry name (``resnet20``, ``plain56`` ...)."""
+def build_model(config: ModelConfig | str, generator: torch.Generator | None = None) -> CifarResNet:
+    """A model from a config or a registry name (``resnet20``, ``plain56`` ...), its initial weights
+    drawn from ``generator`` (a CPU one) if given, else from the global RNG that all threads share."""
     if isinstance(config, str):
         if config not in MODELS:
             raise ValueError(f"unknown model {config!r}; known: {', '.join(MODELS)}")
         config = MODELS[config]
-    return CifarResNet(config)
+    return CifarResNet(config, generator)
 
 
 # The paper's CIFAR nets (Table 6 and Fig. 6); tests loop over this registry.

@@ -1,10 +1,13 @@
-"""Which device to train on: CUDA, then MPS, then CPU, unless the user says otherwise."""
+"""Which device to train on: CUDA, then MPS, then CPU, unless the user says otherwise;
+and how many CPU threads torch uses while a page works beside a training job."""
 
 from __future__ import annotations
 
 import functools
 import os
-from contextlib import AbstractContextManager, nullcontext
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -63,3 +66,37 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[obj
     if precision == "bf16" and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+class _OneCpuThread:
+    """Who is inside ``one_cpu_thread`` now, and torch's thread count from before the first came in."""
+
+    lock = threading.Lock()
+    inside = 0
+    before = 0
+
+
+@contextmanager
+def one_cpu_thread() -> Iterator[None]:
+    """torch on one CPU thread for the body, however many callers overlap in however many threads.
+
+    The count is process state. Each caller saving it and putting it back would, with two
+    overlapping (A lowers 2 to 1, B saves 1, A puts back 2, B puts back 1), leave every thread
+    started later at one thread for good. So the first caller in saves the count and the last
+    one out puts it back. Every caller lowers it: with OpenMP each thread has its own count (a
+    new thread starts from the last one set), so a caller's thread may still have the old one.
+    One leaving while others are inside puts nothing back, as under a process-wide count that
+    would lift their limit; its own thread stays at one (a page's script run ends soon anyway).
+    """
+    with _OneCpuThread.lock:
+        if _OneCpuThread.inside == 0:
+            _OneCpuThread.before = torch.get_num_threads()
+        _OneCpuThread.inside += 1
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        with _OneCpuThread.lock:
+            _OneCpuThread.inside -= 1
+            if _OneCpuThread.inside == 0:
+                torch.set_num_threads(_OneCpuThread.before)

@@ -134,8 +134,10 @@ def prepare(
         raise ValueError(
             f"the model has {config.model.num_classes} classes but {data.name} has {len(data.classes)}"
         )
-    torch.manual_seed(tc.seed)  # the same seed gives the same initial weights (on every rank)
-    model: nn.Module = build_model(config.model)
+    # The same seed gives the same initial weights on every rank, whatever other threads do
+    # with torch's global RNG meanwhile (pages and experiments seed it); the data's randomness
+    # comes from the BatchStream's own generators.
+    model: nn.Module = build_model(config.model, generator=torch.Generator().manual_seed(tc.seed))
     if tc.sync_bn and ctx.is_distributed:
         model = convert_sync_bn(model, device)
     model = model.to(device)
