@@ -96,10 +96,8 @@ def load_model(ref: ModelRef) -> tuple[CifarResNet, ModelConfig, tuple[str, ...]
         ds = data()
         classes = ds.classes if ds is not None else tuple(f"class {i}" for i in range(10))
         cfg = replace(build_config(), num_classes=len(classes))
-        # A private RNG: the process's own generator is every visitor's and every job's.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return build_model(cfg).eval(), cfg, classes
+        # A private generator: the process's own RNG is every visitor's and every job's.
+        return build_model(cfg, generator=torch.Generator().manual_seed(0)).eval(), cfg, classes
     path = Path(ref.key) if ref.kind == "file" else runs_root() / ref.key / "checkpoint.safetensors"
     stamp = path.stat().st_mtime if path.exists() else 0.0
     state, run_cfg = _weights(ref.kind, ref.key, stamp)

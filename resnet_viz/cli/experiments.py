@@ -76,7 +76,7 @@ def data_for(cfg: RunConfig):
     from resnet_viz.data.sources import default_source, load_data
 
     try:
-        data = load_data(cfg.data)
+        data = load_data(cfg.data, trusted=True)  # the CLI's operator may read any folder
     except ValueError:
         data = load_data(default_source())
     if len(data.classes) != cfg.model.num_classes:
@@ -169,6 +169,6 @@ def _landscape(args: argparse.Namespace, model, cfg: RunConfig, data, label: str
     if args.kind == "random":
         return random_slice(model, x, y, seed=args.seed, steps=args.steps, span=args.span,
                             progress=progress).to_dict()
-    torch.manual_seed(cfg.train.seed)  # fit() seeds exactly so before building: the run's initial weights
-    initial = build_model(cfg.model).state_dict()
+    # The run's initial weights: fit() builds from a generator seeded with the run's seed.
+    initial = build_model(cfg.model, generator=torch.Generator().manual_seed(cfg.train.seed)).state_dict()
     return interpolation_slice(initial, model, x, y, steps=args.steps, progress=progress).to_dict()

@@ -74,10 +74,9 @@ class ShatteredResult:
 
 
 def _untrained(config: ModelConfig, seed: int) -> nn.Module:
-    # fork_rng: the weights depend on ``seed`` only, and the caller's global RNG is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(config)
+    # A private generator: the weights depend on ``seed`` only, whatever other threads do
+    # to the global RNG meanwhile.
+    return build_model(config, generator=torch.Generator().manual_seed(seed))
 
 
 def signal_propagation(
