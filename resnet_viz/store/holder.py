@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -38,8 +39,18 @@ def _start_time(pid: int) -> int | None:
 
 # Who this process is, written with every status: a container restarted under the same pid,
 # or a pid reused by another process, must not pass for the writer of a live status.
-_TOKEN = uuid.uuid4().hex
-_START = _start_time(os.getpid())
+_me: tuple[int, str, int | None] | None = None
+_me_lock = threading.Lock()  # two threads' first statuses must not record two tokens
+
+
+def _self() -> tuple[int, str, int | None]:
+    """(pid, token, start time) of this process, made once per process."""
+    global _me
+    pid = os.getpid()
+    with _me_lock:
+        if _me is None or _me[0] != pid:  # a forked child is a process of its own, with its own start
+            _me = (pid, uuid.uuid4().hex, _start_time(pid))
+        return _me
 
 
 def pid_alive(pid: int, start: int | None = None) -> bool:
@@ -75,7 +86,7 @@ def gone(st: Mapping[str, Any]) -> str | None:
     if not isinstance(pid, int):
         return "its status names no process"
     if pid == os.getpid():
-        if st.get("process_token") == _TOKEN:
+        if st.get("process_token") == _self()[1]:
             return None
         return f"the process (pid {pid}) that had this run {st.get('status')} was restarted"
     start = st.get("pid_start")
@@ -86,4 +97,5 @@ def gone(st: Mapping[str, Any]) -> str | None:
 
 def identity() -> dict[str, Any]:
     """This process, as a status records its writer."""
-    return {"pid": os.getpid(), "pid_start": _START, "process_token": _TOKEN, "hostname": socket.gethostname()}
+    pid, token, start = _self()
+    return {"pid": pid, "pid_start": start, "process_token": token, "hostname": socket.gethostname()}
