@@ -76,6 +76,8 @@ def test_a_new_registry_marks_stranded_runs_interrupted(tmp_path: Path) -> None:
     stranded = RunDir.create(tmp_path, tiny_config(), "stranded")  # queued by a process that restarted
     stranded.set_status("running", "training")
     _rewrite_status(stranded, process_token="an earlier process under our pid")
+    elsewhere = RunDir.create(tmp_path, tiny_config(), "elsewhere")  # its host's to rewrite
+    _rewrite_status(elsewhere, hostname="another-machine")
     held = RunDir.create(tmp_path, tiny_config(), "held")  # the CLI training in a terminal
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as cli:
         try:
@@ -85,6 +87,8 @@ def test_a_new_registry_marks_stranded_runs_interrupted(tmp_path: Path) -> None:
             on_disk = json.loads((stranded.path / STATUS_FILE).read_text())
             assert (on_disk["status"], on_disk["recorded_status"]) == ("interrupted", "running")
             assert json.loads((held.path / STATUS_FILE).read_text())["status"] == "running"
-            assert {i.name: i.status for i in list_runs(tmp_path)} == {"stranded": "interrupted", "held": "running"}
+            assert json.loads((elsewhere.path / STATUS_FILE).read_text())["status"] == "queued"
+            assert {i.name: i.status for i in list_runs(tmp_path)} == {
+                "stranded": "interrupted", "elsewhere": "interrupted", "held": "running"}
         finally:
             cli.kill()

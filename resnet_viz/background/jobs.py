@@ -25,6 +25,7 @@ from typing import Any
 
 from resnet_viz.config import DataConfig, RunConfig
 from resnet_viz.data.sources import ImageData, load_data
+from resnet_viz.store import holder
 from resnet_viz.store.listing import list_runs
 from resnet_viz.store.rundir import RunDir, RunError
 from resnet_viz.training.loop import Control, FitResult, fit
@@ -149,15 +150,17 @@ class TrainingJob:
 
 
 def mark_interrupted(runs_root: Path) -> list[str]:
-    """Record "interrupted" for every run under ``runs_root`` whose live status no process
-    holds any more (see ``store.holder``), so it offers Resume; returns their ids. Runs that
-    another live process trains (the CLI in a terminal) are left alone."""
+    """Record "interrupted" for every run under ``runs_root`` whose live status no process of
+    this machine holds any more (see ``store.holder``), so it offers Resume; returns their ids.
+    Runs that another live process trains (the CLI in a terminal) are left alone, and so are
+    the files of runs written on another host (they already read as interrupted): on a shared
+    disk that host may still be writing them."""
     marked = []
     for info in list_runs(runs_root):
         try:
             run = RunDir.open(runs_root, info.id)
             st = run.status()
-            if st["status"] == "interrupted" and "recorded_status" in st:
+            if st["status"] == "interrupted" and "recorded_status" in st and holder.this_host(st):
                 run.set_status("interrupted", st["message"], recorded_status=st["recorded_status"])
                 marked.append(info.id)
         except RunError:

@@ -81,7 +81,7 @@ def gone(st: Mapping[str, Any]) -> str | None:
     if it may: the run was written on another host, by an earlier process under our pid, or by
     a process that has exited (or whose pid now belongs to a newer process)."""
     pid, host = st.get("pid"), st.get("hostname")
-    if host != socket.gethostname():
+    if not this_host(st):
         return f"it was {st.get('status')} on host {host!r}, and this is {socket.gethostname()!r}"
     if not isinstance(pid, int):
         return "its status names no process"
@@ -93,6 +93,11 @@ def gone(st: Mapping[str, Any]) -> str | None:
     if not pid_alive(pid, start if isinstance(start, int) else None):
         return f"the process (pid {pid}) that had this run {st.get('status')} is gone: it crashed or was killed"
     return None
+
+
+def this_host(st: Mapping[str, Any]) -> bool:
+    """Whether status ``st`` was written on this machine."""
+    return st.get("hostname") == socket.gethostname()
 
 
 def identity() -> dict[str, Any]:
