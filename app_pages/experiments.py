@@ -4,7 +4,8 @@ import streamlit as st
 
 from resnet_viz import plots
 from resnet_viz.app import resources, tasks, widgets
-from resnet_viz.background.tasks import content_tag, model_tag, task_key
+from resnet_viz.app.state import data_config
+from resnet_viz.background.tasks import content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.config import ModelConfig
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import convolution, landscape, lesion, sanity, signal
@@ -20,6 +21,7 @@ refs = [r for r in (ref_a, ref_b) if r is not None]
 refs = refs[:1] if len(refs) == 2 and refs[0] == refs[1] else refs
 models = {r.key: resources.load_model(r) for r in refs}
 tags = {r.key: model_tag(r, models[r.key][1]) for r in refs}
+dtag = data_tag(data_config(), data.name) if data is not None else ""  # results on the data set are its own
 names = {r.key: f"Untrained {models[r.key][1].label} (Build page)" if r.kind == "untrained" else r.label for r in refs}
 
 
@@ -46,7 +48,8 @@ with tabs[0]:
             continue
         x, y = evaluation_subset(data.test_x, data.test_y, n)  # the images the CLI's lesion study uses
         model = models[ref.key][0]
-        res = tasks.run_task(task_key("lesion", tags[ref.key], n), f"Lesion study: {widgets.literal(ref.label)}",
+        res = tasks.run_task(experiment_key("lesion", tags[ref.key], dtag, n),
+                             f"Lesion study: {widgets.literal(ref.label)}",
                              lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: lesion.lesion_study(
                                  m, x, y, max_k=lesion.max_k_for(m), trials=5, progress=p, stop=s,
                                  label=lb).to_dict(),
@@ -70,7 +73,7 @@ with tabs[1]:
             continue
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
         model = models[ref.key][0]
-        res = tasks.run_task(task_key("slice", tags[ref.key], n, steps, seed),
+        res = tasks.run_task(experiment_key("slice", tags[ref.key], dtag, n, steps, seed),
                              f"1D slice: {widgets.literal(ref.label)}",
                              lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: landscape.random_slice(
                                  m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
@@ -82,7 +85,7 @@ with tabs[1]:
     if refs and fits(refs[0]):
         ref = refs[0]
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
-        surf = tasks.run_task(task_key("surface", tags[ref.key], n, steps, seed),
+        surf = tasks.run_task(experiment_key("surface", tags[ref.key], dtag, n, steps, seed),
                               f"2D surface: {widgets.literal(ref.label)} ({steps}x{steps})",
                               lambda p, s, m=models[ref.key][0], x=x, y=y, lb=names[ref.key]: landscape.surface_2d(
                                   m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),

@@ -25,17 +25,21 @@ PAGES = ["home", "build", "train", "compare", "inspect", "explain", "experiments
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    # Each test gets its own runs folder; the cached registry is cleared so it sees it.
+    # Each test gets its own runs folder, caches and registries (the registries are the
+    # process's own, which st.cache_resource.clear() leaves alone: reset them here).
     monkeypatch.setenv("RESNET_VIZ_RUNS", str(tmp_path / "runs"))
     monkeypatch.chdir(ROOT)
     import streamlit as st
 
-    st.cache_resource.clear()
-    yield
-    from resnet_viz.app import resources
+    from resnet_viz.background.jobs import JobRegistry
+    from resnet_viz.background.tasks import TaskRegistry
 
+    st.cache_resource.clear()
+    TaskRegistry.reset_shared()
+    yield
     with contextlib.suppress(Exception):  # cleanup only
-        resources.job_registry().shutdown()
+        JobRegistry.reset_shared()
+    TaskRegistry.reset_shared()
     st.cache_resource.clear()
 
 

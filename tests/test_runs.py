@@ -262,3 +262,46 @@ def test_metrics_csv_holds_step_and_eval_rows_only():
     lines = metrics_csv(recs).decode().splitlines()
     assert lines[0].startswith("kind,step,epoch,loss,acc") and len(lines) == 3
     assert lines[1].startswith("step,1,,2.3,0.1") and lines[2].startswith("eval,1,") and "0.15" in lines[2]
+
+
+def _proc_start(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot."""
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
+
+
+def _recorded(run: RunDir, **changes: object) -> str:
+    """The status of ``run`` after its status.json was rewritten with ``changes``."""
+    payload = json.loads((run.path / "status.json").read_text())
+    write_text_atomic(run.path / "status.json", json.dumps({**payload, **changes}))
+    return run.status()["status"]
+
+
+def test_a_live_status_from_an_earlier_process_under_our_pid_reads_interrupted(tmp_path: Path) -> None:
+    # A restarted container runs its app under the pid the last one had.
+    run = RunDir.create(tmp_path, small_config())
+    run.set_status("running", "step 3")
+    assert run.status()["status"] == "running"  # ours
+    assert _recorded(run, process_token="the process before the restart", pid_start=1) == "interrupted"
+    assert run.status()["recorded_status"] == "running"
+    assert list_runs(tmp_path)[0].status == "interrupted"
+
+
+def test_a_live_status_from_another_host_reads_interrupted(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, small_config())
+    run.set_status("paused", "paused")
+    assert _recorded(run, hostname="an-old-container-name") == "interrupted"
+    assert "an-old-container-name" in run.status()["message"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc for process start times")
+def test_a_live_status_held_by_another_live_process_stays_until_its_pid_is_reused(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, small_config())
+    run.set_status("running", "step 3")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as cli:  # the CLI in a terminal
+        try:
+            start = _proc_start(cli.pid)
+            assert _recorded(run, pid=cli.pid, pid_start=start, process_token="the CLI's") == "running"
+            # The same pid started at another time is another process: the CLI that held the run is gone.
+            assert _recorded(run, pid=cli.pid, pid_start=start - 1) == "interrupted"
+        finally:
+            cli.kill()

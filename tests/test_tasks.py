@@ -94,3 +94,54 @@ def test_clock_and_eta_read_as_a_person_expects() -> None:
     assert clock(-3) == "0:00"
     assert eta(10.0, 0.25) == 30.0 and eta(0.5, 0.5) is None and eta(10.0, 0.01) is None and eta(10.0, 1.0) is None
     assert bar(0.5, 10) == "[#####     ]  50%"
+
+
+def test_experiment_keys_name_the_data_set() -> None:
+    from resnet_viz.background.tasks import data_tag, experiment_key
+    from resnet_viz.config import DataConfig
+
+    small, large = DataConfig(synthetic_train=640), DataConfig(synthetic_train=800)
+    key = experiment_key("lesion", "run-1", data_tag(small, "Synthetic shapes"), 160)
+    assert key == experiment_key("lesion", "run-1", data_tag(small, "Synthetic shapes"), 160)
+    assert key != experiment_key("lesion", "run-1", data_tag(large, "Synthetic shapes"), 160)
+    assert key != experiment_key("lesion", "run-1", data_tag(small, "My photos"), 160)
+    with pytest.raises(ValueError, match="data set"):
+        experiment_key("lesion", "run-1", "", 160)
+
+
+def test_the_experiments_page_keys_a_model_on_two_data_sets_apart(tmp_path, monkeypatch) -> None:
+    # The same untrained model, 160 test images of each of two synthetic sets: two lesion studies.
+    from pathlib import Path
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from resnet_viz.app import tasks as app_tasks
+    from resnet_viz.app.state import Keys
+    from resnet_viz.background.jobs import JobRegistry
+    from resnet_viz.config import DataConfig
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("RESNET_VIZ_RUNS", str(tmp_path / "runs"))
+    monkeypatch.chdir(root)
+    keys: list[str] = []
+    monkeypatch.setattr(app_tasks, "run_task", lambda key, *a, **kw: keys.append(key))
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(root / "app.py"), default_timeout=60)
+        lesions = []
+        for train in (640, 800):
+            at.session_state[Keys.DATA_CONFIG] = DataConfig(source="synthetic", synthetic_train=train,
+                                                            synthetic_test=160)
+            at.switch_page("app_pages/experiments.py").run()
+            model = next(s for s in at.selectbox if s.label == "Model")
+            model.set_value(next(o for o in model.options if "Untrained" in o)).run()
+            assert not at.exception, at.exception
+            lesions.append({k for k in keys if k.startswith("lesion|")})
+            keys.clear()
+        assert all(len(k) == 1 for k in lesions), lesions
+        assert lesions[0] != lesions[1]
+    finally:
+        JobRegistry.reset_shared()
+        TaskRegistry.reset_shared()
+        st.cache_resource.clear()

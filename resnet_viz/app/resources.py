@@ -1,6 +1,7 @@
-"""What one server process shares between users, through ``st.cache_resource``/``cache_data``.
+"""What one server process shares between users: data and models through ``st.cache_resource``/
+``cache_data``, the job and task registries through the library's process-wide ones.
 
-The job registry is one per server process, so a reloaded page or a second tab finds the
+The job registry is one per server process (and runs folder), so a reloaded page or a second tab finds the
 training that is still going; the run folders on disk are the source of truth. Models are
 cached as weights and rebuilt per use, so two users never share a module that Captum is
 hooking.
@@ -40,16 +41,17 @@ if TYPE_CHECKING:
     from resnet_viz.background.tasks import TaskRegistry
 
 
-@st.cache_resource(show_spinner=False)
+# Not st.cache_resource: any client can clear that cache (a clear-cache message is accepted
+# whatever the toolbar mode), and a dropped registry would leave its worker training while the
+# next call started a second trainer beside it. The library keeps one per process.
 def job_registry() -> JobRegistry:
-    return JobRegistry(default_runs_dir())
+    return JobRegistry.shared(default_runs_dir())
 
 
-@st.cache_resource(show_spinner=False)
 def task_registry() -> TaskRegistry:
     from resnet_viz.background.tasks import TaskRegistry
 
-    return TaskRegistry()
+    return TaskRegistry.shared()
 
 
 def runs_root() -> Path:

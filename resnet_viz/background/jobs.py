@@ -1,7 +1,7 @@
 """Background training: a job is ``fit`` in a thread with stop/pause events and a
 lock-guarded copy of its records that a UI polls.
 
-No Streamlit here: the app keeps one ``JobRegistry`` in ``st.cache_resource`` and reads
+No Streamlit here: the app keeps one ``JobRegistry.shared`` per runs folder and reads
 ``job.snapshot()`` from its script thread. The worker thread never touches the UI; it
 appends records under a lock and ``fit`` writes them to the run folder as it goes, so a
 page reload (or a second tab) re-attaches through the registry, and a server restart
@@ -25,7 +25,9 @@ from typing import Any
 
 from resnet_viz.config import DataConfig, RunConfig
 from resnet_viz.data.sources import ImageData, load_data
-from resnet_viz.store.rundir import RunDir
+from resnet_viz.store import holder
+from resnet_viz.store.listing import list_runs
+from resnet_viz.store.rundir import RunDir, RunError
 from resnet_viz.training.loop import Control, FitResult, fit
 
 FINAL_STATES = ("finished", "stopped", "interrupted", "diverged", "failed", "cancelled")
@@ -147,8 +149,56 @@ class TrainingJob:
         )
 
 
+def mark_interrupted(runs_root: Path) -> list[str]:
+    """Record "interrupted" for every run under ``runs_root`` whose live status no process of
+    this machine holds any more (see ``store.holder``), so it offers Resume; returns their ids.
+    Runs that another live process trains (the CLI in a terminal) are left alone, and so are
+    the files of runs written on another host (they already read as interrupted): on a shared
+    disk that host may still be writing them."""
+    marked = []
+    for info in list_runs(runs_root):
+        try:
+            run = RunDir.open(runs_root, info.id)
+            st = run.status()
+            if st["status"] == "interrupted" and "recorded_status" in st and holder.this_host(st):
+                run.set_status("interrupted", st["message"], recorded_status=st["recorded_status"])
+                marked.append(info.id)
+        except RunError:
+            continue  # a damaged run stays as it is; the listing says what is wrong with it
+    return marked
+
+
+# The registries of this process, one per runs folder. Kept here, not in Streamlit's
+# cache_resource: any client may clear that cache, and a registry dropped from it keeps its
+# worker training while a new one would start a second trainer beside it.
+_shared: dict[Path, JobRegistry] = {}
+_shared_lock = threading.Lock()
+
+
 class JobRegistry:
-    """Owns the training queue and its single worker thread. One per app process."""
+    """Owns the training queue and its single worker thread. One per runs folder and
+    process: get it with ``JobRegistry.shared``."""
+
+    @classmethod
+    def shared(cls, runs_root: Path) -> JobRegistry:
+        """This process's registry for ``runs_root``, made on first use; making it marks the
+        runs that no process holds any more as interrupted (a restart left them)."""
+        key = Path(runs_root).expanduser().resolve()
+        with _shared_lock:
+            registry = _shared.get(key)
+            if registry is None or not registry._worker.is_alive():  # shut down: start afresh
+                mark_interrupted(key)
+                registry = _shared[key] = cls(runs_root)
+            return registry
+
+    @staticmethod
+    def reset_shared() -> None:
+        """Shut down and forget every shared registry: for tests, which each want their own."""
+        with _shared_lock:
+            registries = list(_shared.values())
+            _shared.clear()
+        for registry in registries:
+            registry.shutdown()
 
     def __init__(self, runs_root: Path) -> None:
         self.runs_root = Path(runs_root)

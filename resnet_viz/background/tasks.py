@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from resnet_viz.background.progress import eta
-from resnet_viz.config import ModelConfig
+from resnet_viz.config import DataConfig, ModelConfig
 from resnet_viz.experiments.common import Cancelled, ProgressFn
 from resnet_viz.store.models import ModelRef
 
@@ -41,6 +41,21 @@ def task_key(experiment: str, *parts: object) -> str:
     if not experiment or "|" in experiment:
         raise ValueError(f"an experiment name must be non-empty and hold no '|', got {experiment!r}")
     return "|".join([experiment, *map(str, parts)])
+
+
+def data_tag(cfg: DataConfig, name: str) -> str:
+    """What an experiment evaluates on: the data set's name and the config that loaded it
+    (two folders, or two synthetic sizes, give the same model different numbers)."""
+    return f"{name} {cfg}"
+
+
+def experiment_key(experiment: str, model: str, data: str, *settings: object) -> str:
+    """The key of ``experiment`` on the model tagged ``model`` (``model_tag``), evaluated on
+    the data set tagged ``data`` (``data_tag``), with ``settings``: the same model on two data
+    sets is two computations, so two tasks."""
+    if not data:
+        raise ValueError(f"{experiment!r} evaluates on a data set: give its data_tag, got an empty one")
+    return task_key(experiment, model, data, *settings)
 
 
 def content_tag(x: torch.Tensor) -> str:
@@ -118,7 +133,27 @@ class Task:
 
 
 class TaskRegistry:
-    """One per app process (``st.cache_resource``); finished tasks are kept up to ``keep``."""
+    """Tasks by key; finished tasks are kept up to ``keep``. The app uses ``TaskRegistry.shared``."""
+
+    @classmethod
+    def shared(cls) -> TaskRegistry:
+        """This process's registry, made on first use. Kept here, not in Streamlit's
+        cache_resource, which any client may clear: a dropped registry would lose its finished
+        results and let a page start again a task that is still running."""
+        global _shared
+        with _shared_lock:
+            if _shared is None:
+                _shared = cls()
+            return _shared
+
+    @staticmethod
+    def reset_shared() -> None:
+        """Stop and forget the shared registry's tasks: for tests, which each want their own."""
+        global _shared
+        with _shared_lock:
+            registry, _shared = _shared, None
+        for task in registry._tasks.values() if registry is not None else ():
+            task.stop()
 
     def __init__(self, keep: int = 50) -> None:
         self._tasks: dict[str, Task] = {}
@@ -149,3 +184,7 @@ class TaskRegistry:
         with self._lock:
             tasks = list(self._tasks.values())
         return [s for s in (t.snapshot() for t in tasks) if s.state == "done"]
+
+
+_shared: TaskRegistry | None = None
+_shared_lock = threading.Lock()

@@ -13,7 +13,6 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from resnet_viz.fsutil import (
     work_dir,
     write_text_atomic,
 )
+from resnet_viz.store import holder
 from resnet_viz.store.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # torch is only needed once a checkpoint or TensorBoard is to
     from torch.utils.tensorboard import SummaryWriter
 
 STATUSES = ("queued", "running", "paused", "finished", "stopped", "diverged", "failed", "interrupted")
-# Statuses only a live process may hold; if its pid is gone the run was interrupted.
+# Statuses only a live process may hold; if that process is gone the run was interrupted.
 _LIVE = ("queued", "running", "paused")
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -54,29 +54,6 @@ def default_runs_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return work_dir() / "runs"
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    if os.name != "posix":
-        return True  # os.kill(pid, 0) would send CTRL_C on Windows; we cannot tell, so trust the file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:
-        # A killed child the app has not reaped yet is a zombie: kill(pid, 0) succeeds
-        # but it will never write again.
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(pid, 0) succeeding is the best we know
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -224,7 +201,7 @@ class RunDir:
         return (self.path / CHECKPOINT_FILE).is_file()
 
     def set_status(self, status: str, message: str = "", **extra: Any) -> None:
-        """Atomically record the status, with the time, pid and host of the writer."""
+        """Atomically record the status, with the time and who wrote it (``holder.identity``)."""
         if status not in STATUSES:
             raise RunError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
         now = time.time()
@@ -233,8 +210,7 @@ class RunDir:
             "message": str(message),
             "time": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="seconds"),
             "unix_time": now,
-            "pid": os.getpid(),
-            "hostname": socket.gethostname(),
+            **holder.identity(),
         }
         clash = sorted(payload.keys() & extra.keys())
         if clash:
@@ -246,24 +222,17 @@ class RunDir:
         write_text_atomic(self.path / STATUS_FILE, text + "\n")
 
     def status(self) -> dict:
-        """The recorded status. A queued/running/paused run whose process no longer
-        exists on this host reads as "interrupted" (it crashed or was killed)."""
+        """The recorded status. A queued/running/paused run whose writing process no longer
+        runs (see ``holder_gone``) reads as "interrupted": it crashed, was killed or restarted."""
         st = _read_json(self.path / STATUS_FILE, f"{STATUS_FILE} of run {self.id}")
         if not isinstance(st, dict) or st.get("status") not in STATUSES:
             raise RunError(f"{STATUS_FILE} of run {self.id} is damaged: no valid 'status' field")
-        pid = st.get("pid")
-        if (
-            st["status"] in _LIVE
-            and st.get("hostname") == socket.gethostname()
-            and isinstance(pid, int)
-            and not _pid_alive(pid)
-        ):
+        gone = holder.gone(st) if st["status"] in _LIVE else None
+        if gone is not None:
             st = {
                 **st,
                 "status": "interrupted",
-                "message": (
-                    f"the process (pid {pid}) that had this run {st['status']} is gone: it crashed or was killed"
-                ),
+                "message": gone,
                 "recorded_status": st["status"],
                 "recorded_message": st.get("message", ""),
             }
