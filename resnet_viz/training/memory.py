@@ -35,7 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from resnet_viz.config import IMAGE_SIZE, ModelConfig
+from resnet_viz.config import IMAGE_SIZE, ModelConfig, RunConfig
+from resnet_viz.limits import GB, ServerLimits
 
 BYTES_PER_VALUE = 4  # float32
 STATE_COPIES = 4  # weights, gradients, momentum, and one for temporaries and checkpoints
@@ -110,3 +111,43 @@ def training_memory(config: ModelConfig, batch_size: int, image_size: int = IMAG
         activation_bytes=ACTIVATION_COPIES * BYTES_PER_VALUE * arch.conv_outputs * batch_size,
         overhead_bytes=OVERHEAD_BYTES,
     )
+
+
+CIFAR10_TRAIN = 50_000
+
+
+def known_train_size(config: RunConfig) -> int | None:
+    """The training set's size where the config alone tells it (None for a folder: counted
+    only when it is read)."""
+    data = config.data
+    full = {"synthetic": data.synthetic_train, "cifar10": CIFAR10_TRAIN}.get(data.source)
+    return None if full is None else max(1, full - data.validation)
+
+
+def _gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def check_fits(config: RunConfig, limits: ServerLimits, train_size: int | None = None) -> None:
+    """Raise a ``ValueError`` saying which server limit ``config`` exceeds and what to change;
+    ``train_size`` (the training images) turns an epoch budget into steps, when known."""
+    model, train = config.model, config.train
+    arch = architecture(model)
+    if arch.params > limits.max_params:
+        raise ValueError(
+            f"{model.label} has {arch.params / 1e6:.1f}M parameters; this server trains models of up to "
+            f"{limits.max_params / 1e6:.0f}M: lower the depth or the width."
+        )
+    need = training_memory(model, train.batch_size).total_bytes
+    if need > limits.max_train_bytes:
+        raise ValueError(
+            f"this run needs about {_gb(need)} for training {model.label} at batch {train.batch_size}; "
+            f"this server allows {_gb(limits.max_train_bytes)}: lower the batch size or the depth/width."
+        )
+    size = train_size if train_size is not None else known_train_size(config)
+    steps = train.steps if train.steps is not None else None if size is None else train.total_steps(size)
+    if steps is not None and steps > limits.max_steps:
+        raise ValueError(
+            f"this run's budget is {steps:,} steps; this server allows {limits.max_steps:,} per run: "
+            "lower the epochs or the steps."
+        )
