@@ -126,7 +126,7 @@ def test_a_budget_over_the_step_cap_is_refused(registry: JobRegistry) -> None:
 def test_a_full_queue_refuses_the_next_run_until_one_ends(registry: JobRegistry) -> None:
     registry.limits = ServerLimits(max_runs=2)
     first, _ = registry.submit(run_config()), registry.submit(run_config())
-    with pytest.raises(ValueError, match="already has 2 training runs queued or running, its limit of 2: wait"):
+    with pytest.raises(ValueError, match="already has 2 of the 2 training runs it queues at once: wait"):
         registry.submit(run_config())
     assert len(folders(registry.runs_root)) == 2
     first.stop()  # cancelled while queued: its place is free again
@@ -140,7 +140,7 @@ def test_the_registry_reads_its_limits_from_the_environment(tmp_path: Path, monk
     reg = JobRegistry(tmp_path)
     try:
         reg.submit(run_config())
-        with pytest.raises(ValueError, match="limit of 1"):
+        with pytest.raises(ValueError, match="1 of the 1 training runs"):
             reg.submit(run_config())
     finally:
         reg.shutdown()
@@ -160,7 +160,7 @@ def test_a_task_past_the_limit_is_refused_and_a_running_one_is_still_found() -> 
     reg.limits = ServerLimits(max_tasks=2)
     a, b = reg.start("a", blocked), reg.start("b", blocked)
     try:
-        with pytest.raises(ValueError, match="already running 2 experiments, its limit of 2: wait for one"):
+        with pytest.raises(ValueError, match="already running 2 of the 2 experiments it runs at once: wait for one"):
             reg.start("c", blocked)
         assert reg.get("c") is None
         assert reg.start("a", blocked) is a  # asking again for a running task is no new task
@@ -192,3 +192,31 @@ def test_uploads_beyond_the_count_or_the_total_pixels_are_refused() -> None:
     # Bytes that are no image count nothing here: open_upload refuses them, one by one.
     assert header_pixels(b"<svg/>") == 0
     check_upload_batch([("x.png", b"<svg/>")], max_files=8, max_pixels=1)
+
+
+def test_the_run_button_shows_a_refused_task_as_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from resnet_viz.app import resources
+
+    monkeypatch.setenv("RESNET_VIZ_MAX_TASKS", "1")
+    st.cache_resource.clear()
+    gate = threading.Event()
+    busy = resources.task_registry().start("busy", lambda p, s: gate.wait(10))
+    script = """
+from resnet_viz.app import tasks
+tasks.run_task("limits-test", "Run it", lambda p, s: 42)
+"""
+    try:
+        at = AppTest.from_string(script, default_timeout=30).run()
+        next(b for b in at.button if b.label == "Run it").click().run()
+        assert not at.exception, at.exception
+        assert [e.value for e in at.error] == [
+            "this server is already running 1 of the 1 experiments it runs at once: wait for one to finish, "
+            "or stop one, then press Run again."]
+        assert resources.task_registry().get("limits-test") is None
+    finally:
+        gate.set()
+        busy.wait(10)
+        st.cache_resource.clear()

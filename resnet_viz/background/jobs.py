@@ -182,8 +182,8 @@ class JobRegistry:
         live = sum(1 for j in self.jobs() if not j.snapshot().done)
         if live >= limits.max_runs:
             raise ValueError(
-                f"this server already has {live} training runs queued or running, its limit of "
-                f"{limits.max_runs}: wait for one to finish, or stop one on the Train page, then start this one."
+                f"this server already has {live} of the {limits.max_runs} training runs it queues at once: "
+                "wait for one to finish, or stop one on the Train page, then start this one."
             )
         check_fits(config, limits, train_size)
 

@@ -150,7 +150,7 @@ class TaskRegistry:
         running = sum(1 for t in self._tasks.values() if not t.snapshot().done)
         if running >= limit:
             raise ValueError(
-                f"this server is already running {running} experiments, its limit of {limit}: "
+                f"this server is already running {running} of the {limit} experiments it runs at once: "
                 "wait for one to finish, or stop one, then press Run again."
             )
 
