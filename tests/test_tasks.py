@@ -10,6 +10,7 @@ from conftest import wait_until
 
 from resnet_viz.background.tasks import TaskRegistry
 from resnet_viz.experiments import check, report
+from resnet_viz.limits import ServerLimits
 
 
 def slow(n: int, delay: float = 0.01):
@@ -57,6 +58,7 @@ def test_finished_lists_the_succeeded_tasks_with_their_titles() -> None:
         raise ValueError("no")
 
     reg = TaskRegistry()
+    reg.limits = ServerLimits(max_tasks=3)  # the three may all be running at once
     tasks = [reg.start("lesion|a", slow(2), title="Lesion study: ResNet-20"), reg.start("broken", boom),
              reg.start("signal|20", slow(3))]
     assert all(t.wait(10) for t in tasks)

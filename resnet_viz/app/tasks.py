@@ -13,6 +13,7 @@ from typing import Any
 import streamlit as st
 
 from resnet_viz.app.resources import task_registry
+from resnet_viz.app.widgets import clicked, show_error
 from resnet_viz.background.progress import clock
 
 
@@ -35,8 +36,11 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
         # callbacks first thing in whatever run follows the click, while a return value is
         # lost when that run is cut short by the next rerun (a second click, or another
         # task's progress fragment ending in a full rerun).
+        # A refusal (the server runs as many tasks as it allows) is a ValueError in the
+        # callback: ``clicked`` keeps it and ``show_error`` shows it under the button.
         st.button(label, key=f"start_{key}", help=help, icon=":material/play_arrow:",
-                  on_click=_start, args=(key, fn, title or label))
+                  on_click=clicked(_start, key, fn, title or label))
+        show_error()
         return None
     if not task.snapshot().done:
         _task_progress(key, preview)

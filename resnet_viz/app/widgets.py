@@ -14,6 +14,7 @@ from resnet_viz.app import resources
 from resnet_viz.app.state import Keys, data_config, flash
 from resnet_viz.config import DataConfig
 from resnet_viz.data.sources import default_source, describe_default_source
+from resnet_viz.limits import server_limits
 from resnet_viz.store.models import ModelRef
 from resnet_viz.training.device import describe_device, pick_device
 
@@ -92,17 +93,24 @@ def upload_images(label: str, key: str, multiple: bool = False) -> list[tuple[st
     Files are checked by content (``uploads.open_upload``); the name is only displayed,
     never used as a path, and two files may have the same name.
     """
-    from resnet_viz.data.uploads import ImageError, open_upload
+    from resnet_viz.data.uploads import ImageError, check_upload_batch, open_upload
 
     files = st.file_uploader(label, type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
                              accept_multiple_files=multiple, key=key)
     files = files if isinstance(files, list) else [files] if files else []
+    named = [(f.name, f.getvalue()) for f in files]
+    limits = server_limits()
+    try:  # the whole request first: many large images decode to gigabytes on every rerun
+        check_upload_batch(named, max_files=limits.max_uploads, max_pixels=limits.max_upload_pixels)
+    except ImageError as e:
+        st.error(str(e))
+        return []
     out = []
-    for f in files:
+    for name, data in named:
         try:
-            out.append((f.name, open_upload(f.getvalue())))
+            out.append((name, open_upload(data)))
         except ImageError as e:
-            st.error(f"{literal(f.name)}: {e}")
+            st.error(f"{literal(name)}: {e}")
     return out
 
 

@@ -25,10 +25,16 @@ from typing import Any
 
 from resnet_viz.config import DataConfig, RunConfig
 from resnet_viz.data.sources import ImageData, load_data
+from resnet_viz.limits import ServerLimits, server_limits
 from resnet_viz.store import holder
 from resnet_viz.store.listing import list_runs
 from resnet_viz.store.rundir import RunDir, RunError
 from resnet_viz.training.loop import Control, FitResult, fit
+from resnet_viz.training.memory import check_fits
+
+# Held from a submission's check to its place in the queue: a check and then a queue under
+# two separate locks would let two submissions at once both see one free place.
+_SUBMIT_LOCK = threading.Lock()
 
 FINAL_STATES = ("finished", "stopped", "interrupted", "diverged", "failed", "cancelled")
 
@@ -200,6 +206,8 @@ class JobRegistry:
         for registry in registries:
             registry.shutdown()
 
+    limits: ServerLimits | None = None  # None: the environment's, read at each submission
+
     def __init__(self, runs_root: Path) -> None:
         self.runs_root = Path(runs_root)
         self._jobs: dict[str, TrainingJob] = {}
@@ -211,9 +219,23 @@ class JobRegistry:
         self._worker.start()
 
     def submit(self, config: RunConfig, name: str | None = None, data: ImageData | None = None) -> TrainingJob:
-        """Create a run folder and queue its training; returns at once."""
-        run = RunDir.create(self.runs_root, config, name or config.name or None)
-        return self._enqueue(TrainingJob(config, run), data)
+        """Create a run folder and queue its training; returns at once. A run the server's
+        limits (``limits``) refuse raises a ``ValueError`` saying which limit and what to
+        change, before its folder is created."""
+        with _SUBMIT_LOCK:  # two visitors submitting at once must not both take the last place
+            self._check_limits(config, None if data is None else len(data.train_y))
+            run = RunDir.create(self.runs_root, config, name or config.name or None)
+            return self._enqueue(TrainingJob(config, run), data)
+
+    def _check_limits(self, config: RunConfig, train_size: int | None) -> None:
+        limits = self.limits or server_limits()
+        live = sum(1 for j in self.jobs() if not j.snapshot().done)
+        if live >= limits.max_runs:
+            raise ValueError(
+                f"this server already has {live} of the {limits.max_runs} training runs it queues at once: "
+                "wait for one to finish, or stop one on the Train page, then start this one."
+            )
+        check_fits(config, limits, train_size)
 
     def resume(self, run_id: str) -> TrainingJob:
         """Continue a stopped or interrupted run from its checkpoint."""
@@ -224,7 +246,9 @@ class JobRegistry:
         run = RunDir.open(self.runs_root, run_id)
         if not run.has_checkpoint():
             raise ValueError(f"run {run_id} has no checkpoint to resume from")
-        return self._enqueue(TrainingJob(run.config(), run, resume=True), None)
+        with _SUBMIT_LOCK:  # a resumed run takes a place in the queue like a new one
+            self._check_limits(run.config(), None)
+            return self._enqueue(TrainingJob(run.config(), run, resume=True), None)
 
     def _enqueue(self, job: TrainingJob, data: ImageData | None) -> TrainingJob:
         if data is not None:

@@ -24,6 +24,7 @@ import torch
 from resnet_viz.background.progress import eta
 from resnet_viz.config import DataConfig, ModelConfig
 from resnet_viz.experiments.common import Cancelled, ProgressFn
+from resnet_viz.limits import ServerLimits, server_limits
 from resnet_viz.store.models import ModelRef
 
 TaskFn = Callable[[ProgressFn, threading.Event], Any]
@@ -155,6 +156,8 @@ class TaskRegistry:
         for task in registry._tasks.values() if registry is not None else ():
             task.stop()
 
+    limits: ServerLimits | None = None  # None: the environment's, read at each start
+
     def __init__(self, keep: int = 50) -> None:
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
@@ -162,17 +165,29 @@ class TaskRegistry:
 
     def start(self, key: str, fn: TaskFn, title: str = "") -> Task:
         """The task for ``key``: the existing one if it runs or succeeded, else a new one
-        (``title`` says what it computes, in words; the key by default)."""
+        (``title`` says what it computes, in words; the key by default). A new one past the
+        server's limit of running tasks raises a ``ValueError`` before its thread starts."""
         with self._lock:
             task = self._tasks.get(key)
             if task is not None and task.snapshot().state in ("running", "done"):
                 return task
+            self._check_room()
             task = Task(key, fn, title)
             self._tasks[key] = task
             done = [k for k, t in self._tasks.items() if t.snapshot().done]
             for k in done[: max(0, len(self._tasks) - self.keep)]:
                 del self._tasks[k]
             return task
+
+    def _check_room(self) -> None:
+        """Refuse a new task when the server runs as many as it allows (under ``_lock``)."""
+        limit = (self.limits or server_limits()).max_tasks
+        running = sum(1 for t in self._tasks.values() if not t.snapshot().done)
+        if running >= limit:
+            raise ValueError(
+                f"this server is already running {running} of the {limit} experiments it runs at once: "
+                "wait for one to finish, or stop one, then press Run again."
+            )
 
     def get(self, key: str) -> Task | None:
         with self._lock:

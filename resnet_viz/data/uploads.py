@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from io import BytesIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["ImageError", "MAX_UPLOAD_BYTES", "MAX_PIXELS", "FORMATS", "open_upload", "to_input_tensor"]
+__all__ = ["ImageError", "MAX_UPLOAD_BYTES", "MAX_PIXELS", "FORMATS", "open_upload", "to_input_tensor",
+           "header_pixels", "check_upload_batch"]
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # decompression-bomb limit for uploads (about 7000x5700)
@@ -104,6 +106,42 @@ def open_upload(
         raise ImageError(
             f"the {img.format or 'image'} file is truncated or damaged ({e}); save it again and re-upload"
         ) from e
+
+
+def header_pixels(data: bytes) -> int:
+    """The pixel count ``data``'s image header claims, read without decoding the pixels;
+    0 for bytes that are not an accepted image (``open_upload`` refuses those one by one)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(bytes(data)), formats=list(FORMATS)) as img:
+                w, h = img.size
+                return w * h
+    except Image.DecompressionBombError as e:  # past twice Pillow's own limit: the count is in the message
+        m = _PIL_PIXELS.search(str(e))
+        return int(m.group(1)) if m else MAX_PIXELS + 1
+    except Exception:  # noqa: BLE001 - not an image, or a hostile header: refused later, per file
+        return 0
+
+
+def check_upload_batch(files: Sequence[tuple[str, bytes]], *, max_files: int, max_pixels: int) -> None:
+    """Refuse one request's uploads (``(name, bytes)`` pairs) beyond ``max_files`` images or
+    ``max_pixels`` pixels together, before any is decoded: twenty 40-megapixel photos pass
+    the per-file limits one by one and still take gigabytes at once. Raises ``ImageError``."""
+    if len(files) > max_files:
+        raise ImageError(
+            f"{len(files)} images were uploaded at once; this server takes up to {max_files}. "
+            "Remove some and upload the rest afterwards."
+        )
+    total = 0
+    for _, data in files:
+        total += header_pixels(data)
+        if total > max_pixels:
+            raise ImageError(
+                f"the {len(files)} images have more than {_megapixels(max_pixels)} together, "
+                f"this server's limit for one upload; scale them down (a few hundred pixels a side is "
+                "plenty for a 32x32 model) or upload fewer at once."
+            )
 
 
 def _upright(img: Image.Image) -> Image.Image:
