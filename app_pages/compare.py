@@ -20,8 +20,7 @@ def queue_degradation() -> None:
         return
     base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=state.data_config(),
                      train=degradation.default_train_config())
-    for cfg in degradation.degradation_configs(base, tag=degradation.new_tag()):
-        registry.submit(cfg, data=data)
+    registry.submit_all(degradation.degradation_configs(base, tag=degradation.new_tag()), data=data)
     state.flash(f"Queued 4 runs on {widgets.literal(data.name)}. Leave this page open or come back later: "
                 "they keep training.")
 

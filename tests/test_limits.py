@@ -134,6 +134,16 @@ def test_a_full_queue_refuses_the_next_run_until_one_ends(registry: JobRegistry)
     assert len(folders(registry.runs_root)) == 3
 
 
+def test_several_runs_are_queued_all_or_none(registry: JobRegistry) -> None:
+    """The degradation experiment's four runs: with room for three, none is queued."""
+    registry.limits = ServerLimits(max_runs=4)
+    registry.submit(run_config())
+    with pytest.raises(ValueError, match="already has 1 of the 4 training runs .* start these 4 runs"):
+        registry.submit_all([run_config() for _ in range(4)])
+    assert len(folders(registry.runs_root)) == 1
+    assert len(registry.submit_all([run_config() for _ in range(3)])) == 3
+
+
 def test_the_registry_reads_its_limits_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(JobRegistry, "_work", lambda self: None)
     monkeypatch.setenv("RESNET_VIZ_MAX_RUNS", "1")

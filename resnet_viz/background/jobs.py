@@ -222,18 +222,26 @@ class JobRegistry:
         """Create a run folder and queue its training; returns at once. A run the server's
         limits (``limits``) refuse raises a ``ValueError`` saying which limit and what to
         change, before its folder is created."""
-        with _SUBMIT_LOCK:  # two visitors submitting at once must not both take the last place
-            self._check_limits(config, None if data is None else len(data.train_y))
-            run = RunDir.create(self.runs_root, config, name or config.name or None)
-            return self._enqueue(TrainingJob(config, run), data)
+        return self.submit_all([config], data, name)[0]
 
-    def _check_limits(self, config: RunConfig, train_size: int | None) -> None:
+    def submit_all(self, configs: list[RunConfig], data: ImageData | None = None,
+                   name: str | None = None) -> list[TrainingJob]:
+        """Queue several runs, all or none (the degradation experiment is four runs: three of
+        them would answer nothing): every run is checked against the limits first."""
+        with _SUBMIT_LOCK:  # two visitors submitting at once must not both take the last place
+            for config in configs:
+                self._check_limits(config, None if data is None else len(data.train_y), adding=len(configs))
+            runs = [RunDir.create(self.runs_root, c, name or c.name or None) for c in configs]
+            return [self._enqueue(TrainingJob(c, run), data) for c, run in zip(configs, runs, strict=True)]
+
+    def _check_limits(self, config: RunConfig, train_size: int | None, adding: int = 1) -> None:
         limits = self.limits or server_limits()
         live = sum(1 for j in self.jobs() if not j.snapshot().done)
-        if live >= limits.max_runs:
+        if live + adding > limits.max_runs:
+            what = "this run" if adding == 1 else f"these {adding} runs"
             raise ValueError(
                 f"this server already has {live} of the {limits.max_runs} training runs it queues at once: "
-                "wait for one to finish, or stop one on the Train page, then start this one."
+                f"wait for runs to finish, or stop one on the Train page, then start {what}."
             )
         check_fits(config, limits, train_size)
 
