@@ -60,7 +60,7 @@ class ServerLimits:
     max_runs: int = 4  # training runs queued or running at once (one trains; the rest wait)
     max_tasks: int = 2  # experiment tasks running at once: one per core
     max_uploads: int = 8  # images in one upload
-    max_upload_megapixels: float = 16.0  # their pixels together, from the headers
+    max_upload_megapixels: float = 64.0  # their pixels together, from the headers (one image may have 40)
     max_train_gb: float = 12.0  # estimated memory of one training run
     max_params_millions: float = 30.0  # parameters of a model to train
     max_steps: int = 100_000  # a run's step budget: the paper's 64k fits

@@ -24,7 +24,7 @@ from resnet_viz.training.memory import architecture, training_memory
 
 def test_limits_default_without_environment_and_read_each_variable() -> None:
     d = ServerLimits.from_env({})
-    assert (d.max_runs, d.max_tasks, d.max_uploads, d.max_upload_megapixels) == (4, 2, 8, 16.0)
+    assert (d.max_runs, d.max_tasks, d.max_uploads, d.max_upload_megapixels) == (4, 2, 8, 64.0)
     assert d.max_params == 30_000_000 and d.max_steps == 100_000
     assert d.max_train_gb == pytest.approx(physical_memory() / 2 / GB, abs=0.1)  # half the machine
     env = {ENV["max_runs"]: "7", ENV["max_tasks"]: " 3 ", ENV["max_uploads"]: "2",
@@ -202,6 +202,18 @@ def test_uploads_beyond_the_count_or_the_total_pixels_are_refused() -> None:
     # Bytes that are no image count nothing here: open_upload refuses them, one by one.
     assert header_pixels(b"<svg/>") == 0
     check_upload_batch([("x.png", b"<svg/>")], max_files=8, max_pixels=1)
+
+
+def test_an_image_over_the_per_image_limit_leaves_the_others_their_place() -> None:
+    """A 400-megapixel header beside a good image: open_upload refuses the bomb by itself,
+    and the batch check does not refuse the good image with it."""
+    from test_images import _png_header_only
+
+    bomb, good = _png_header_only(20_000, 20_000), png(8, 8)
+    check_upload_batch([("bomb.png", bomb), ("good.png", good)], max_files=8, max_pixels=64_000_000)
+    # One valid 40-megapixel photo fits the default total on its own.
+    check_upload_batch([("big.png", _png_header_only(8000, 5000))], max_files=8,
+                       max_pixels=ServerLimits().max_upload_pixels)
 
 
 def test_the_run_button_shows_a_refused_task_as_a_message(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -127,7 +127,9 @@ def header_pixels(data: bytes) -> int:
 def check_upload_batch(files: Sequence[tuple[str, bytes]], *, max_files: int, max_pixels: int) -> None:
     """Refuse one request's uploads (``(name, bytes)`` pairs) beyond ``max_files`` images or
     ``max_pixels`` pixels together, before any is decoded: twenty 40-megapixel photos pass
-    the per-file limits one by one and still take gigabytes at once. Raises ``ImageError``."""
+    the per-file limits one by one and still take gigabytes at once. Raises ``ImageError``.
+    An image over the per-image limit (``MAX_PIXELS``) does not count: ``open_upload`` refuses
+    it alone, and the good images beside it are still shown."""
     if len(files) > max_files:
         raise ImageError(
             f"{len(files)} images were uploaded at once; this server takes up to {max_files}. "
@@ -135,7 +137,8 @@ def check_upload_batch(files: Sequence[tuple[str, bytes]], *, max_files: int, ma
         )
     total = 0
     for _, data in files:
-        total += header_pixels(data)
+        pixels = header_pixels(data)
+        total += pixels if pixels <= MAX_PIXELS else 0
         if total > max_pixels:
             raise ImageError(
                 f"the {len(files)} images have more than {_megapixels(max_pixels)} together, "
