@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--export", default=None, help="write the result for the Compare page (assets/degradation.json)")
     args = ap.parse_args()
     src = default_source()
-    data = load_data(src)
+    data = load_data(src, trusted=True)  # the operator's own folder
     train = dataclasses.replace(degradation.default_train_config(), steps=args.steps)
     base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=src, train=train)
     root = Path(args.out) if args.out else default_runs_dir()

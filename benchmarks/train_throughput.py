@@ -87,7 +87,7 @@ def main() -> None:
     device = pick_device("auto")
     precision = resolve_precision("auto", device)  # the trainer's default; the bare loop matches it
     src = DataConfig() if args.synthetic else default_source()
-    data = make_synthetic(10_000, 1_000, 0) if src.source == "synthetic" else load_data(src)
+    data = make_synthetic(10_000, 1_000, 0) if src.source == "synthetic" else load_data(src, trusted=True)
     print(f"device: {describe_device(device)}, {precision}; data: {data.name}; batch {args.batch_size}; "
           f"{args.steps} timed steps x {args.rounds} rounds")
     worst = float("inf")

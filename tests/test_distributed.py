@@ -307,7 +307,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path, monkeypatch: p
     (run_path,) = list((tmp_path / "ddp").iterdir())
     model, cfg = load_run_model(RunDir.open(tmp_path / "ddp", run_path.name))
     monkeypatch.setenv("RESNET_VIZ_CACHE", str(tmp_path / "cache"))
-    data = load_data(cfg.data)
+    data = load_data(cfg.data, trusted=True)  # the test's own folder, as the CLI reads it
     loss, acc = evaluate(model, data.test_x, data.test_y, tta=cfg.train.eval_tta, precision="fp32")
     assert loss == pytest.approx(ddp_evals[-1]["test_loss"], rel=1e-5) and acc == ddp_evals[-1]["test_acc"]
     info = list_runs(tmp_path / "ddp")[0]
