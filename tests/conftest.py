@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,9 @@ from torch import nn
 from resnet_viz.config import ModelConfig
 from resnet_viz.data.batches import normalize
 from resnet_viz.nets.cifar import build_model
+
+# The real CIFAR-10 images sit beside the checkout (../shared/data), wherever the checkout is: CI clones it elsewhere.
+CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg"
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

@@ -12,6 +12,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR_JPEG
 from PIL import Image
 
 from resnet_viz.config import DataConfig
@@ -33,7 +34,6 @@ from resnet_viz.data.sources import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpg"
 
 
 # ---------------------------------------------------------------------------- real CIFAR-10 (JPEG copy)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CIFAR_JPEG
 
 from resnet_viz.config import ModelConfig
 from resnet_viz.experiments.common import Cancelled
@@ -24,9 +24,6 @@ from resnet_viz.experiments.landscape import (
 )
 from resnet_viz.nets.cifar import build_model
 from resnet_viz.store.models import ASSETS_DIR, load_model_file
-
-CIFAR_JPG = Path("/work/shared/data/cifar10-jpg")
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -224,12 +221,12 @@ def test_trained_models_sit_at_the_minimum_of_a_random_slice() -> None:
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         pytest.skip(f"shipped model files missing: {', '.join(missing)}")
-    if not (CIFAR_JPG / "train").is_dir():
-        pytest.skip(f"the CIFAR-10 JPEG copy is not at {CIFAR_JPG}")
+    if not (CIFAR_JPEG / "train").is_dir():
+        pytest.skip(f"the CIFAR-10 JPEG copy is not at {CIFAR_JPEG}")
     from resnet_viz.config import DataConfig
     from resnet_viz.data.sources import load_data
 
-    data = load_data(DataConfig(source="folder", path=str(CIFAR_JPG)))
+    data = load_data(DataConfig(source="folder", path=str(CIFAR_JPEG)))
     x, y = fixed_subset(data.train_x, data.train_y, n=500, seed=0)
     for name, path in files.items():
         model, _, _ = load_model_file(path)

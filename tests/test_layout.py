@@ -109,3 +109,14 @@ def test_modules_and_functions_stay_short():
                 if size > MAX_FUNCTION_LINES:
                     long.append(f"{where}:{node.lineno} {node.name}(): {size} lines")
     assert not long, "split these into named parts:\n" + "\n".join(long)
+
+
+def test_no_code_names_this_machines_absolute_paths():
+    """CI runs a fresh clone somewhere else: a path like /work/shared passed here and failed there."""
+    offenders = []
+    for folder in ("resnet_viz", "tests", "benchmarks", "scripts"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            if "/work/" in text and path.name != "test_layout.py":
+                offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, f"absolute checkout paths in: {offenders}; use paths relative to the checkout"

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import CIFAR_JPEG
 from torch import nn
 
 from resnet_viz.config import DataConfig, ModelConfig
@@ -21,9 +21,6 @@ from resnet_viz.experiments import Cancelled, accuracy
 from resnet_viz.experiments.lesion import MAX_K, deleted_blocks, lesion_study, max_k_for
 from resnet_viz.nets.cifar import PadShortcut, block_names, build_model, iter_blocks
 from resnet_viz.store.models import ASSETS_DIR, load_model_file
-
-CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg"
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

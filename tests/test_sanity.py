@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import CIFAR_JPEG
 from torch import nn
 
 from resnet_viz.config import DataConfig
@@ -20,7 +20,6 @@ from resnet_viz.experiments import Cancelled
 from resnet_viz.experiments.sanity import reading, sanity_check, spearman, ssim
 from resnet_viz.store.models import ASSETS_DIR, load_model_file
 
-CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg"
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
