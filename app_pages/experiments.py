@@ -5,8 +5,7 @@ import streamlit as st
 from resnet_viz import plots
 from resnet_viz.app import resources, tasks, widgets
 from resnet_viz.app.state import data_config
-from resnet_viz.background.tasks import content_tag, data_tag, experiment_key, model_tag, task_key
-from resnet_viz.config import ModelConfig
+from resnet_viz.background.tasks import Call, content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import convolution, landscape, lesion, sanity, signal
 from resnet_viz.experiments.common import evaluation_subset
@@ -50,9 +49,8 @@ with tabs[0]:
         model = models[ref.key][0]
         res = tasks.run_task(experiment_key("lesion", tags[ref.key], dtag, n),
                              f"Lesion study: {widgets.literal(ref.label)}",
-                             lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: lesion.lesion_study(
-                                 m, x, y, max_k=lesion.max_k_for(m), trials=5, progress=p, stop=s,
-                                 label=lb).to_dict(),
+                             Call(lesion.lesion_study, model, x, y, max_k=lesion.max_k_for(model), trials=5,
+                                  label=names[ref.key]),
                              title=f"Lesion study: {names[ref.key]} ({n} test images of {data.name})")
         if res:
             results.append(res)
@@ -75,8 +73,8 @@ with tabs[1]:
         model = models[ref.key][0]
         res = tasks.run_task(experiment_key("slice", tags[ref.key], dtag, n, steps, seed),
                              f"1D slice: {widgets.literal(ref.label)}",
-                             lambda p, s, m=model, x=x, y=y, lb=names[ref.key]: landscape.random_slice(
-                                 m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
+                             Call(landscape.random_slice, model, x, y, seed=int(seed), steps=steps,
+                                  label=names[ref.key]),
                              title=f"Loss along a random direction: {names[ref.key]} ({n} training images, "
                                    f"{steps} points, seed {seed})")
         if res:
@@ -87,8 +85,8 @@ with tabs[1]:
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
         surf = tasks.run_task(experiment_key("surface", tags[ref.key], dtag, n, steps, seed),
                               f"2D surface: {widgets.literal(ref.label)} ({steps}x{steps})",
-                              lambda p, s, m=models[ref.key][0], x=x, y=y, lb=names[ref.key]: landscape.surface_2d(
-                                  m, x, y, seed=int(seed), steps=steps, progress=p, stop=s, label=lb).to_dict(),
+                              Call(landscape.surface_2d, models[ref.key][0], x, y, seed=int(seed), steps=steps,
+                                   label=names[ref.key]),
                               title=f"Loss surface: {names[ref.key]} ({n} training images, {steps}x{steps}, "
                                     f"seed {seed})",
                               preview=lambda part: st.plotly_chart(plots.surface_figure(
@@ -106,8 +104,7 @@ with tabs[2]:
                 "gradient norm per block; then the input gradient along a line of inputs (shattered gradients).")
     depths = st.multiselect("Depths", [20, 32, 44, 56, 110], default=[20, 56, 110], key="sig_depths")
     prof = tasks.run_task(task_key("signal", ",".join(map(str, sorted(depths)))), "Measure signal propagation",
-                          lambda p, s: [x.to_dict() for x in signal.signal_sweep(
-                              depths=tuple(sorted(depths)), progress=p, stop=s)],
+                          Call(signal.signal_sweep, depths=tuple(sorted(depths))),
                           title=f"Signal propagation at initialization: depths {', '.join(map(str, sorted(depths)))}")
     if prof:
         st.plotly_chart(plots.signal_figure(prof), width="stretch", key="signal_fig")
@@ -117,8 +114,7 @@ with tabs[2]:
             "to the input; the identity paths keep a ResNet's within a small factor.")
     d = st.select_slider("Depth for shattered gradients", [20, 56, 110], value=56, key="shat_depth")
     shat = tasks.run_task(task_key("shattered", d), "Measure shattered gradients",
-                          lambda p, s: [signal.shattered_gradients(ModelConfig(depth=d, shortcut=sc), progress=p,
-                                                                   stop=s).to_dict() for sc in ("none", "A")],
+                          Call(signal.shattered_pair, d),
                           title=f"Shattered gradients: plain and ResNet, depth {d}")
     if shat:
         st.plotly_chart(plots.shattered_figure(shat), width="stretch", key="shat_fig")
@@ -167,8 +163,7 @@ with tabs[5]:
         x = normalize(inputs[0][1][None], channels_last=False)
         res = tasks.run_task(task_key("sanity", tags[ref.key], content_tag(inputs[0][1])),
                              f"Sanity check: {widgets.literal(ref.label)}",
-                             lambda p, s, m=models[ref.key][0], x=x: sanity.sanity_check(m, x, progress=p,
-                                                                                         stop=s).to_dict(),
+                             Call(sanity.sanity_check, models[ref.key][0], x),
                              title=f"Sanity check: {names[ref.key]} on {inputs[0][0]}")
         if res:
             st.info(res.get("reading", ""))

@@ -51,3 +51,12 @@ def image() -> torch.Tensor:
     """One seeded random image, normalized: (1, 3, 32, 32) float."""
     g = torch.Generator().manual_seed(1)
     return normalize(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=g), channels_last=False)
+
+
+@pytest.fixture
+def threaded_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks run in threads, for tests whose task functions are lambdas or closures: a worker
+    process gets only what pickles (the app's pages pass ``Call`` objects)."""
+    from resnet_viz.background.tasks import TaskRegistry
+
+    monkeypatch.setattr(TaskRegistry, "isolate", False)

@@ -15,26 +15,31 @@ import test_e2e_browser as e2e  # tests/ is on sys.path; skips this module too w
 
 pytestmark = pytest.mark.e2e
 
+# The task's function lives in a module beside the page: a task runs in a worker process,
+# which gets its function by reference (a function defined in the page script has none).
+CLICK_JOB = '''
+import time
+
+
+def work(i, *, progress, stop):
+    for k in range(20):  # 2 s, with progress
+        progress(k / 20, "working")
+        time.sleep(0.1)
+    return f"DONE-{i}"
+'''
+
 SLOW_PAGE = '''
 import time
 import streamlit as st
 from resnet_viz.app import tasks
+from resnet_viz.background.tasks import Call
+import clickjob
 
 round_ = st.number_input("round", 0, 100, 0, key="round")
 time.sleep(1.5)  # a heavy page: plots, models, data
 
-
-def job(i):
-    def fn(progress, stop):
-        for k in range(20):  # 2 s, with progress
-            progress(k / 20, "working")
-            time.sleep(0.1)
-        return f"DONE-{i}"
-    return fn
-
-
 for i in range(2):
-    res = tasks.run_task(f"click-test-{i}-{round_}", f"Start {i}", job(i))
+    res = tasks.run_task(f"click-test-{i}-{round_}", f"Start {i}", Call(clickjob.work, i))
     if res:
         st.write(f"{res} in round {round_}")
 '''
@@ -45,6 +50,7 @@ def slow_app(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("clicks")
     script = tmp / "slow_page.py"
     script.write_text(SLOW_PAGE, encoding="utf-8")
+    (tmp / "clickjob.py").write_text(CLICK_JOB, encoding="utf-8")
     with e2e.streamlit_server(script, tmp) as base, e2e.browser_tab() as tab:
         tab.goto(base)
         e2e.wait_for_app(tab)

@@ -166,7 +166,7 @@ def test_a_task_past_the_limit_is_refused_and_a_running_one_is_still_found() -> 
         gate.wait(10)
         return "ok"
 
-    reg = TaskRegistry()
+    reg = TaskRegistry(isolate=False)  # the limit is the registry's, wherever tasks run; a closure needs a thread
     reg.limits = ServerLimits(max_tasks=2)
     a, b = reg.start("a", blocked), reg.start("b", blocked)
     try:
@@ -216,7 +216,7 @@ def test_an_image_over_the_per_image_limit_leaves_the_others_their_place() -> No
                        max_pixels=ServerLimits().max_upload_pixels)
 
 
-def test_the_run_button_shows_a_refused_task_as_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_run_button_shows_a_refused_task_as_a_message(monkeypatch: pytest.MonkeyPatch, threaded_tasks) -> None:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 

@@ -158,7 +158,7 @@ def test_train_starts_and_stops_a_tiny_run() -> None:
     assert again.wait(60) and again.snapshot().state == "stopped"
 
 
-def test_button_callbacks_start_tasks_and_keep_their_errors() -> None:
+def test_button_callbacks_start_tasks_and_keep_their_errors(threaded_tasks) -> None:
     """tasks.run_task starts its task in the click's callback, and widgets.clicked keeps a
     callback's ValueError for widgets.show_error: the page shows it instead of a traceback."""
     script = """
@@ -285,7 +285,7 @@ def test_no_pages_folder_next_to_app_py() -> None:
     assert "app_pages/" in (ROOT / "app.py").read_text()
 
 
-def test_experiments_report_tab_offers_the_finished_experiments() -> None:
+def test_experiments_report_tab_offers_the_finished_experiments(threaded_tasks) -> None:
     from resnet_viz.app import resources
     from resnet_viz.experiments import signal
 
@@ -312,7 +312,7 @@ def test_experiments_report_tab_offers_the_finished_experiments() -> None:
     assert any("a report needs at least one" in i.value for i in at.info)
 
 
-def test_a_running_task_shows_its_time_left_and_its_partial_result() -> None:
+def test_a_running_task_shows_its_time_left_and_its_partial_result(threaded_tasks) -> None:
     import threading
 
     from resnet_viz.app import resources
@@ -502,7 +502,8 @@ def test_train_form_starts_at_the_library_defaults() -> None:
     assert values["Augment (crop + flip)"] == default.augment and values["Seed"] == default.seed
 
 
-def test_the_app_and_the_cli_run_the_lesion_study_on_the_same_images(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_app_and_the_cli_run_the_lesion_study_on_the_same_images(monkeypatch: pytest.MonkeyPatch,
+                                                                     threaded_tasks) -> None:
     import torch
     from test_cli_experiments import lesion_images
 
@@ -518,14 +519,15 @@ def test_the_app_and_the_cli_run_the_lesion_study_on_the_same_images(monkeypatch
         seen.append((x, y))
         return study(m, x[:8], y[:8], **{**kw, "max_k": 0, "trials": 1})
 
+    # Patched before the page runs: the page binds the function into its task (a Call) as it draws the button.
+    monkeypatch.setattr(lesion, "lesion_study", quick)
     p = page("experiments")
     p.at.session_state[Keys.DATA_CONFIG] = data_cfg
     at = _untrained(p.run())
     at.select_slider(key="lesion_n").set_value(500).run()
-    monkeypatch.setattr(lesion, "lesion_study", quick)
     next(b for b in at.button if b.label.startswith("Lesion study")).click().run()
     _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=120)
-    monkeypatch.undo()
+    monkeypatch.setattr(lesion, "lesion_study", study)
     assert not at.exception and len(seen) == 1, at.exception
     app_x, app_y = seen[0]
     cli_x, cli_y = lesion_images(monkeypatch, build_model("resnet20"), load_data(data_cfg), 500)

@@ -32,7 +32,7 @@ def fresh_registries() -> Iterator[None]:
     TaskRegistry.reset_shared()
 
 
-def test_clearing_the_cache_keeps_the_registries_and_their_work(tmp_path: Path, monkeypatch) -> None:
+def test_clearing_the_cache_keeps_the_registries_and_their_work(tmp_path: Path, monkeypatch, threaded_tasks) -> None:
     import streamlit as st
 
     from resnet_viz.app import resources

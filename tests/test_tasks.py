@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import threading
+import functools
+import os
 import time
 
 import pytest
@@ -13,78 +14,86 @@ from resnet_viz.experiments import check, report
 from resnet_viz.limits import ServerLimits
 
 
+def _slow(n: int, delay: float, progress, stop) -> dict:
+    for i in range(n):
+        check(stop)
+        report(progress, (i + 1) / n, f"step {i + 1} of {n}")
+        time.sleep(delay)
+    return {"n": n}
+
+
 def slow(n: int, delay: float = 0.01):
-    def fn(progress, stop: threading.Event):
-        for i in range(n):
-            check(stop)
-            report(progress, (i + 1) / n, f"step {i + 1} of {n}")
-            time.sleep(delay)
-        return {"n": n}
-
-    return fn
+    # A partial of a module-level function: it can be sent to a worker process, a closure cannot.
+    return functools.partial(_slow, n, delay)
 
 
-def test_a_task_reports_progress_and_its_result() -> None:
-    reg = TaskRegistry()
+def boom(progress, stop):
+    raise ValueError("the model has no block named 'x'")
+
+
+def partial_then_wait(gate: str, progress, stop) -> dict:
+    report(progress, 0.25, "coarse grid done", partial={"grid": 3})
+    report(progress, 0.5, "half way")  # no partial: the last one stays
+    deadline = time.monotonic() + 10
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return {"grid": 5}
+
+
+@pytest.fixture(params=[True, False], ids=["worker", "thread"])
+def isolate(request) -> bool:
+    """Each registry test runs with tasks in worker processes (the app's way) and in threads."""
+    return request.param
+
+
+def test_a_task_reports_progress_and_its_result(isolate: bool) -> None:
+    reg = TaskRegistry(isolate=isolate)
     task = reg.start("a", slow(20))
-    assert task.wait(10)
+    assert task.wait(20)
     snap = task.snapshot()
     assert snap.state == "done" and snap.result == {"n": 20} and snap.fraction == 1.0 and snap.done
     assert reg.start("a", slow(99)) is task  # same key, finished: the result is reused
 
 
-def test_stop_ends_a_task_within_one_step_and_a_new_start_reruns_it() -> None:
-    reg = TaskRegistry()
+def test_stop_ends_a_task_within_one_step_and_a_new_start_reruns_it(isolate: bool) -> None:
+    reg = TaskRegistry(isolate=isolate)
     task = reg.start("b", slow(10_000))
-    wait_until(lambda: task.snapshot().fraction > 0, "the task to report progress", timeout=10)
+    wait_until(lambda: task.snapshot().fraction > 0, "the task to report progress", timeout=20)
     task.stop()
     assert task.wait(5)
     assert task.snapshot().state == "stopped" and task.snapshot().result is None
     again = reg.start("b", slow(3))
-    assert again is not task and again.wait(5) and again.snapshot().state == "done"
+    assert again is not task and again.wait(20) and again.snapshot().state == "done"
 
 
-def test_a_failing_task_keeps_its_message() -> None:
-    def boom(progress, stop):
-        raise ValueError("the model has no block named 'x'")
-
-    task = TaskRegistry().start("c", boom)
-    assert task.wait(5)
+def test_a_failing_task_keeps_its_message(isolate: bool) -> None:
+    task = TaskRegistry(isolate=isolate).start("c", boom)
+    assert task.wait(20)
     assert task.snapshot().state == "failed" and "no block" in task.snapshot().error
 
 
-def test_finished_lists_the_succeeded_tasks_with_their_titles() -> None:
-    def boom(progress, stop):
-        raise ValueError("no")
-
-    reg = TaskRegistry()
+def test_finished_lists_the_succeeded_tasks_with_their_titles(isolate: bool) -> None:
+    reg = TaskRegistry(isolate=isolate)
     reg.limits = ServerLimits(max_tasks=3)  # the three may all be running at once
     tasks = [reg.start("lesion|a", slow(2), title="Lesion study: ResNet-20"), reg.start("broken", boom),
              reg.start("signal|20", slow(3))]
-    assert all(t.wait(10) for t in tasks)
+    assert all(t.wait(20) for t in tasks)
     done = reg.finished()
     assert [(s.key, s.title, s.result) for s in done] == [
         ("lesion|a", "Lesion study: ResNet-20", {"n": 2}), ("signal|20", "signal|20", {"n": 3})]
 
 
-def test_a_task_keeps_its_latest_partial_result_and_estimates_the_time_left() -> None:
-    gate = threading.Event()
-
-    def fn(progress, stop: threading.Event):
-        report(progress, 0.25, "coarse grid done", partial={"grid": 3})
-        report(progress, 0.5, "half way")  # no partial: the last one stays
-        gate.wait(10)
-        return {"grid": 5}
-
-    task = TaskRegistry().start("partial", fn)
-    wait_until(lambda: task.snapshot().fraction >= 0.5, "the task to report half way", timeout=10)
+def test_a_task_keeps_its_latest_partial_result_and_estimates_the_time_left(isolate: bool, tmp_path) -> None:
+    gate = tmp_path / "gate"
+    task = TaskRegistry(isolate=isolate).start("partial", functools.partial(partial_then_wait, str(gate)))
+    wait_until(lambda: task.snapshot().fraction >= 0.5, "the task to report half way", timeout=20)
     snap = task.snapshot()
     assert snap.partial == {"grid": 3} and not snap.done and snap.result is None
     assert snap.eta_s is None or snap.eta_s == pytest.approx(snap.elapsed, rel=0.01)  # half done: as long again
     time.sleep(1.05)
     snap = task.snapshot()
     assert snap.eta_s == pytest.approx(snap.elapsed, rel=0.01)
-    gate.set()
+    gate.touch()
     assert task.wait(10)
     assert task.snapshot().result == {"grid": 5} and task.snapshot().eta_s is None
 

@@ -283,7 +283,7 @@ def test_a_resumed_job_continues_from_its_checkpoint_and_finishes(
             job.stop()  # as the Stop button does, at a known step
 
     monkeypatch.setattr(TrainingJob, "_on_records", stop_at_20)
-    reg = JobRegistry(tmp_path)
+    reg = JobRegistry(tmp_path, isolate=False)  # the stop must come at step 20 exactly: in the trainer's thread
     try:
         job = reg.submit(tiny_config(steps=40), name="resumable", data=tiny_data)
         assert job.wait(60), "the first job did not stop within 60 s"

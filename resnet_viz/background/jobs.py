@@ -1,11 +1,11 @@
-"""Background training: a job is ``fit`` in a thread with stop/pause events and a
-lock-guarded copy of its records that a UI polls.
+"""Background training: a job is ``fit`` in a worker process (``background.trainer``) with
+stop/pause events, and a lock-guarded copy of its records that a UI polls.
 
 No Streamlit here: the app keeps one ``JobRegistry.shared`` per runs folder and reads
-``job.snapshot()`` from its script thread. The worker thread never touches the UI; it
-appends records under a lock and ``fit`` writes them to the run folder as it goes, so a
-page reload (or a second tab) re-attaches through the registry, and a server restart
-still finds every run on disk.
+``job.snapshot()`` from its script thread. The registry's thread starts each job's worker and
+relays its records; ``fit`` writes them to the run folder as it goes, so a page reload (or a
+second tab) re-attaches through the registry, and a server restart still finds every run on
+disk. ``isolate=False`` trains in the registry's thread instead (tests that patch the loop).
 
 The registry trains one job at a time (two trainings on two cores would each run at
 half speed and finish no sooner); later submissions wait in a queue.
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resnet_viz.background.trainer import WorkerFailed, fit_in_worker, new_worker
 from resnet_viz.config import DataConfig, RunConfig
 from resnet_viz.data.sources import ImageData, load_data
 from resnet_viz.limits import ServerLimits, server_limits
-from resnet_viz.store import holder
-from resnet_viz.store.listing import list_runs
-from resnet_viz.store.rundir import RunDir, RunError
+from resnet_viz.store.listing import mark_interrupted
+from resnet_viz.store.rundir import RunDir
 from resnet_viz.training.loop import Control, FitResult, fit
 from resnet_viz.training.memory import check_fits
 
@@ -64,9 +64,11 @@ class JobSnapshot:
 class TrainingJob:
     """One training run in the background; create through ``JobRegistry.submit``."""
 
-    def __init__(self, config: RunConfig, run: RunDir, resume: bool = False) -> None:
+    def __init__(self, config: RunConfig, run: RunDir, resume: bool = False, isolate: bool = True) -> None:
         self.config, self.run, self.resume = config, run, resume
-        self.control = Control()
+        self._worker = new_worker(run) if isolate else None
+        # In a worker, stop and pause are the worker's events: setting them here reaches it.
+        self.control = Control() if self._worker is None else Control(self._worker.stop, self._worker.pause)
         self._lock = threading.Lock()
         self._records: list[dict[str, Any]] = []
         self._state, self._message = "queued", "waiting for the trainer"
@@ -123,11 +125,13 @@ class TrainingJob:
                 with self._lock:
                     self._records = self.run.read_metrics()[:kept]
             self._set_state_if("loading", "paused" if self.control.pause.is_set() else "running", "training")
-            result = fit(self.config, data=data, run=self.run, control=self.control,
-                         on_records=self._on_records, resume=self.resume)
+            result = self._fit(data)
             with self._lock:
                 self.result = result
                 self._state, self._message = result.status, result.message
+        except WorkerFailed as e:  # the worker recorded it in the run folder, or its parent did
+            with self._lock:
+                self._state, self._message = e.status, str(e)
         except Exception as e:  # noqa: BLE001 - a job must end with a message, whatever broke
             msg = str(e) or type(e).__name__
             with self._lock:
@@ -136,6 +140,12 @@ class TrainingJob:
                 self.run.set_status("failed", msg, detail=traceback.format_exc(limit=5))
         finally:
             self._done.set()
+
+    def _fit(self, data: ImageData) -> FitResult:
+        if self._worker is None:
+            return fit(self.config, data=data, run=self.run, control=self.control,
+                       on_records=self._on_records, resume=self.resume)
+        return fit_in_worker(self._worker, self.config, self.run, self.resume, data, self._on_records)
 
     # -- for the UI --------------------------------------------------------------------
     def snapshot(self) -> JobSnapshot:
@@ -153,25 +163,6 @@ class TrainingJob:
             total_steps=total, elapsed=float(last.get("elapsed", 0.0)), images_per_second=ips,
             eta_s=eta if state in ("running", "paused") else None, records=records,
         )
-
-
-def mark_interrupted(runs_root: Path) -> list[str]:
-    """Record "interrupted" for every run under ``runs_root`` whose live status no process of
-    this machine holds any more (see ``store.holder``), so it offers Resume; returns their ids.
-    Runs that another live process trains (the CLI in a terminal) are left alone, and so are
-    the files of runs written on another host (they already read as interrupted): on a shared
-    disk that host may still be writing them."""
-    marked = []
-    for info in list_runs(runs_root):
-        try:
-            run = RunDir.open(runs_root, info.id)
-            st = run.status()
-            if st["status"] == "interrupted" and "recorded_status" in st and holder.this_host(st):
-                run.set_status("interrupted", st["message"], recorded_status=st["recorded_status"])
-                marked.append(info.id)
-        except RunError:
-            continue  # a damaged run stays as it is; the listing says what is wrong with it
-    return marked
 
 
 # The registries of this process, one per runs folder. Kept here, not in Streamlit's
@@ -208,8 +199,8 @@ class JobRegistry:
 
     limits: ServerLimits | None = None  # None: the environment's, read at each submission
 
-    def __init__(self, runs_root: Path) -> None:
-        self.runs_root = Path(runs_root)
+    def __init__(self, runs_root: Path, isolate: bool = True) -> None:
+        self.runs_root, self.isolate = Path(runs_root), isolate
         self._jobs: dict[str, TrainingJob] = {}
         self._queue: queue.Queue[TrainingJob | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -232,7 +223,8 @@ class JobRegistry:
             for config in configs:
                 self._check_limits(config, None if data is None else len(data.train_y), adding=len(configs))
             runs = [RunDir.create(self.runs_root, c, name or c.name or None) for c in configs]
-            return [self._enqueue(TrainingJob(c, run), data) for c, run in zip(configs, runs, strict=True)]
+            jobs = [TrainingJob(c, run, isolate=self.isolate) for c, run in zip(configs, runs, strict=True)]
+            return [self._enqueue(job, data) for job in jobs]
 
     def _check_limits(self, config: RunConfig, train_size: int | None, adding: int = 1) -> None:
         limits = self.limits or server_limits()
@@ -256,7 +248,7 @@ class JobRegistry:
             raise ValueError(f"run {run_id} has no checkpoint to resume from")
         with _SUBMIT_LOCK:  # a resumed run takes a place in the queue like a new one
             self._check_limits(run.config(), None)
-            return self._enqueue(TrainingJob(run.config(), run, resume=True), None)
+            return self._enqueue(TrainingJob(run.config(), run, resume=True, isolate=self.isolate), None)
 
     def _enqueue(self, job: TrainingJob, data: ImageData | None) -> TrainingJob:
         if data is not None:

@@ -1,18 +1,23 @@
 """Background tasks for computations longer than a second (the experiments).
 
-A task is a function ``fn(progress, stop) -> result`` run in a daemon thread. The UI polls
-``task.snapshot()`` and can ``stop()`` it; the function checks the stop event between
-batches (``experiments.check``) and raises ``Cancelled``. Tasks live in a ``TaskRegistry``
-keyed by what they compute (experiment + model + parameters), so a reloaded page asking
-for the same thing finds the running or finished task instead of starting it again. Each
-task has a title (what it computed, in words); ``TaskRegistry.finished()`` lists the
-finished ones, for the report.
-No Streamlit here; the worker thread never touches the UI.
+A task is a function ``fn(progress, stop) -> result`` run in a worker process
+(``background.workers``; a ``Call`` of a library function, so that it can be sent there),
+watched by a daemon thread of the server. The UI polls ``task.snapshot()`` and can ``stop()``
+it; the function checks the stop event between batches (``experiments.check``) and raises
+``Cancelled``; a worker that does not stop within ``STOP_GRACE_S`` is killed. With
+``isolate=False`` the function runs in the thread itself (tests whose functions are lambdas).
+
+Tasks live in a ``TaskRegistry`` keyed by what they compute (experiment + model + data +
+parameters), so a reloaded page asking for the same thing finds the running or finished task
+instead of starting it again. Each task has a title (what it computed, in words);
+``TaskRegistry.finished()`` lists the finished ones, for the report. No Streamlit here; the
+watching thread never touches the UI.
 """
 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -22,12 +27,43 @@ from typing import Any
 import torch
 
 from resnet_viz.background.progress import eta
+from resnet_viz.background.workers import Send, WorkerProcess, watch_parent
 from resnet_viz.config import DataConfig, ModelConfig
 from resnet_viz.experiments.common import Cancelled, ProgressFn
 from resnet_viz.limits import ServerLimits, server_limits
 from resnet_viz.store.models import ModelRef
 
 TaskFn = Callable[[ProgressFn, threading.Event], Any]
+STOP_GRACE_S = 10.0  # an experiment checks its stop event between batches: seconds at most
+
+
+def _plain(value: Any) -> Any:
+    """Experiment results as plain data (their ``to_dict()``), to cross a process boundary."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+class Call:
+    """``fn(*args, **kwargs, progress=..., stop=...)`` as a task function whose result is
+    plain data: a library function and its arguments can be sent to a worker process, where
+    a page's lambda cannot."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def __call__(self, progress: ProgressFn, stop: threading.Event) -> Any:
+        return _plain(self.fn(*self.args, **self.kwargs, progress=progress, stop=stop))
+
+
+def _task_in_worker(stop: Any, pause: Any, send: Send, fn: TaskFn) -> Any:
+    """A worker's target: ``fn``, its progress sent to the parent as it comes."""
+    watch_parent(stop.set)
+
+    def progress(fraction: float, message: str, partial: Any = None) -> None:
+        send("progress", fraction, message, partial)
+
+    return fn(progress, stop)
 
 
 def model_tag(ref: ModelRef, cfg: ModelConfig) -> str:
@@ -88,9 +124,10 @@ class TaskSnapshot:
 
 
 class Task:
-    def __init__(self, key: str, fn: TaskFn, title: str = "") -> None:
+    def __init__(self, key: str, fn: TaskFn, title: str = "", isolate: bool = True) -> None:
         self.key, self._fn, self.title = key, fn, title or key
-        self._stop = threading.Event()
+        self._worker = WorkerProcess(_task_in_worker, name=f"resnet-viz-task-{key[:40]}") if isolate else None
+        self._stop: Any = threading.Event() if self._worker is None else self._worker.stop
         self._lock = threading.Lock()
         self._state, self._fraction, self._message = "running", 0.0, "starting"
         self._result: Any = None
@@ -109,7 +146,7 @@ class Task:
 
     def _run(self) -> None:
         try:
-            result = self._fn(self._progress, self._stop)
+            result = self._fn(self._progress, self._stop) if self._worker is None else self._run_in(self._worker)
             outcome = ("done", result, "", 1.0, "done")
         except Cancelled:
             outcome = ("stopped", None, "", self._fraction, "stopped")
@@ -118,6 +155,35 @@ class Task:
         with self._lock:
             self._state, self._result, self._error, self._fraction, self._message = outcome
             self._t1 = time.monotonic()
+
+    def _run_in(self, worker: WorkerProcess) -> Any:
+        try:
+            worker.start(self._fn)
+        except (pickle.PicklingError, AttributeError, TypeError) as e:  # what pickle raises for a lambda
+            raise TaskError(f"this computation cannot be sent to a worker process ({e}); a task is a "
+                            "Call of a library function and its arguments") from None
+        threading.Thread(target=self._kill_if_stuck, name=f"task-stop-{self.key[:40]}", daemon=True).start()
+        for msg in worker.messages():
+            if msg[0] == "progress":
+                self._progress(*msg[1:])
+            elif msg[0] == "end":
+                return msg[1]
+            elif msg[0] == "error":
+                raise Cancelled(msg[1]) if msg[3] == "Cancelled" else TaskError(msg[1])
+            elif self._stop.is_set():  # died: killed after a stop it did not answer
+                raise Cancelled("stopped by the user")
+            else:
+                raise TaskError(msg[1])
+        raise TaskError("the worker ended without a word")
+
+    def _kill_if_stuck(self) -> None:
+        """Once stop is asked, give the worker ``STOP_GRACE_S`` to answer, then end it."""
+        while self._thread.is_alive():
+            if self._stop.wait(0.5):
+                self._thread.join(STOP_GRACE_S)
+                if self._thread.is_alive() and self._worker is not None:
+                    self._worker.kill()
+                return
 
     def stop(self) -> None:
         self._stop.set()
@@ -131,6 +197,10 @@ class Task:
             end = self._t1 if self._t1 is not None else time.monotonic()
             return TaskSnapshot(self.key, self._state, self._fraction, self._message, self._result,
                                 self._error, end - self._t0, self.title, self._partial)
+
+
+class TaskError(Exception):
+    """A task's worker raised or died; the message says what happened."""
 
 
 class TaskRegistry:
@@ -157,11 +227,14 @@ class TaskRegistry:
             task.stop()
 
     limits: ServerLimits | None = None  # None: the environment's, read at each start
+    isolate: bool = True  # each task in a worker process; False: in a thread (for lambdas in tests)
 
-    def __init__(self, keep: int = 50) -> None:
+    def __init__(self, keep: int = 50, isolate: bool | None = None) -> None:
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
         self.keep = keep
+        if isolate is not None:
+            self.isolate = isolate
 
     def start(self, key: str, fn: TaskFn, title: str = "") -> Task:
         """The task for ``key``: the existing one if it runs or succeeded, else a new one
@@ -172,7 +245,7 @@ class TaskRegistry:
             if task is not None and task.snapshot().state in ("running", "done"):
                 return task
             self._check_room()
-            task = Task(key, fn, title)
+            task = Task(key, fn, title, isolate=self.isolate)
             self._tasks[key] = task
             done = [k for k, t in self._tasks.items() if t.snapshot().done]
             for k in done[: max(0, len(self._tasks) - self.keep)]:

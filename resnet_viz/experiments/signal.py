@@ -297,3 +297,14 @@ def shattered_gradients(
         lags=lags,
         corr_length=float(below[0]) if below else float(len(lags)),
     )
+
+
+def shattered_pair(depth: int, *, progress: ProgressFn | None = None,
+                   stop: threading.Event | None = None) -> list[ShatteredResult]:
+    """``shattered_gradients`` of an untrained plain net and ResNet (option A) of ``depth``."""
+    results = []
+    for i, shortcut in enumerate(("none", "A")):
+        def part(fraction: float, message: str, i: int = i) -> None:
+            report(progress, (i + fraction) / 2, message)
+        results.append(shattered_gradients(ModelConfig(depth=depth, shortcut=shortcut), progress=part, stop=stop))
+    return results

@@ -18,6 +18,7 @@ from typing import Any
 
 from resnet_viz.config import RunConfig
 from resnet_viz.fsutil import as_number, iter_jsonl_reversed
+from resnet_viz.store import holder
 from resnet_viz.store.checkpoint import checkpoint_problem
 from resnet_viz.store.rundir import CHECKPOINT_FILE, METRICS_FILE, RunDir
 from resnet_viz.store.runids import ID_RE, STAMP_RE, RunError
@@ -172,3 +173,22 @@ def metrics_csv(records: list[dict[str, Any]]) -> bytes:
     w.writeheader()
     w.writerows(r for r in records if r.get("kind") in ("step", "eval"))
     return buf.getvalue().encode()
+
+
+def mark_interrupted(runs_root: Path) -> list[str]:
+    """Record "interrupted" for every run under ``runs_root`` whose live status no process of
+    this machine holds any more (see ``store.holder``), so it offers Resume; returns their ids.
+    Runs that another live process trains (the CLI in a terminal) are left alone, and so are
+    the files of runs written on another host (they already read as interrupted): on a shared
+    disk that host may still be writing them."""
+    marked = []
+    for info in list_runs(runs_root):
+        try:
+            run = RunDir.open(runs_root, info.id)
+            st = run.status()
+            if st["status"] == "interrupted" and "recorded_status" in st and holder.this_host(st):
+                run.set_status("interrupted", st["message"], recorded_status=st["recorded_status"])
+                marked.append(info.id)
+        except RunError:
+            continue  # a damaged run stays as it is; the listing says what is wrong with it
+    return marked

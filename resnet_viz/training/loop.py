@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -35,12 +36,22 @@ from resnet_viz.training.schedule import lr_at
 from resnet_viz.training.state import Meter, Processes, Setup, StepLog, prepare
 
 
+class Flag(Protocol):
+    """An event ``fit`` looks at: a ``threading.Event``, or a ``multiprocessing`` one when the
+    caller steers a worker process."""
+
+    def is_set(self) -> bool: ...
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 @dataclass
 class Control:
     """How a caller steers a running ``fit``: checked once per batch."""
 
-    stop: threading.Event = field(default_factory=threading.Event)
-    pause: threading.Event = field(default_factory=threading.Event)  # set = paused
+    stop: Flag = field(default_factory=threading.Event)
+    pause: Flag = field(default_factory=threading.Event)  # set = paused
     stop_status: str = "stopped"  # "interrupted" for Ctrl-C / SIGTERM
 
     def request_stop(self, status: str = "stopped") -> None:

@@ -1,0 +1,81 @@
+"""One training run in a worker process (``workers.WorkerProcess``), and the parent's side of it.
+
+The worker opens the run folder the parent created, trains with ``fit`` and sends each batch
+of records as it writes them; stop and pause are the worker's two events, which ``fit`` looks
+at once per batch. A worker that dies without a last word (killed, out of memory) leaves the
+run's status "running" under its dead pid; the parent then records what happened, so the run
+offers Resume from its last checkpoint, or reads failed when it never wrote one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from resnet_viz.background.workers import Send, WorkerProcess, watch_parent
+from resnet_viz.config import RunConfig
+from resnet_viz.data.sources import ImageData
+from resnet_viz.store.rundir import RunDir
+from resnet_viz.training.loop import Control, FitResult, fit
+
+
+class WorkerFailed(Exception):
+    """The training worker raised or died; the message says what happened."""
+
+    def __init__(self, message: str, status: str = "failed") -> None:
+        super().__init__(message)
+        self.status = status  # "failed", or "interrupted" when a checkpoint allows Resume
+
+
+def train_in_worker(stop: Any, pause: Any, send: Send, config: RunConfig, runs_root: Path, run_id: str,
+                    resume: bool, data: ImageData) -> FitResult:
+    """The worker's target: ``fit`` on the parent's run folder, steered by the parent's events."""
+    control = Control(stop=stop, pause=pause)
+    watch_parent(lambda: control.request_stop("interrupted"))
+    return fit(config, data=data, run=RunDir.open(runs_root, run_id), control=control,
+               on_records=lambda records: send("records", records), resume=resume)
+
+
+def new_worker(run: RunDir) -> WorkerProcess:
+    """A worker for ``run``, not started: its events are the job's stop and pause from now on."""
+    return WorkerProcess(train_in_worker, name=f"resnet-viz-train-{run.id}")
+
+
+def fit_in_worker(worker: WorkerProcess, config: RunConfig, run: RunDir, resume: bool, data: ImageData,
+                  on_records: Callable[[list[dict[str, Any]]], None]) -> FitResult:
+    """Start ``worker`` training ``run`` on ``data`` and relay its records until it ends; its
+    result, or ``WorkerFailed`` after recording in the run folder what went wrong."""
+    worker.start(config, run.path.parent, run.id, resume, data)
+    for msg in worker.messages():
+        kind = msg[0]
+        if kind == "records":
+            on_records(msg[1])
+        elif kind == "end":
+            return msg[1]
+        elif kind == "error":
+            _record(run, "failed", msg[1], detail=msg[2])
+            raise WorkerFailed(msg[1])
+        elif kind == "died":
+            raise _died(run, msg[1])
+    raise WorkerFailed("the training worker ended without a word")  # messages() always ends with one of the above
+
+
+def _died(run: RunDir, why: str) -> WorkerFailed:
+    """Record a worker that died mid-run: interrupted (Resume goes on from the checkpoint) when
+    it left one, else failed."""
+    if run.has_checkpoint():
+        with contextlib.suppress(Exception):
+            step = int(run.load_checkpoint().meta.get("step", 0))
+            message = f"{why}; Resume goes on from the last checkpoint (step {step})"
+            _record(run, "interrupted", message)
+            return WorkerFailed(message, "interrupted")
+    message = f"{why}, before its first checkpoint"
+    _record(run, "failed", message)
+    return WorkerFailed(message)
+
+
+def _record(run: RunDir, status: str, message: str, **extra: Any) -> None:
+    with contextlib.suppress(OSError):  # the folder may be what broke; the job still ends
+        run.set_status(status, message, **extra)
