@@ -50,6 +50,10 @@ def mess_with_torch(*, progress, stop) -> int:
     return os.getpid()
 
 
+def thread_count(*, progress, stop) -> int:
+    return torch.get_num_threads()
+
+
 def ignore_stop(*, progress, stop) -> None:
     progress(0.1, "busy, not looking at stop")
     time.sleep(60)
@@ -61,6 +65,12 @@ def test_a_task_leaves_the_servers_torch_state_alone() -> None:
     assert task.wait(30) and task.snapshot().state == "done"
     assert task.snapshot().result != os.getpid()  # it ran elsewhere
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
+
+
+def test_a_task_beside_a_training_run_gets_the_threads_it_is_given() -> None:
+    reg = TaskRegistry(isolate=True)
+    one = reg.start("one", Call(thread_count), threads=1)
+    assert one.wait(30) and one.snapshot().result == 1
 
 
 def test_a_killed_task_fails_with_a_message_and_the_next_one_runs() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from resnet_viz.app.resources import task_registry
+from resnet_viz.app.resources import job_registry, task_registry
 from resnet_viz.app.widgets import clicked, show_error
 from resnet_viz.background.progress import clock
 
@@ -51,7 +51,10 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
 
 
 def _start(key: str, fn: Callable[..., Any], title: str) -> None:
-    task_registry().start(key, fn, title=title)
+    # Beside a training run, one thread: two workers with two threads each on two cores
+    # would each wait for the other, and the run is the longer work.
+    threads = 1 if job_registry().active() is not None else None
+    task_registry().start(key, fn, title=title, threads=threads)
 
 
 @st.fragment(run_every=1.0)

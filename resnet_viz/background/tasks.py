@@ -56,9 +56,12 @@ class Call:
         return _plain(self.fn(*self.args, **self.kwargs, progress=progress, stop=stop))
 
 
-def _task_in_worker(stop: Any, pause: Any, send: Send, fn: TaskFn) -> Any:
-    """A worker's target: ``fn``, its progress sent to the parent as it comes."""
+def _task_in_worker(stop: Any, pause: Any, send: Send, fn: TaskFn, threads: int | None) -> Any:
+    """A worker's target: ``fn`` on ``threads`` torch threads (None: torch's default), its
+    progress sent to the parent as it comes."""
     watch_parent(stop.set)
+    if threads is not None:
+        torch.set_num_threads(threads)  # this worker's own setting: the process is its own
 
     def progress(fraction: float, message: str, partial: Any = None) -> None:
         send("progress", fraction, message, partial)
@@ -124,8 +127,9 @@ class TaskSnapshot:
 
 
 class Task:
-    def __init__(self, key: str, fn: TaskFn, title: str = "", isolate: bool = True) -> None:
-        self.key, self._fn, self.title = key, fn, title or key
+    def __init__(self, key: str, fn: TaskFn, title: str = "", isolate: bool = True,
+                 threads: int | None = None) -> None:
+        self.key, self._fn, self.title, self._threads = key, fn, title or key, threads
         self._worker = WorkerProcess(_task_in_worker, name=f"resnet-viz-task-{key[:40]}") if isolate else None
         self._stop: Any = threading.Event() if self._worker is None else self._worker.stop
         self._lock = threading.Lock()
@@ -158,7 +162,7 @@ class Task:
 
     def _run_in(self, worker: WorkerProcess) -> Any:
         try:
-            worker.start(self._fn)
+            worker.start(self._fn, self._threads)
         except (pickle.PicklingError, AttributeError, TypeError) as e:  # what pickle raises for a lambda
             raise TaskError(f"this computation cannot be sent to a worker process ({e}); a task is a "
                             "Call of a library function and its arguments") from None
@@ -236,16 +240,17 @@ class TaskRegistry:
         if isolate is not None:
             self.isolate = isolate
 
-    def start(self, key: str, fn: TaskFn, title: str = "") -> Task:
+    def start(self, key: str, fn: TaskFn, title: str = "", threads: int | None = None) -> Task:
         """The task for ``key``: the existing one if it runs or succeeded, else a new one
-        (``title`` says what it computes, in words; the key by default). A new one past the
-        server's limit of running tasks raises a ``ValueError`` before its thread starts."""
+        (``title`` says what it computes, in words; the key by default) on ``threads`` torch
+        threads in its worker (None: torch's default). A new one past the server's limit of
+        running tasks raises a ``ValueError`` before its thread starts."""
         with self._lock:
             task = self._tasks.get(key)
             if task is not None and task.snapshot().state in ("running", "done"):
                 return task
             self._check_room()
-            task = Task(key, fn, title, isolate=self.isolate)
+            task = Task(key, fn, title, isolate=self.isolate, threads=threads)
             self._tasks[key] = task
             done = [k for k, t in self._tasks.items() if t.snapshot().done]
             for k in done[: max(0, len(self._tasks) - self.keep)]:
