@@ -3,14 +3,17 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import resources, state, widgets
+from resnet_viz.app import identity, resources, state, widgets
 from resnet_viz.config import ModelConfig, RunConfig
 from resnet_viz.experiments import degradation
 
 st.title("Compare runs")
 registry = resources.job_registry()
+me = identity.visitor()
 all_runs = [r for r in resources.runs() if r.config is not None]
-groups = degradation.degradation_groups(all_runs)
+# Only this visitor's runs (or the operator's) make their degradation experiment: another
+# visitor's runs named like one would otherwise pass for it.
+groups = degradation.degradation_groups([r for r in all_runs if r.owner in (me.id, None)])
 
 
 def queue_degradation() -> None:
@@ -20,7 +23,7 @@ def queue_degradation() -> None:
         return
     base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=state.data_config(),
                      train=degradation.default_train_config())
-    registry.submit_all(degradation.degradation_configs(base, tag=degradation.new_tag()), data=data)
+    registry.submit_all(degradation.degradation_configs(base, tag=degradation.new_tag()), data=data, by=me)
     state.flash(f"Queued 4 runs on {widgets.literal(data.name)}. Leave this page open or come back later: "
                 "they keep training.")
 

@@ -5,7 +5,8 @@ from dataclasses import replace
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import resources, state, widgets
+from resnet_viz.access import may_control
+from resnet_viz.app import identity, resources, state, widgets
 from resnet_viz.background.progress import clock
 from resnet_viz.config import (
     BASE_BATCH,
@@ -22,6 +23,7 @@ from resnet_viz.store.listing import metrics_csv
 
 st.title("Train")
 registry = resources.job_registry()
+me = identity.visitor()
 model_cfg = state.build_config()
 
 SOURCES = {"default": "Default", "synthetic": "Synthetic shapes", "cifar10": "CIFAR-10 (official, downloads)",
@@ -61,7 +63,7 @@ def start_training() -> None:
         name=f.tr_name.strip(),
     )
     busy = registry.active()
-    job = registry.submit(cfg, data=data)
+    job = registry.submit(cfg, data=data, by=me)
     st.session_state[state.Keys.WATCHED_RUN] = job.run_id
     state.flash(f"Queued behind {busy.snapshot().label}: it starts when that run ends." if busy
                 else f"Started {cfg.model.label} on {widgets.literal(data.name)}, lr {cfg.train.lr:g}.")
@@ -100,7 +102,7 @@ ids = [r.id for r in all_runs]
 watched = st.session_state.get(state.Keys.WATCHED_RUN)
 if watched not in ids:
     active = registry.active()
-    watched = active.run_id if active else (ids[0] if ids else None)
+    watched = active.run_id if active and active.run_id in ids else (ids[0] if ids else None)
 if watched is None:
     st.info("No runs yet. Start one above; it keeps training when you reload or close this page.")
     st.stop()
@@ -115,13 +117,17 @@ def controls(snap) -> None:
     c1.progress(snap.progress, text=f"{snap.state} · step {snap.step:,} of {snap.total_steps:,} · "
                                     f"{snap.images_per_second:,.0f} images/s{eta}")
     job = registry.get(snap.run_id)
-    if snap.state == "paused":
-        c2.button("Resume", icon=":material/play_arrow:", key="resume", on_click=widgets.clicked(job.resume_training))
+    if not may_control(me, job.owner):
+        c2.caption("Started by another visitor: you can watch it, not steer it.")
+    elif snap.state == "paused":
+        c2.button("Resume", icon=":material/play_arrow:", key="resume",
+                  on_click=widgets.clicked(job.resume_training, me))
     else:
         c2.button("Pause", icon=":material/pause:", key="pause", disabled=snap.state != "running",
-                  on_click=widgets.clicked(job.pause))
-    c3.button("Stop", icon=":material/stop:", key="stop",
-              on_click=widgets.clicked(job.stop, done="Stopping after this batch; the checkpoint is saved."))
+                  on_click=widgets.clicked(job.pause, me))
+    if may_control(me, job.owner):
+        c3.button("Stop", icon=":material/stop:", key="stop",
+                  on_click=widgets.clicked(job.stop, me, done="Stopping after this batch; the checkpoint is saved."))
     c4.caption(snap.message)
     state.show_flash()  # this fragment's own reruns skip app.py, which shows the rest
 
@@ -156,7 +162,7 @@ else:
     if ckpt.is_file():
         c2.download_button("Checkpoint (safetensors)", ckpt.read_bytes(), file_name=f"{watched}.safetensors",
                            icon=":material/download:")
-        if info.status in ("stopped", "interrupted"):
+        if info.status in ("stopped", "interrupted") and may_control(me, info.owner):
             c3.button("Resume training", icon=":material/replay:",
-                      on_click=widgets.clicked(registry.resume, watched, done="Resumed from the last checkpoint."))
+                      on_click=widgets.clicked(registry.resume, watched, me, done="Resumed from the last checkpoint."))
     widgets.show_error()

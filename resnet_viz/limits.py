@@ -6,8 +6,9 @@ has gets the whole server killed by the kernel, with every session in it. These 
 are checked before anything is created (a run folder, a thread, a decoded image), and a
 refusal says which limit and what to change.
 
-The limits are server-wide. Per-visitor limits can be added later as a second
-``ServerLimits`` keyed by a visitor, checked beside these ones.
+Most limits are server-wide; ``max_runs_per_visitor`` and ``max_tasks_per_visitor`` bound
+what one visitor (``access.Visitor``) may hold of them, so one visitor cannot fill the queue
+for the class. The server's operator (the command line) has no per-visitor limit.
 
 Every limit is read from an environment variable (``ENV``); the defaults suit a 2-core,
 24 GB machine. ``ServerLimits.from_env()`` raises a ``ValueError`` naming the variable
@@ -32,6 +33,8 @@ _FALLBACK_RAM = 8 * GB  # when the platform cannot tell its physical memory
 ENV: dict[str, str] = {
     "max_runs": "RESNET_VIZ_MAX_RUNS",
     "max_tasks": "RESNET_VIZ_MAX_TASKS",
+    "max_runs_per_visitor": "RESNET_VIZ_MAX_RUNS_PER_VISITOR",
+    "max_tasks_per_visitor": "RESNET_VIZ_MAX_TASKS_PER_VISITOR",
     "max_uploads": "RESNET_VIZ_MAX_UPLOADS",
     "max_upload_megapixels": "RESNET_VIZ_MAX_UPLOAD_MEGAPIXELS",
     "max_train_gb": "RESNET_VIZ_MAX_TRAIN_GB",
@@ -57,8 +60,10 @@ def default_train_gb() -> float:
 class ServerLimits:
     """What one app process allows all its visitors together."""
 
-    max_runs: int = 4  # training runs queued or running at once (one trains; the rest wait)
+    max_runs: int = 8  # training runs queued or running at once (one trains; the rest wait)
     max_tasks: int = 2  # experiment tasks running at once: one per core
+    max_runs_per_visitor: int = 4  # of those runs, one visitor's (the degradation experiment queues 4)
+    max_tasks_per_visitor: int = 1  # of those tasks, one visitor's: the other core is someone else's
     max_uploads: int = 8  # images in one upload
     max_upload_megapixels: float = 64.0  # their pixels together, from the headers (one image may have 40)
     max_train_gb: float = 12.0  # estimated memory of one training run
@@ -66,7 +71,8 @@ class ServerLimits:
     max_steps: int = 100_000  # a run's step budget: the paper's 64k fits
 
     def __post_init__(self) -> None:
-        for name in ("max_runs", "max_tasks", "max_uploads", "max_steps"):
+        for name in ("max_runs", "max_tasks", "max_runs_per_visitor", "max_tasks_per_visitor", "max_uploads",
+                     "max_steps"):
             v = getattr(self, name)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")

@@ -24,22 +24,26 @@ from resnet_viz.training.memory import architecture, training_memory
 
 def test_limits_default_without_environment_and_read_each_variable() -> None:
     d = ServerLimits.from_env({})
-    assert (d.max_runs, d.max_tasks, d.max_uploads, d.max_upload_megapixels) == (4, 2, 8, 64.0)
+    assert (d.max_runs, d.max_tasks, d.max_uploads, d.max_upload_megapixels) == (8, 2, 8, 64.0)
+    assert (d.max_runs_per_visitor, d.max_tasks_per_visitor) == (4, 1)
     assert d.max_params == 30_000_000 and d.max_steps == 100_000
     assert d.max_train_gb == pytest.approx(physical_memory() / 2 / GB, abs=0.1)  # half the machine
     env = {ENV["max_runs"]: "7", ENV["max_tasks"]: " 3 ", ENV["max_uploads"]: "2",
            ENV["max_upload_megapixels"]: "1.5", ENV["max_train_gb"]: "6", ENV["max_params_millions"]: "2.5",
-           ENV["max_steps"]: "500", ENV["max_runs"] + "_UNRELATED": "x"}
+           ENV["max_steps"]: "500", ENV["max_runs"] + "_UNRELATED": "x", ENV["max_runs_per_visitor"]: "2",
+           ENV["max_tasks_per_visitor"]: "3"}
     s = ServerLimits.from_env(env)
     assert (s.max_runs, s.max_tasks, s.max_uploads, s.max_upload_pixels) == (7, 3, 2, 1_500_000)
     assert (s.max_train_bytes, s.max_params, s.max_steps) == (6 * GB, 2_500_000, 500)
-    assert ServerLimits.from_env({ENV["max_runs"]: ""}).max_runs == 4  # empty: the default
+    assert (s.max_runs_per_visitor, s.max_tasks_per_visitor) == (2, 3)
+    assert ServerLimits.from_env({ENV["max_runs"]: ""}).max_runs == 8  # empty: the default
 
 
 @pytest.mark.parametrize(("var", "raw"), [
     ("RESNET_VIZ_MAX_RUNS", "four"), ("RESNET_VIZ_MAX_TASKS", "0"), ("RESNET_VIZ_MAX_UPLOADS", "2.5"),
     ("RESNET_VIZ_MAX_TRAIN_GB", "-1"), ("RESNET_VIZ_MAX_TRAIN_GB", "nan"), ("RESNET_VIZ_MAX_STEPS", "1e9x"),
     ("RESNET_VIZ_MAX_PARAMS_MILLIONS", "inf"), ("RESNET_VIZ_MAX_UPLOAD_MEGAPIXELS", "0"),
+    ("RESNET_VIZ_MAX_RUNS_PER_VISITOR", "0"), ("RESNET_VIZ_MAX_TASKS_PER_VISITOR", "one"),
 ])
 def test_a_bad_environment_value_names_its_variable(var: str, raw: str) -> None:
     with pytest.raises(ValueError, match=var):

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 import torch
 
+from resnet_viz.access import access_settings, may_see
+from resnet_viz.app.identity import visitor
 from resnet_viz.app.state import build_config, data_config
 from resnet_viz.background.jobs import JobRegistry, JobSnapshot
 from resnet_viz.config import DataConfig, ModelConfig, RunConfig
@@ -109,8 +111,10 @@ def load_model(ref: ModelRef) -> tuple[CifarResNet, ModelConfig, tuple[str, ...]
 
 
 def model_refs(include_untrained: bool = True) -> list[ModelRef]:
-    """Shipped models, then runs with a checkpoint (newest first), then the Build model."""
-    return models.model_refs(runs_root(), include_untrained)
+    """Shipped models, then the runs this visitor sees with a checkpoint (newest first), then
+    the Build model."""
+    me, access = visitor(), access_settings()
+    return models.model_refs(runs_root(), include_untrained, visible=lambda owner: may_see(me, owner, access))
 
 
 @contextmanager
@@ -131,8 +135,10 @@ def inference() -> Iterator[None]:
 
 
 def runs() -> list[RunInfo]:
+    """The runs this visitor sees: their own, the operator's, and others' unless the server hides them."""
+    me, access = visitor(), access_settings()
     try:
-        return list_runs(runs_root())
+        return [r for r in list_runs(runs_root()) if may_see(me, r.owner, access)]
     except RunError as e:
         st.error(str(e))
         return []

@@ -12,6 +12,8 @@ from typing import Any
 
 import streamlit as st
 
+from resnet_viz.access import may_control
+from resnet_viz.app.identity import visitor
 from resnet_viz.app.resources import job_registry, task_registry
 from resnet_viz.app.widgets import clicked, show_error
 from resnet_viz.background.progress import clock
@@ -54,7 +56,7 @@ def _start(key: str, fn: Callable[..., Any], title: str) -> None:
     # Beside a training run, one thread: two workers with two threads each on two cores
     # would each wait for the other, and the run is the longer work.
     threads = 1 if job_registry().active() is not None else None
-    task_registry().start(key, fn, title=title, threads=threads)
+    task_registry().start(key, fn, title=title, threads=threads, by=visitor())
 
 
 @st.fragment(run_every=1.0)
@@ -68,4 +70,7 @@ def _task_progress(key: str, preview: Callable[[Any], None] | None = None) -> No
     c1.progress(snap.fraction, text=f"{snap.message} · {clock(snap.elapsed)} elapsed{eta}")
     if preview is not None and snap.partial is not None:
         preview(snap.partial)
-    c2.button("Stop", key=f"stop_{key}", icon=":material/stop:", on_click=task.stop)
+    if may_control(visitor(), task.owner):
+        c2.button("Stop", key=f"stop_{key}", icon=":material/stop:", on_click=clicked(task.stop, visitor()))
+    else:
+        c2.caption("Another visitor started this; it is shared with you.")

@@ -13,157 +13,25 @@ half speed and finish no sooner); later submissions wait in a queue.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from resnet_viz.background.trainer import WorkerFailed, fit_in_worker, new_worker
+from resnet_viz.access import OPERATOR, Visitor, check_control
+from resnet_viz.background.job import FINAL_STATES, JobSnapshot, TrainingJob
 from resnet_viz.config import DataConfig, RunConfig
 from resnet_viz.data.sources import ImageData, load_data
 from resnet_viz.limits import ServerLimits, server_limits
 from resnet_viz.store.listing import mark_interrupted
 from resnet_viz.store.rundir import RunDir
-from resnet_viz.training.loop import Control, FitResult, fit
 from resnet_viz.training.memory import check_fits
+
+__all__ = ["FINAL_STATES", "JobRegistry", "JobSnapshot", "TrainingJob"]
 
 # Held from a submission's check to its place in the queue: a check and then a queue under
 # two separate locks would let two submissions at once both see one free place.
 _SUBMIT_LOCK = threading.Lock()
-
-FINAL_STATES = ("finished", "stopped", "interrupted", "diverged", "failed", "cancelled")
-
-
-@dataclass(frozen=True)
-class JobSnapshot:
-    run_id: str
-    label: str
-    state: str  # queued, loading, running, paused, or one of FINAL_STATES
-    message: str
-    step: int
-    total_steps: int
-    elapsed: float
-    images_per_second: float
-    eta_s: float | None
-    records: tuple[dict[str, Any], ...]
-
-    @property
-    def progress(self) -> float:
-        return self.step / self.total_steps if self.total_steps else 0.0
-
-    @property
-    def done(self) -> bool:
-        return self.state in FINAL_STATES
-
-
-class TrainingJob:
-    """One training run in the background; create through ``JobRegistry.submit``."""
-
-    def __init__(self, config: RunConfig, run: RunDir, resume: bool = False, isolate: bool = True) -> None:
-        self.config, self.run, self.resume = config, run, resume
-        self._worker = new_worker(run) if isolate else None
-        # In a worker, stop and pause are the worker's events: setting them here reaches it.
-        self.control = Control() if self._worker is None else Control(self._worker.stop, self._worker.pause)
-        self._lock = threading.Lock()
-        self._records: list[dict[str, Any]] = []
-        self._state, self._message = "queued", "waiting for the trainer"
-        self._total_steps = 0
-        self.result: FitResult | None = None
-        self._done = threading.Event()
-
-    @property
-    def run_id(self) -> str:
-        return self.run.id
-
-    # -- control, from any thread ------------------------------------------------------
-    def stop(self) -> None:
-        with self._lock:
-            if self._state == "queued":
-                self._state, self._message = "cancelled", "cancelled before it started"
-                self.run.set_status("stopped", "cancelled before it started")
-                self._done.set()
-        self.control.request_stop("stopped")
-        self.control.pause.clear()
-
-    def pause(self) -> None:
-        self.control.pause.set()
-        self._set_state_if("running", "paused", "paused")
-
-    def resume_training(self) -> None:
-        self.control.pause.clear()
-        self._set_state_if("paused", "running", "training")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
-
-    def _set_state_if(self, current: str, new: str, message: str) -> None:
-        with self._lock:
-            if self._state == current:
-                self._state, self._message = new, message
-
-    # -- the worker thread -----------------------------------------------------------
-    def _on_records(self, records: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self._records.extend(records)
-
-    def execute(self, get_data: Callable[[DataConfig], ImageData]) -> None:
-        """Run the job to its end in the calling thread (the registry's worker)."""
-        with self._lock:
-            if self._state == "cancelled":
-                return
-            self._state, self._message = "loading", "loading the data set"
-        try:
-            data = get_data(self.config.data)
-            self._total_steps = self.config.train.total_steps(len(data.train_y))
-            if self.resume:  # what the checkpoint had seen; fit() drops the rest from the file too
-                kept = int(self.run.load_checkpoint().meta.get("metrics_lines", 0))
-                with self._lock:
-                    self._records = self.run.read_metrics()[:kept]
-            self._set_state_if("loading", "paused" if self.control.pause.is_set() else "running", "training")
-            result = self._fit(data)
-            with self._lock:
-                self.result = result
-                self._state, self._message = result.status, result.message
-        except WorkerFailed as e:  # the worker recorded it in the run folder, or its parent did
-            with self._lock:
-                self._state, self._message = e.status, str(e)
-        except Exception as e:  # noqa: BLE001 - a job must end with a message, whatever broke
-            msg = str(e) or type(e).__name__
-            with self._lock:
-                self._state, self._message = "failed", msg
-            with contextlib.suppress(OSError):  # the folder may be what broke; the job still ends
-                self.run.set_status("failed", msg, detail=traceback.format_exc(limit=5))
-        finally:
-            self._done.set()
-
-    def _fit(self, data: ImageData) -> FitResult:
-        if self._worker is None:
-            return fit(self.config, data=data, run=self.run, control=self.control,
-                       on_records=self._on_records, resume=self.resume)
-        return fit_in_worker(self._worker, self.config, self.run, self.resume, data, self._on_records)
-
-    # -- for the UI --------------------------------------------------------------------
-    def snapshot(self) -> JobSnapshot:
-        with self._lock:
-            records = tuple(self._records)
-            state, message = self._state, self._message
-        steps = [r for r in records if r.get("kind") == "step"]
-        last = steps[-1] if steps else {}
-        step = int(last.get("step", 0))
-        ips = float(last.get("ips", 0.0))
-        total = self._total_steps
-        eta = (total - step) * self.config.train.batch_size / ips if ips > 0 and total else None
-        return JobSnapshot(
-            run_id=self.run_id, label=self.config.model.label, state=state, message=message, step=step,
-            total_steps=total, elapsed=float(last.get("elapsed", 0.0)), images_per_second=ips,
-            eta_s=eta if state in ("running", "paused") else None, records=records,
-        )
-
 
 # The registries of this process, one per runs folder. Kept here, not in Streamlit's
 # cache_resource: any client may clear that cache, and a registry dropped from it keeps its
@@ -209,46 +77,57 @@ class JobRegistry:
         self._worker = threading.Thread(target=self._work, name="resnet-viz-trainer", daemon=True)
         self._worker.start()
 
-    def submit(self, config: RunConfig, name: str | None = None, data: ImageData | None = None) -> TrainingJob:
-        """Create a run folder and queue its training; returns at once. A run the server's
-        limits (``limits``) refuse raises a ``ValueError`` saying which limit and what to
-        change, before its folder is created."""
-        return self.submit_all([config], data, name)[0]
+    def submit(self, config: RunConfig, name: str | None = None, data: ImageData | None = None,
+               by: Visitor = OPERATOR) -> TrainingJob:
+        """Create a run folder owned by ``by`` and queue its training; returns at once. A run
+        the server's limits (``limits``) refuse raises a ``ValueError`` saying which limit and
+        what to change, before its folder is created."""
+        return self.submit_all([config], data, name, by=by)[0]
 
     def submit_all(self, configs: list[RunConfig], data: ImageData | None = None,
-                   name: str | None = None) -> list[TrainingJob]:
+                   name: str | None = None, by: Visitor = OPERATOR) -> list[TrainingJob]:
         """Queue several runs, all or none (the degradation experiment is four runs: three of
         them would answer nothing): every run is checked against the limits first."""
+        owner = None if by is OPERATOR else by.id
         with _SUBMIT_LOCK:  # two visitors submitting at once must not both take the last place
             for config in configs:
-                self._check_limits(config, None if data is None else len(data.train_y), adding=len(configs))
-            runs = [RunDir.create(self.runs_root, c, name or c.name or None) for c in configs]
-            jobs = [TrainingJob(c, run, isolate=self.isolate) for c, run in zip(configs, runs, strict=True)]
+                self._check_limits(config, None if data is None else len(data.train_y), owner, adding=len(configs))
+            runs = [RunDir.create(self.runs_root, c, name or c.name or None, owner=owner) for c in configs]
+            jobs = [TrainingJob(c, r, isolate=self.isolate, owner=owner) for c, r in zip(configs, runs, strict=True)]
             return [self._enqueue(job, data) for job in jobs]
 
-    def _check_limits(self, config: RunConfig, train_size: int | None, adding: int = 1) -> None:
+    def _check_limits(self, config: RunConfig, train_size: int | None, owner: str | None, adding: int = 1) -> None:
         limits = self.limits or server_limits()
-        live = sum(1 for j in self.jobs() if not j.snapshot().done)
-        if live + adding > limits.max_runs:
-            what = "this run" if adding == 1 else f"these {adding} runs"
+        live = [j for j in self.jobs() if not j.snapshot().done]
+        what = "this run" if adding == 1 else f"these {adding} runs"
+        if len(live) + adding > limits.max_runs:
             raise ValueError(
-                f"this server already has {live} of the {limits.max_runs} training runs it queues at once: "
+                f"this server already has {len(live)} of the {limits.max_runs} training runs it queues at once: "
                 f"wait for runs to finish, or stop one on the Train page, then start {what}."
+            )
+        mine = sum(1 for j in live if j.owner == owner)
+        if owner is not None and mine + adding > limits.max_runs_per_visitor:
+            raise ValueError(
+                f"you already have {mine} of the {limits.max_runs_per_visitor} training runs one visitor may queue: "
+                f"wait for yours to finish, or stop one on the Train page, then start {what}."
             )
         check_fits(config, limits, train_size)
 
-    def resume(self, run_id: str) -> TrainingJob:
-        """Continue a stopped or interrupted run from its checkpoint."""
+    def resume(self, run_id: str, by: Visitor = OPERATOR) -> TrainingJob:
+        """Continue a stopped or interrupted run from its checkpoint (its owner, or an admin)."""
         with self._lock:
             live = self._jobs.get(run_id)
         if live is not None and not live.snapshot().done:
             raise ValueError(f"run {run_id} is still {live.snapshot().state}")
         run = RunDir.open(self.runs_root, run_id)
+        owner = run.owner()
+        check_control(by, owner, "This run")
         if not run.has_checkpoint():
             raise ValueError(f"run {run_id} has no checkpoint to resume from")
         with _SUBMIT_LOCK:  # a resumed run takes a place in the queue like a new one
-            self._check_limits(run.config(), None)
-            return self._enqueue(TrainingJob(run.config(), run, resume=True, isolate=self.isolate), None)
+            self._check_limits(run.config(), None, owner)
+            job = TrainingJob(run.config(), run, resume=True, isolate=self.isolate, owner=owner)
+            return self._enqueue(job, None)
 
     def _enqueue(self, job: TrainingJob, data: ImageData | None) -> TrainingJob:
         if data is not None:

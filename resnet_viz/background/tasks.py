@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from resnet_viz.access import OPERATOR, Visitor, check_control
 from resnet_viz.background.progress import eta
 from resnet_viz.background.workers import Send, WorkerProcess, watch_parent
 from resnet_viz.config import DataConfig, ModelConfig
@@ -128,8 +129,10 @@ class TaskSnapshot:
 
 class Task:
     def __init__(self, key: str, fn: TaskFn, title: str = "", isolate: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, owner: str | None = None) -> None:
         self.key, self._fn, self.title, self._threads = key, fn, title or key, threads
+        self.owner = owner  # who started it (None: the operator); only they or an admin stop it
+        self.askers = {owner}  # everyone who asked for this computation: it is in their report
         self._worker = WorkerProcess(_task_in_worker, name=f"resnet-viz-task-{key[:40]}") if isolate else None
         self._stop: Any = threading.Event() if self._worker is None else self._worker.stop
         self._lock = threading.Lock()
@@ -189,7 +192,8 @@ class Task:
                     self._worker.kill()
                 return
 
-    def stop(self) -> None:
+    def stop(self, by: Visitor = OPERATOR) -> None:
+        check_control(by, self.owner, "This computation")
         self._stop.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -240,42 +244,52 @@ class TaskRegistry:
         if isolate is not None:
             self.isolate = isolate
 
-    def start(self, key: str, fn: TaskFn, title: str = "", threads: int | None = None) -> Task:
-        """The task for ``key``: the existing one if it runs or succeeded, else a new one
-        (``title`` says what it computes, in words; the key by default) on ``threads`` torch
-        threads in its worker (None: torch's default). A new one past the server's limit of
-        running tasks raises a ``ValueError`` before its thread starts."""
+    def start(self, key: str, fn: TaskFn, title: str = "", threads: int | None = None,
+              by: Visitor = OPERATOR) -> Task:
+        """The task for ``key``: the existing one if it runs or succeeded (the same computation
+        asked by two visitors is done once), else a new one started by ``by`` (``title`` says
+        what it computes, in words; the key by default) on ``threads`` torch threads in its
+        worker (None: torch's default). A new one past the server's limits of running tasks
+        raises a ``ValueError`` before anything starts."""
+        owner = None if by is OPERATOR else by.id
         with self._lock:
             task = self._tasks.get(key)
             if task is not None and task.snapshot().state in ("running", "done"):
+                task.askers.add(owner)
                 return task
-            self._check_room()
-            task = Task(key, fn, title, isolate=self.isolate, threads=threads)
+            self._check_room(owner)
+            task = Task(key, fn, title, isolate=self.isolate, threads=threads, owner=owner)
             self._tasks[key] = task
             done = [k for k, t in self._tasks.items() if t.snapshot().done]
             for k in done[: max(0, len(self._tasks) - self.keep)]:
                 del self._tasks[k]
             return task
 
-    def _check_room(self) -> None:
-        """Refuse a new task when the server runs as many as it allows (under ``_lock``)."""
-        limit = (self.limits or server_limits()).max_tasks
-        running = sum(1 for t in self._tasks.values() if not t.snapshot().done)
-        if running >= limit:
+    def _check_room(self, owner: str | None) -> None:
+        """Refuse a new task when the server, or this visitor, runs as many as allowed (under ``_lock``)."""
+        limits = self.limits or server_limits()
+        running = [t for t in self._tasks.values() if not t.snapshot().done]
+        if len(running) >= limits.max_tasks:
             raise ValueError(
-                f"this server is already running {running} of the {limit} experiments it runs at once: "
-                "wait for one to finish, or stop one, then press Run again."
+                f"this server is already running {len(running)} of the {limits.max_tasks} experiments it runs at "
+                "once: wait for one to finish, or stop one, then press Run again."
+            )
+        mine = sum(1 for t in running if t.owner == owner)
+        if owner is not None and mine >= limits.max_tasks_per_visitor:
+            raise ValueError(
+                f"you are already running {mine} of the {limits.max_tasks_per_visitor} experiments one visitor may "
+                "run at once: wait for yours to finish, or stop it, then press Run again."
             )
 
     def get(self, key: str) -> Task | None:
         with self._lock:
             return self._tasks.get(key)
 
-    def finished(self) -> list[TaskSnapshot]:
-        """Snapshots of the tasks that succeeded, in the order their keys were first started
-        (stopped and failed ones are left out)."""
+    def finished(self, by: Visitor = OPERATOR) -> list[TaskSnapshot]:
+        """Snapshots of the tasks that succeeded and that ``by`` asked for (an admin: all), in
+        the order their keys were first started (stopped and failed ones are left out)."""
         with self._lock:
-            tasks = list(self._tasks.values())
+            tasks = [t for t in self._tasks.values() if by.admin or by.id in t.askers]
         return [s for s in (t.snapshot() for t in tasks) if s.state == "done"]
 
 

@@ -50,6 +50,7 @@ class RunInfo:
     elapsed_s: float | None = None
     images_per_second: float | None = None
     damaged: str | None = None  # why the run is damaged, or None
+    owner: str | None = None  # the visitor who started it in the app; None: the command line
 
 
 @dataclass
@@ -125,6 +126,7 @@ def _run_info(path: Path) -> RunInfo:
         elapsed_s=as_number(end.get("elapsed", tail.elapsed)),
         images_per_second=as_number(end.get("images_per_second")) or _mean([r.get("ips") for r in tail.steps]),
         damaged="; ".join(reasons) or None,
+        owner=run.owner(),
     )
 
 

@@ -12,6 +12,7 @@ architecture (``strict=True``) and are finite.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,12 +144,16 @@ def shipped_models(folder: Path = ASSETS_DIR) -> list[ModelRef]:
 UNTRAINED = ModelRef("untrained", "build", "Untrained model from the Build page")
 
 
-def model_refs(runs_root: Path, include_untrained: bool = True, folder: Path = ASSETS_DIR) -> list[ModelRef]:
+def model_refs(runs_root: Path, include_untrained: bool = True, folder: Path = ASSETS_DIR,
+               visible: Callable[[str | None], bool] | None = None) -> list[ModelRef]:
     """What a model picker offers: the shipped models, then every run under ``runs_root``
-    with a readable config and a checkpoint (newest first, labelled with its test accuracy),
-    then (``include_untrained``) the Build page's untrained model. Damaged runs are left out."""
+    with a readable config and a checkpoint (newest first, labelled with its test accuracy)
+    whose owner is ``visible`` (all by default), then (``include_untrained``) the Build page's
+    untrained model. Damaged runs are left out."""
     refs = list(shipped_models(folder))
     for info in list_runs(runs_root):
+        if visible is not None and not visible(info.owner):
+            continue
         if info.damaged is None and (info.path / "checkpoint.safetensors").is_file() and info.config is not None:
             acc = f" · {info.test_accuracy:.1%}" if info.test_accuracy is not None else ""
             refs.append(ModelRef("run", info.id, f"{info.label} · {info.name or info.id}{acc}"))

@@ -47,6 +47,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATUS_FILE = "status.json"
+OWNER_FILE = "owner.json"  # who started the run in the app (``access.Visitor.id``); none: the CLI
 def default_runs_dir() -> Path:
     """``$RESNET_VIZ_RUNS`` if set, else ``runs/`` at the repository root (or, for an
     installed package, in the current working directory)."""
@@ -82,8 +83,9 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     @classmethod
-    def create(cls, root: Path, config: RunConfig, name: str | None = None) -> RunDir:
-        """Make a new run folder with ``config.json`` and status "queued".
+    def create(cls, root: Path, config: RunConfig, name: str | None = None, owner: str | None = None) -> RunDir:
+        """Make a new run folder with ``config.json``, its ``owner`` (a visitor id, if any)
+        and status "queued".
 
         ``name`` (else ``config.name``, else the model label) names the id; a given
         ``name`` is also stored as the config's name so listings show it.
@@ -104,9 +106,23 @@ class RunDir:
         else:
             raise RunError(f"could not find a free run id in {root}; remove old runs or retry")
         run = cls(root / run_id)
+        if owner is not None:  # before the config: a listing never sees an owned run without its owner
+            write_text_atomic(run.path / OWNER_FILE, json.dumps({"owner": str(owner)}) + "\n")
         write_text_atomic(run.path / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
         run.set_status("queued")
         return run
+
+    def owner(self) -> str | None:
+        """The visitor who started the run, or None (the command line, or a run from before
+        runs had owners). An unreadable owner file reads as an owner no visitor is: such a run
+        is nobody's to control but an admin's."""
+        try:
+            owner = json.loads((self.path / OWNER_FILE).read_text(encoding="utf-8")).get("owner")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError):
+            return "unreadable"
+        return str(owner) if owner else "unreadable"
 
     @classmethod
     def open(cls, root: Path, run_id: str) -> RunDir:
