@@ -1,0 +1,179 @@
+"""Pages cache their model work by content (``resnet_viz.app.compute``).
+
+A rerun with unchanged inputs does no model work; another input (even one uploaded under
+the same file name), block or method does; a second session asking the same thing, under
+any file name, gets the first one's result. Model work is counted by wrapping the library's
+entry points, which the pages reach through their module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from resnet_viz.app.state import Keys
+from resnet_viz.config import DataConfig, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ("feature_maps", "block_norms", "predict", "attribute")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RESNET_VIZ_RUNS", str(tmp_path / "runs"))
+    monkeypatch.chdir(ROOT)
+    import streamlit as st
+
+    from resnet_viz.background.jobs import JobRegistry
+
+    st.cache_resource.clear()
+    st.cache_data.clear()  # every test starts with nothing computed
+    yield
+    with contextlib.suppress(Exception):  # cleanup only
+        JobRegistry.reset_shared()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture()
+def work(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """Calls of the library's model work (and of model building) from now on, by name."""
+    from resnet_viz.app import resources
+    from resnet_viz.experiments import attribution
+    from resnet_viz.nets import summary
+
+    counts: Counter = Counter()
+
+    def count(module: object, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for name in WORK:
+        count(attribution, name)
+    count(resources, "build_model")  # a model rebuilt from cached weights costs too
+    count(summary, "summarize")
+    return counts
+
+
+def session(name: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state[Keys.DATA_CONFIG] = DataConfig(source="synthetic", synthetic_train=640, synthetic_test=160)
+    at.switch_page(f"app_pages/{name}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def rerun(at: AppTest, work: Counter, label: str = "", value: object = None) -> Counter:
+    """The model work of one more run of ``at``, after setting its widget labelled ``label``
+    (looked up in the latest run: a widget from an earlier one no longer sets anything)."""
+    work.clear()
+    if label:
+        widget = next(w for kind in ("selectbox", "select_slider", "slider", "number_input", "toggle",
+                                     "file_uploader") for w in at.get(kind) if w.label.startswith(label))
+        widget.set_value(value)
+    at.run()
+    assert not at.exception, at.exception
+    return +work  # without zero counts
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_repeat_run_of_inspect_does_no_model_work(work: Counter) -> None:
+    at = session("inspect")
+    assert work["feature_maps"] == 1 and work["block_norms"] == 2, work  # two models
+    assert rerun(at, work) == Counter()
+    assert rerun(at, work, "Shared colour scale", False) == Counter()
+    # Another block: its feature maps only (the norms cover every block already).
+    assert rerun(at, work, "Block", "stage2.block0") == Counter(feature_maps=1, build_model=1)
+    # Another image: everything for it.
+    assert rerun(at, work, "Index", 1) == Counter(feature_maps=1, block_norms=2, build_model=3)
+    assert rerun(at, work, "Index", 0) == Counter()  # image 0 at stage2.block0: computed above
+
+
+def test_a_repeat_run_of_explain_does_no_model_work(work: Counter) -> None:
+    at = session("explain")
+    assert work["attribute"] == 2, work
+    assert rerun(at, work) == Counter()
+    first = next(s for s in at.selectbox if s.label == "Method").value
+    assert rerun(at, work, "Method", "integrated_gradients") == Counter(predict=2, attribute=2, build_model=2)
+    assert rerun(at, work, "Method", first) == Counter()  # back to the first method: still cached
+    assert rerun(at, work, "Method", "gradcam") == Counter(predict=2, attribute=2, build_model=2)
+    assert rerun(at, work, "Grad-CAM at block", "stage1.block0") == Counter(predict=2, attribute=2, build_model=2)
+
+
+def test_an_upload_is_known_by_its_pixels_not_its_name(work: Counter) -> None:
+    at = session("explain")
+    next(r for r in at.radio if r.label == "Input").set_value("Upload").run()
+    assert rerun(at, work, "Images", [("same.png", _png((200, 30, 30)), "image/png")])["attribute"] == 2
+    assert rerun(at, work) == Counter()
+    # The same name with other pixels is another image.
+    assert rerun(at, work, "Images", [("same.png", _png((30, 30, 200)), "image/png")])["attribute"] == 2
+    # Another name, pixels seen before: nothing to compute.
+    assert rerun(at, work, "Images", [("other.png", _png((200, 30, 30)), "image/png")]) == Counter()
+    assert [m.value for m in at.markdown].count("**other.png**") == 1
+
+
+def test_two_sessions_asking_the_same_thing_compute_it_once(work: Counter) -> None:
+    first = session("inspect")
+    assert work["block_norms"] == 2, work
+    work.clear()
+    second = session("inspect")
+    assert +work == Counter() and second.get("plotly_chart")
+    # Explain, with the same pixels uploaded under two names.
+    red = _png((200, 30, 30))
+    ats = [session("explain"), session("explain")]
+    for at, name in zip(ats, ("mine.png", "yours.png"), strict=True):
+        next(r for r in at.radio if r.label == "Input").set_value("Upload").run()
+        work.clear()
+        at.file_uploader[0].set_value([(name, red, "image/png")]).run()
+        assert not at.exception, at.exception
+        assert work["attribute"] == (2 if name == "mine.png" else 0), (name, work)
+    assert first.get("plotly_chart")
+
+
+def test_build_measures_each_network_once(work: Counter) -> None:
+    at = session("build")
+    assert work["summarize"] == 1, work
+    assert rerun(at, work) == Counter()
+    # (A plain run after each move: the slider's default follows the build, which gives it a new
+    # widget id in the run after a move, and AppTest would set the one it no longer draws.)
+    for n, layers, work_done in ((9, "56", Counter(summarize=1)), (5, "32", Counter(summarize=1)), (9, "56", Counter())):
+        assert rerun(at, work, "Blocks per stage", n) == work_done
+        assert rerun(at, work) == Counter() and at.metric[0].value == layers
+
+
+def test_the_imagenet_page_explains_an_upload_once(work: Counter) -> None:
+    at = session("imagenet")
+    assert rerun(at, work, "Photos", [("photo.png", _png((200, 30, 30)), "image/png")])["attribute"] == 1
+    assert rerun(at, work) == Counter()
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_a_fingerprint_is_of_the_values_and_the_architecture() -> None:
+    from resnet_viz.store.models import tensors_fingerprint
+
+    state = {"w": torch.ones(2, 3), "n": torch.tensor(7), "h": torch.zeros(4, dtype=torch.bfloat16)}
+    plain, a = repr(ModelConfig(shortcut="none")), repr(ModelConfig(shortcut="A"))
+    fp = tensors_fingerprint(state, a)
+    assert fp == tensors_fingerprint({k: v.clone() for k, v in reversed(state.items())}, a)  # a copy, any order
+    assert fp != tensors_fingerprint(state, plain)  # the same parameters fill a plain net
+    assert fp != tensors_fingerprint({**state, "w": torch.ones(3, 2)}, a)  # the same values, another shape
+    changed = state["w"].clone()
+    changed[1, 2] = 1.0001
+    assert fp != tensors_fingerprint({**state, "w": changed}, a)
