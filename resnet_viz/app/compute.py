@@ -27,7 +27,7 @@ from resnet_viz.app.resources import Weights
 from resnet_viz.config import ModelConfig
 from resnet_viz.experiments import attribution
 from resnet_viz.nets import imagenet
-from resnet_viz.nets.summary import ModelSummary, summarize
+from resnet_viz.nets import summary
 from resnet_viz.store.models import tensors_fingerprint
 
 # Bounds for a server that runs for weeks: results are small (a ResNet-20 feature map is
@@ -84,10 +84,10 @@ def explain(w: Weights, x: Tensor, method: str, block: str | None = None) -> tup
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=TTL)
-def model_summary(cfg: ModelConfig) -> ModelSummary:
+def model_summary(cfg: ModelConfig) -> summary.ModelSummary:
     """``nets.summary.summarize(cfg)`` (a forward pass with hooks: 0.3 s for ResNet-20 here),
     cached by the config's values."""
-    return summarize(cfg)
+    return summary.summarize(cfg)
 
 
 # ------------------------------------------------------------------ ImageNet models
