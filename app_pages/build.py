@@ -36,10 +36,10 @@ if family == IMAGENET:  # torchvision's nets: nothing here touches the CIFAR bui
     c2.metric("Parameters", f"{s['params'] / 1e6:.1f}M", help=f"{s['params']:,}")
     c3.metric("GFLOPs / 224x224 image", f"{s['flops'] / 1e9:.2f}")
     c4.metric("Blocks per stage", "-".join(map(str, s["blocks_per_stage"])))
-    st.plotly_chart(plots.architecture_diagram(s), width="stretch")
+    st.plotly_chart(compute.chart(plots.architecture_diagram, s), width="stretch")
     left, right = st.columns([1, 1])
-    left.plotly_chart(plots.block_detail([compute.imagenet_summary("resnet34"), compute.imagenet_summary("resnet50")]),
-                      width="stretch")
+    pair = [compute.imagenet_summary("resnet34"), compute.imagenet_summary("resnet50")]
+    left.plotly_chart(compute.chart(plots.block_detail, pair), width="stretch")
     right.markdown(
         "**Basic block** (ResNet-18, ResNet-34): two 3x3 convs at the stage's width.\n\n"
         "**Bottleneck block** (ResNet-50): a 1x1 conv cuts the width to a quarter, the 3x3 conv works on that, "
@@ -80,7 +80,7 @@ with right:
     c2.metric("Parameters", f"{summary.params:,}")
     c3.metric("MFLOPs / image", f"{summary.flops / 1e6:,.1f}")
     c4.metric("Receptive field", f"{summary.blocks[-1].receptive_field} px")
-    st.plotly_chart(plots.architecture_diagram(summary), width="stretch")
+    st.plotly_chart(compute.chart(plots.architecture_diagram, summary), width="stretch")
 st.subheader("Per block")
 st.dataframe(
     [{"block": b.name, "in": "x".join(map(str, b.in_shape)), "out": "x".join(map(str, b.out_shape)),

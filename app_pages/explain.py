@@ -36,11 +36,11 @@ for i, (caption, image) in enumerate(inputs):
         with col:
             probs, amap = compute.explain(w, x, method, block if block in block_names(w.config) else None)
             top = attribution.top_k(probs, w.classes, k=5)
-            st.plotly_chart(plots.attribution_overlay(rgb, amap.numpy(), title=ref.label.split(" · ")[0]),
-                            width="stretch", key=widgets.item_key("overlay", i, ref.key))
+            overlay = compute.chart(plots.attribution_overlay, rgb, amap.numpy(), title=ref.label.split(" · ")[0])
+            st.plotly_chart(overlay, width="stretch", key=widgets.item_key("overlay", i, ref.key))
             st.caption(widgets.literal(ref.label))
             if not amap.any():
                 st.warning("This attribution is zero everywhere: the model's output does not depend on this "
                            "input (a dead network, e.g. one trained with too high a learning rate).")
-            st.plotly_chart(plots.top_k_bar(top, title="Top-5"), width="stretch",
+            st.plotly_chart(compute.chart(plots.top_k_bar, top, title="Top-5"), width="stretch",
                             key=widgets.item_key("top", i, ref.key))

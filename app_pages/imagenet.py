@@ -48,7 +48,7 @@ for i, (caption, img) in enumerate(photos):
     probs, amap = compute.explain_imagenet(weights, x, method)  # cached by weights and pixels
     shown = np.asarray(ImageOps.fit(img, (224, 224)))  # the centre crop the network saw
     c1, c2 = st.columns([2, 1])
-    c1.plotly_chart(plots.attribution_overlay(shown, amap.numpy(), title=widgets.plot_text(caption)),
+    c1.plotly_chart(compute.chart(plots.attribution_overlay, shown, amap.numpy(), title=widgets.plot_text(caption)),
                     width="stretch", key=widgets.item_key("in", i))
-    c2.plotly_chart(plots.top_k_bar(attribution.top_k(probs, imagenet.imagenet_categories(), k=5), title="Top-5"),
-                    width="stretch", key=widgets.item_key("top", i))
+    top = attribution.top_k(probs, imagenet.imagenet_categories(), k=5)
+    c2.plotly_chart(compute.chart(plots.top_k_bar, top, title="Top-5"), width="stretch", key=widgets.item_key("top", i))

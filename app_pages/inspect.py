@@ -25,9 +25,8 @@ names = ["stem"] + block_names(w_a.config)
 block = c2.select_slider("Block", names, value=names[min(1, len(names) - 1)])
 shared = c3.toggle("Shared colour scale", value=True, help="off: each channel scaled to its own range")
 maps = compute.feature_maps(w_a, x, block)
-st.plotly_chart(plots.feature_map_grid(maps, shared_scale=shared, title=f"{w_a.config.label}: {block}, "
-                                       f"{maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}"),
-                width="stretch")
+grid_title = f"{w_a.config.label}: {block}, {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}"
+st.plotly_chart(compute.chart(plots.feature_map_grid, maps, shared_scale=shared, title=grid_title), width="stretch")
 
 st.subheader("Activation and gradient norm per block, for this input")
 st.caption("Captum LayerActivation and layer gradients of the predicted class. In a plain net the gradient "
@@ -38,7 +37,8 @@ if ref_b is not None and ref_b != ref_a:
 c1, c2 = st.columns(2)
 for col, stat, title in ((c1, "act_norm", "Activation norm"), (c2, "grad_norm", "Gradient norm")):
     series = [(label, list(norms), [v[stat] for v in norms.values()]) for label, norms in profiles]
-    col.plotly_chart(plots.depth_profile(series, y_title=title, title=title), width="stretch", key=f"profile_{stat}")
+    col.plotly_chart(compute.chart(plots.depth_profile, series, y_title=title, title=title), width="stretch",
+                     key=f"profile_{stat}")
 
 st.subheader("What the trainer recorded, block by block over training")
 run_refs = [r for r in refs if r.kind == "run"]

@@ -9,6 +9,7 @@ entry points, which the pages reach through their module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from collections import Counter
 from pathlib import Path
@@ -23,6 +24,8 @@ from resnet_viz.config import DataConfig, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ("feature_maps", "block_norms", "predict", "attribute")
+FIGURES = ("feature_map_grid", "depth_profile", "attribution_overlay", "top_k_bar", "architecture_diagram",
+           "block_detail")
 
 
 @pytest.fixture(autouse=True)
@@ -44,18 +47,21 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture()
 def work(monkeypatch: pytest.MonkeyPatch) -> Counter:
-    """Calls of the library's model work (and of model building) from now on, by name."""
+    """Calls of the library's model work, of model building and (as "figure") of the figure
+    builders the pages use, from now on, by name."""
+    from resnet_viz import plots
     from resnet_viz.app import resources
     from resnet_viz.experiments import attribution
     from resnet_viz.nets import summary
 
     counts: Counter = Counter()
 
-    def count(module: object, name: str) -> None:
+    def count(module: object, name: str, as_name: str = "") -> None:
         real = getattr(module, name)
 
+        @functools.wraps(real)
         def wrapper(*args, **kwargs):
-            counts[name] += 1
+            counts[as_name or name] += 1
             return real(*args, **kwargs)
 
         monkeypatch.setattr(module, name, wrapper)
@@ -64,6 +70,8 @@ def work(monkeypatch: pytest.MonkeyPatch) -> Counter:
         count(attribution, name)
     count(resources, "build_model")  # a model rebuilt from cached weights costs too
     count(summary, "summarize")
+    for name in FIGURES:  # Plotly takes 15-250 ms to build one
+        count(plots, name, "figure")
     return counts
 
 
@@ -98,11 +106,11 @@ def test_a_repeat_run_of_inspect_does_no_model_work(work: Counter) -> None:
     at = session("inspect")
     assert work["feature_maps"] == 1 and work["block_norms"] == 2, work  # two models
     assert rerun(at, work) == Counter()
-    assert rerun(at, work, "Shared colour scale", False) == Counter()
+    assert rerun(at, work, "Shared colour scale", False) == Counter(figure=1)  # the same maps, drawn anew
     # Another block: its feature maps only (the norms cover every block already).
-    assert rerun(at, work, "Block", "stage2.block0") == Counter(feature_maps=1, build_model=1)
+    assert rerun(at, work, "Block", "stage2.block0") == Counter(feature_maps=1, build_model=1, figure=1)
     # Another image: everything for it.
-    assert rerun(at, work, "Index", 1) == Counter(feature_maps=1, block_norms=2, build_model=3)
+    assert rerun(at, work, "Index", 1) == Counter(feature_maps=1, block_norms=2, build_model=3, figure=3)
     assert rerun(at, work, "Index", 0) == Counter()  # image 0 at stage2.block0: computed above
 
 
@@ -111,10 +119,13 @@ def test_a_repeat_run_of_explain_does_no_model_work(work: Counter) -> None:
     assert work["attribute"] == 2, work
     assert rerun(at, work) == Counter()
     first = next(s for s in at.selectbox if s.label == "Method").value
-    assert rerun(at, work, "Method", "integrated_gradients") == Counter(predict=2, attribute=2, build_model=2)
+    # Another method: new maps for both models; their top-5 bars show the same numbers, so the
+    # figures already built serve.
+    another = Counter(predict=2, attribute=2, build_model=2, figure=2)
+    assert rerun(at, work, "Method", "integrated_gradients") == another
     assert rerun(at, work, "Method", first) == Counter()  # back to the first method: still cached
-    assert rerun(at, work, "Method", "gradcam") == Counter(predict=2, attribute=2, build_model=2)
-    assert rerun(at, work, "Grad-CAM at block", "stage1.block0") == Counter(predict=2, attribute=2, build_model=2)
+    assert rerun(at, work, "Method", "gradcam") == another
+    assert rerun(at, work, "Grad-CAM at block", "stage1.block0") == another
 
 
 def test_an_upload_is_known_by_its_pixels_not_its_name(work: Counter) -> None:
@@ -153,8 +164,9 @@ def test_build_measures_each_network_once(work: Counter) -> None:
     assert rerun(at, work) == Counter()
     # (A plain run after each move: the slider's default follows the build, which gives it a new
     # widget id in the run after a move, and AppTest would set the one it no longer draws.)
-    for n, layers, work_done in ((9, "56", Counter(summarize=1)), (5, "32", Counter(summarize=1)), (9, "56", Counter())):
-        assert rerun(at, work, "Blocks per stage", n) == work_done
+    new = Counter(summarize=1, figure=1)
+    for n, layers, done in ((9, "56", new), (5, "32", new), (9, "56", Counter())):
+        assert rerun(at, work, "Blocks per stage", n) == done
         assert rerun(at, work) == Counter() and at.metric[0].value == layers
 
 
@@ -177,3 +189,24 @@ def test_a_fingerprint_is_of_the_values_and_the_architecture() -> None:
     changed = state["w"].clone()
     changed[1, 2] = 1.0001
     assert fp != tensors_fingerprint({**state, "w": changed}, a)
+
+
+def test_a_chart_is_built_once_per_content_of_its_arguments() -> None:
+    import numpy as np
+
+    from resnet_viz.app import compute
+
+    built = []
+
+    def builder(a, title=""):
+        built.append(title)
+        return object()  # stands for a figure
+
+    big = np.zeros(600_000, dtype=np.float32)  # over the size Streamlit's own hash samples
+    other = big.copy()
+    other[123_457] = 1.0
+    first = compute.chart(builder, big, title="t")
+    assert compute.chart(builder, big.copy(), title="t") is first  # equal content: the figure already built
+    assert compute.chart(builder, other, title="t") is not first  # one value differs
+    assert compute.chart(builder, big, title="u") is not first
+    assert built == ["t", "t", "u"]

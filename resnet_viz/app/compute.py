@@ -16,18 +16,22 @@ The computations themselves stay in the library (``experiments.attribution``, ``
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import streamlit as st
+from plotly.graph_objects import Figure
 from torch import Tensor, nn
 
 from resnet_viz.app import resources
 from resnet_viz.app.resources import Weights
 from resnet_viz.config import ModelConfig
 from resnet_viz.experiments import attribution
-from resnet_viz.nets import imagenet
-from resnet_viz.nets import summary
+from resnet_viz.nets import imagenet, summary
 from resnet_viz.store.models import tensors_fingerprint
 
 # Bounds for a server that runs for weeks: results are small (a ResNet-20 feature map is
@@ -40,6 +44,23 @@ MAX_ENTRIES = 256
 def input_tag(x: Tensor) -> str:
     """A digest of an input's pixels (and shape and dtype): what results are cached by."""
     return tensors_fingerprint({"input": x}, "input")
+
+
+@st.cache_resource(show_spinner=False, max_entries=MAX_ENTRIES, ttl=TTL)
+def _chart(key: str, _build: Callable[[], Figure]) -> Figure:
+    return _build()
+
+
+def chart(builder: Callable[..., Figure], *args: Any, **kwargs: Any) -> Figure:
+    """``builder(*args, **kwargs)``, a ``plots`` function (plain data in, a figure out), built
+    once per content of its arguments and shared by every session: Plotly takes 15-250 ms to
+    build a figure here, Streamlit 1-7 ms to send one already built. Shared: draw it, never
+    change it (Streamlit's ``plotly_chart`` only reads it)."""
+    plain = [a.detach().cpu().numpy() if isinstance(a, Tensor) else a for a in args]
+    # The key is the arguments' pickle (only written, never read back): equal content, equal
+    # bytes. Streamlit's own hash of a large array samples it; a figure must match every value.
+    what = (builder.__module__, builder.__qualname__, plain, sorted(kwargs.items()))
+    return _chart(hashlib.sha256(pickle.dumps(what, protocol=5)).hexdigest(), partial(builder, *args, **kwargs))
 
 
 # ------------------------------------------------------------------ CIFAR models
