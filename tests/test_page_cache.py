@@ -25,7 +25,7 @@ from resnet_viz.config import DataConfig, ModelConfig
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ("feature_maps", "block_norms", "predict", "attribute")
 FIGURES = ("feature_map_grid", "depth_profile", "attribution_overlay", "top_k_bar", "architecture_diagram",
-           "block_detail")
+           "block_detail", "conv_figure")
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +51,7 @@ def work(monkeypatch: pytest.MonkeyPatch) -> Counter:
     builders the pages use, from now on, by name."""
     from resnet_viz import plots
     from resnet_viz.app import resources
-    from resnet_viz.experiments import attribution
+    from resnet_viz.experiments import attribution, convolution
     from resnet_viz.nets import summary
 
     counts: Counter = Counter()
@@ -70,6 +70,8 @@ def work(monkeypatch: pytest.MonkeyPatch) -> Counter:
         count(attribution, name)
     count(resources, "build_model")  # a model rebuilt from cached weights costs too
     count(summary, "summarize")
+    for name in ("output_size", "convolution_by_hand"):
+        count(convolution, name)
     for name in FIGURES:  # Plotly takes 15-250 ms to build one
         count(plots, name, "figure")
     return counts
@@ -168,6 +170,16 @@ def test_build_measures_each_network_once(work: Counter) -> None:
     for n, layers, done in ((9, "56", new), (5, "32", new), (9, "56", Counter())):
         assert rerun(at, work, "Blocks per stage", n) == done
         assert rerun(at, work) == Counter() and at.metric[0].value == layers
+
+
+def test_convolution_by_hand_is_worked_once_per_position(work: Counter) -> None:
+    at = session("experiments")
+    assert work["convolution_by_hand"] == 1 and work["output_size"] == 1, work
+    # (The page still builds its two models on every run, for the experiment tasks: not counted here.)
+    assert {k: v for k, v in rerun(at, work).items() if k != "build_model"} == {}
+    done = rerun(at, work, "Row", 3)
+    assert done["convolution_by_hand"] == 1 and done["output_size"] == 0 and done["figure"] == 1, done
+    assert any("the same number" in s.value for s in at.success), [s.value for s in at.success]
 
 
 def test_the_imagenet_page_explains_an_upload_once(work: Counter) -> None:

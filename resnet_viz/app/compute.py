@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from resnet_viz.app import resources
 from resnet_viz.app.resources import Weights
 from resnet_viz.config import ModelConfig
-from resnet_viz.experiments import attribution
+from resnet_viz.experiments import attribution, convolution
 from resnet_viz.nets import imagenet, summary
 from resnet_viz.store.models import tensors_fingerprint
 
@@ -149,3 +149,29 @@ def imagenet_summary(name: str) -> dict:
     """``nets.imagenet.imagenet_summary(name)``: counts and shapes do not depend on weights."""
     return imagenet.imagenet_summary(name)
 
+
+
+# ------------------------------------------------------------------ convolution by hand
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=TTL)
+def _conv_output_size(weights_fp: str, layer: str, _w: Weights) -> tuple[int, int]:
+    return convolution.output_size(_w.model(), layer)
+
+
+def conv_output_size(w: Weights, layer: str) -> tuple[int, int]:
+    """``convolution.output_size`` of conv ``layer`` of ``w``'s model (a forward pass), cached."""
+    return _conv_output_size(w.fingerprint, layer, w)
+
+
+@st.cache_data(show_spinner=False, max_entries=MAX_ENTRIES, ttl=TTL)
+def _conv_by_hand(weights_fp: str, input_fp: str, layer: str, out_channel: int, row: int, col: int,
+                  _w: Weights, _x: Tensor) -> dict[str, Any]:
+    with resources.inference():
+        return convolution.convolution_by_hand(_w.model(), _x, layer, out_channel, row, col).to_dict()
+
+
+def convolution_by_hand(w: Weights, x: Tensor, layer: str, out_channel: int, row: int, col: int) -> dict[str, Any]:
+    """``convolution.convolution_by_hand(...).to_dict()`` for ``w``'s model, cached by content;
+    a ValueError (a position or layer that cannot be worked by hand) is raised, not kept."""
+    return _conv_by_hand(w.fingerprint, input_tag(x), layer, out_channel, row, col, w, x)
