@@ -34,9 +34,9 @@ from resnet_viz.experiments import attribution, convolution
 from resnet_viz.nets import imagenet, summary
 from resnet_viz.store.models import tensors_fingerprint
 
-# Bounds for a server that runs for weeks: results are small (a ResNet-20 feature map is
-# 64 KB, a 224 px map 200 KB), so a few hundred of each stay well under 100 MB; an hour
-# without use and a result goes.
+# Bounds for a server that runs for weeks: results and figures are small (a ResNet-20 feature
+# map is 64 KB, a 224 px map 200 KB, a figure of a 224 px photo and its map about 0.4 MB), so
+# the few hundred of each kept stay around 100 MB at worst; an hour unused and one goes.
 TTL = 3600
 MAX_ENTRIES = 256
 
@@ -56,10 +56,13 @@ def chart(builder: Callable[..., Figure], *args: Any, **kwargs: Any) -> Figure:
     once per content of its arguments and shared by every session: Plotly takes 15-250 ms to
     build a figure here, Streamlit 1-7 ms to send one already built. Shared: draw it, never
     change it (Streamlit's ``plotly_chart`` only reads it)."""
-    plain = [a.detach().cpu().numpy() if isinstance(a, Tensor) else a for a in args]
+    def plain(a: Any) -> Any:
+        return a.detach().cpu().numpy() if isinstance(a, Tensor) else a
+
     # The key is the arguments' pickle (only written, never read back): equal content, equal
     # bytes. Streamlit's own hash of a large array samples it; a figure must match every value.
-    what = (builder.__module__, builder.__qualname__, plain, sorted(kwargs.items()))
+    what = (builder.__module__, builder.__qualname__, [plain(a) for a in args],
+            sorted((k, plain(v)) for k, v in kwargs.items()))
     return _chart(hashlib.sha256(pickle.dumps(what, protocol=5)).hexdigest(), partial(builder, *args, **kwargs))
 
 
@@ -148,7 +151,6 @@ def explain_imagenet(w: ImageNetWeights, x: Tensor, method: str) -> tuple[Tensor
 def imagenet_summary(name: str) -> dict:
     """``nets.imagenet.imagenet_summary(name)``: counts and shapes do not depend on weights."""
     return imagenet.imagenet_summary(name)
-
 
 
 # ------------------------------------------------------------------ convolution by hand
