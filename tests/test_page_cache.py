@@ -222,3 +222,36 @@ def test_a_chart_is_built_once_per_content_of_its_arguments() -> None:
     assert compute.chart(builder, other, title="t") is not first  # one value differs
     assert compute.chart(builder, big, title="u") is not first
     assert built == ["t", "t", "u"]
+
+
+def test_two_sessions_asking_at_once_wait_for_one_computation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from resnet_viz.app import compute
+    from resnet_viz.app.resources import Weights
+    from resnet_viz.experiments import attribution
+    from resnet_viz.nets.cifar import build_model
+    from resnet_viz.store.models import tensors_fingerprint
+
+    cfg = ModelConfig(depth=8)
+    state = build_model(cfg, generator=torch.Generator().manual_seed(0)).state_dict()
+    w = Weights(state, cfg, tuple(f"class {i}" for i in range(10)), tensors_fingerprint(state, repr(cfg)))
+    x = torch.zeros(1, 3, 32, 32)
+    real, models = attribution.block_norms, []
+
+    def slow(model, image):
+        models.append(model)
+        time.sleep(0.5)  # long enough for the second request to arrive while this one works
+        return real(model, image)
+
+    monkeypatch.setattr(attribution, "block_norms", slow)
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(compute.block_norms(w, x.clone()))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 2 and results[0] == results[1]
+    assert len(models) == 1  # computed once, on a module of its own
+    assert compute.block_norms(w, x)["stage1.block0"] == results[0]["stage1.block0"] and len(models) == 1
