@@ -4,7 +4,7 @@ makes; or look at torchvision's ImageNet ResNet-18/34/50 (basic against bottlene
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import state
+from resnet_viz.app import compute, state
 from resnet_viz.config import (
     BLOCKS,
     LAYERS_PER_BLOCK,
@@ -14,14 +14,8 @@ from resnet_viz.config import (
     depth_for,
 )
 from resnet_viz.nets import imagenet
-from resnet_viz.nets.summary import summarize
 
 CIFAR, IMAGENET = "CIFAR ResNet (section 4.2)", "ImageNet ResNet (Table 1)"
-
-
-@st.cache_data(show_spinner="Measuring the network on a 224x224 image...")
-def imagenet_summary(name: str) -> dict:
-    return imagenet.imagenet_summary(name)
 
 
 title = st.empty()
@@ -36,16 +30,16 @@ if family == IMAGENET:  # torchvision's nets: nothing here touches the CIFAR bui
     name = left.segmented_control("Network", imagenet.IMAGENET_MODELS, default="resnet50", required=True,
                                   format_func=imagenet.imagenet_label, key="build_imagenet_net",
                                   persist_state="session")
-    s = imagenet_summary(name)
+    s = compute.imagenet_summary(name)
     c1, c2, c3, c4 = right.columns(4)
     c1.metric("Layers", s["depth"])
     c2.metric("Parameters", f"{s['params'] / 1e6:.1f}M", help=f"{s['params']:,}")
     c3.metric("GFLOPs / 224x224 image", f"{s['flops'] / 1e9:.2f}")
     c4.metric("Blocks per stage", "-".join(map(str, s["blocks_per_stage"])))
-    st.plotly_chart(plots.architecture_diagram(s), width="stretch")
+    st.plotly_chart(compute.chart(plots.architecture_diagram, s), width="stretch")
     left, right = st.columns([1, 1])
-    left.plotly_chart(plots.block_detail([imagenet_summary("resnet34"), imagenet_summary("resnet50")]),
-                      width="stretch")
+    pair = [compute.imagenet_summary("resnet34"), compute.imagenet_summary("resnet50")]
+    left.plotly_chart(compute.chart(plots.block_detail, pair), width="stretch")
     right.markdown(
         "**Basic block** (ResNet-18, ResNet-34): two 3x3 convs at the stage's width.\n\n"
         "**Bottleneck block** (ResNet-50): a 1x1 conv cuts the width to a quarter, the 3x3 conv works on that, "
@@ -79,14 +73,14 @@ with left:
 cfg = ModelConfig(depth=depth, shortcut=shortcut, block=block, width=width,
                   zero_init_residual=zero_init and shortcut != "none")
 st.session_state[state.Keys.BUILD_CONFIG] = cfg
-summary = summarize(cfg)
+summary = compute.model_summary(cfg)
 with right:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Layers", summary.depth)
     c2.metric("Parameters", f"{summary.params:,}")
     c3.metric("MFLOPs / image", f"{summary.flops / 1e6:,.1f}")
     c4.metric("Receptive field", f"{summary.blocks[-1].receptive_field} px")
-    st.plotly_chart(plots.architecture_diagram(summary), width="stretch")
+    st.plotly_chart(compute.chart(plots.architecture_diagram, summary), width="stretch")
 st.subheader("Per block")
 st.dataframe(
     [{"block": b.name, "in": "x".join(map(str, b.in_shape)), "out": "x".join(map(str, b.out_shape)),

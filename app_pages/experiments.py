@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import identity, resources, tasks, widgets
+from resnet_viz.app import compute, identity, resources, tasks, widgets
 from resnet_viz.app.state import data_config
 from resnet_viz.background.tasks import Call, content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.data.batches import normalize
@@ -55,7 +55,7 @@ with tabs[0]:
         if res:
             results.append(res)
             st.caption(res.get("note", ""))
-    st.plotly_chart(plots.lesion_figure(widgets.plot_labels(results)), width="stretch", key="lesion_fig")
+    st.plotly_chart(compute.chart(plots.lesion_figure, widgets.plot_labels(results)), width="stretch", key="lesion_fig")
 
 with tabs[1]:
     st.markdown("The training loss around the trained weights along filter-normalized random directions "
@@ -79,7 +79,7 @@ with tabs[1]:
                                    f"{steps} points, seed {seed})")
         if res:
             slices.append(res)
-    st.plotly_chart(plots.slices_figure(widgets.plot_labels(slices)), width="stretch", key="slices_fig")
+    st.plotly_chart(compute.chart(plots.slices_figure, widgets.plot_labels(slices)), width="stretch", key="slices_fig")
     if refs and fits(refs[0]):
         ref = refs[0]
         x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
@@ -96,8 +96,8 @@ with tabs[1]:
         if surf:
             surf = widgets.plot_labels([surf])[0]
             c1, c2 = st.columns(2)
-            c1.plotly_chart(plots.surface_figure(surf), width="stretch", key="contour_fig")
-            c2.plotly_chart(plots.surface_figure(surf, three_d=True), width="stretch", key="surface_fig")
+            c1.plotly_chart(compute.chart(plots.surface_figure, surf), width="stretch", key="contour_fig")
+            c2.plotly_chart(compute.chart(plots.surface_figure, surf, three_d=True), width="stretch", key="surface_fig")
 
 with tabs[2]:
     st.markdown("Untrained plain and residual nets of growing depth: forward activation variance and the "
@@ -107,7 +107,7 @@ with tabs[2]:
                           Call(signal.signal_sweep, depths=tuple(sorted(depths))),
                           title=f"Signal propagation at initialization: depths {', '.join(map(str, sorted(depths)))}")
     if prof:
-        st.plotly_chart(plots.signal_figure(prof), width="stretch", key="signal_fig")
+        st.plotly_chart(compute.chart(plots.signal_figure, prof), width="stretch", key="signal_fig")
         st.info("Gradient norm at the first block over the last block: " + "; ".join(
             f"{p['label']} {p['grad_norm'][0] / p['grad_norm'][-1]:,.3g}x" for p in prof if p["grad_norm"][-1]) +
             ". At initialization with batch norm, a plain net's gradient grows block by block on its way back "
@@ -117,7 +117,7 @@ with tabs[2]:
                           Call(signal.shattered_pair, d),
                           title=f"Shattered gradients: plain and ResNet, depth {d}")
     if shat:
-        st.plotly_chart(plots.shattered_figure(shat), width="stretch", key="shat_fig")
+        st.plotly_chart(compute.chart(plots.shattered_figure, shat), width="stretch", key="shat_fig")
 
 with tabs[3]:
     runs = [r for r in resources.model_refs(include_untrained=False) if r.kind == "run"]
@@ -140,14 +140,14 @@ with tabs[4]:
         layer = c1.selectbox("Layer", layers, key="conv_layer")
         conv = model.get_submodule(layer)
         ch = c2.number_input("Output channel", 0, conv.out_channels - 1, 0, key="conv_ch")
-        rows, cols = convolution.output_size(model, layer)
+        rows, cols = compute.conv_output_size(resources.weights(refs[0]), layer)
         row = c3.number_input("Row", 0, rows - 1, rows // 2, key="conv_row")
         col = c4.number_input("Column", 0, cols - 1, cols // 2, key="conv_col")
         if inputs:
             try:
-                r = convolution.convolution_by_hand(model, normalize(inputs[0][1][None], channels_last=False),
-                                                    layer, int(ch), int(row), int(col)).to_dict()
-                st.plotly_chart(plots.conv_figure(r), width="stretch", key="conv_fig")
+                r = compute.convolution_by_hand(resources.weights(refs[0]), normalize(inputs[0][1][None],
+                                                channels_last=False), layer, int(ch), int(row), int(col))
+                st.plotly_chart(compute.chart(plots.conv_figure, r), width="stretch", key="conv_fig")
                 (st.success if r["matches"] else st.error)(
                     f"Σ patch × kernel{' + bias' if r['bias'] else ''} = {r['total']:.6f}; the layer computed "
                     f"{r['layer_output']:.6f}" + (" — the same number." if r["matches"] else " — they differ!"))
@@ -167,7 +167,7 @@ with tabs[5]:
                              title=f"Sanity check: {names[ref.key]} on {inputs[0][0]}")
         if res:
             st.info(res.get("reading", ""))
-            st.plotly_chart(plots.sanity_figure(res), width="stretch", key="sanity_fig")
+            st.plotly_chart(compute.chart(plots.sanity_figure, res), width="stretch", key="sanity_fig")
 
 with tabs[6]:
     st.markdown("One self-contained HTML file: the runs' curves, table, configurations (seeds included) and "

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import resources, widgets
+from resnet_viz.app import compute, resources, widgets
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import attribution
 from resnet_viz.nets.cifar import block_names
@@ -19,12 +19,12 @@ inputs = widgets.input_images("explain", multiple=True)
 if ref_a is None or not inputs:
     st.info("Pick a model and one or more images.")
     st.stop()
-models = [resources.load_model(ref_a) + (ref_a,)]
+models = [(resources.weights(ref_a), ref_a)]  # results below are cached by weights and pixels
 if ref_b is not None and ref_b != ref_a:
-    models.append(resources.load_model(ref_b) + (ref_b,))
+    models.append((resources.weights(ref_b), ref_b))
 block = None
 if method == "gradcam":
-    names = block_names(models[0][0])
+    names = block_names(models[0][0].config)
     block = c2.selectbox("Grad-CAM at block", names, index=len(names) - 1)
 
 for i, (caption, image) in enumerate(inputs):
@@ -32,18 +32,15 @@ for i, (caption, image) in enumerate(inputs):
     x = normalize(image[None], channels_last=False)  # (1, 3, 32, 32)
     rgb = image.permute(1, 2, 0).numpy()
     cols = st.columns(len(models))
-    for col, (model, _cfg, classes, ref) in zip(cols, models, strict=True):
+    for col, (w, ref) in zip(cols, models, strict=True):
         with col:
-            b = block if block in block_names(model) else None
-            with resources.inference():
-                probs = attribution.predict(model, x)[0]
-                amap = attribution.normalize_map(attribution.attribute(model, x, method, block=b))
-            top = attribution.top_k(probs, classes, k=5)
-            st.plotly_chart(plots.attribution_overlay(rgb, amap.numpy(), title=ref.label.split(" · ")[0]),
-                            width="stretch", key=widgets.item_key("overlay", i, ref.key))
+            probs, amap = compute.explain(w, x, method, block if block in block_names(w.config) else None)
+            top = attribution.top_k(probs, w.classes, k=5)
+            overlay = compute.chart(plots.attribution_overlay, rgb, amap.numpy(), title=ref.label.split(" · ")[0])
+            st.plotly_chart(overlay, width="stretch", key=widgets.item_key("overlay", i, ref.key))
             st.caption(widgets.literal(ref.label))
             if not amap.any():
                 st.warning("This attribution is zero everywhere: the model's output does not depend on this "
                            "input (a dead network, e.g. one trained with too high a learning rate).")
-            st.plotly_chart(plots.top_k_bar(top, title="Top-5"), width="stretch",
+            st.plotly_chart(compute.chart(plots.top_k_bar, top, title="Top-5"), width="stretch",
                             key=widgets.item_key("top", i, ref.key))

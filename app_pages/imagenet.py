@@ -5,7 +5,7 @@ import streamlit as st
 from PIL import ImageOps
 
 from resnet_viz import plots
-from resnet_viz.app import resources, widgets
+from resnet_viz.app import compute, widgets
 from resnet_viz.experiments import attribution
 from resnet_viz.nets import imagenet
 
@@ -19,18 +19,7 @@ pretrained = c2.toggle("Pretrained ImageNet weights", value=False,
                             "internet), cached in torch's hub folder, and checked against the SHA-256 in "
                             "torchvision's file name before every load")
 
-
-@st.cache_resource(show_spinner="Loading the network...", max_entries=3)
-def weights(name: str, pretrained: bool):
-    return {k: v.clone() for k, v in imagenet.build_imagenet(name, pretrained).state_dict().items()}
-
-
-@st.cache_data(show_spinner=False)
-def summary(name: str) -> dict:
-    return imagenet.imagenet_summary(name)
-
-
-s = summary(name)
+s = compute.imagenet_summary(name)
 m1, m2, m3 = st.columns(3)
 m1.metric("Blocks", len(s["blocks"]))
 m2.metric("Parameters", f"{s['params'] / 1e6:.1f}M")
@@ -43,27 +32,23 @@ with st.expander("Blocks (dotted shortcut where the shape changes: a 1x1 project
 
 st.subheader("Explain your photos")
 try:
-    state = weights(name, pretrained)
+    weights = compute.imagenet_weights(name, pretrained)
 except imagenet.WeightsUnavailable as e:
     st.error(str(e))
     st.stop()
 if not pretrained:
     st.info("Random weights: the maps show the architecture's sensitivity, not what an ImageNet net learned. "
             "Turn on pretrained weights when this machine is online.")
-model = imagenet.build_imagenet(name, pretrained=False)
-model.load_state_dict(state)
 method = st.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title(),
                       key="imagenet_method")
 photos = widgets.upload_images("Photos (PNG, JPEG, WebP, BMP or GIF; up to 10 MB)", key="imagenet_upload",
                                multiple=True)
 for i, (caption, img) in enumerate(photos):
     x = imagenet.imagenet_input(img)  # (1, 3, 224, 224)
-    with resources.inference():
-        probs = attribution.predict(model, x)[0]
-        amap = attribution.normalize_map(attribution.attribute(model, x, method))
+    probs, amap = compute.explain_imagenet(weights, x, method)  # cached by weights and pixels
     shown = np.asarray(ImageOps.fit(img, (224, 224)))  # the centre crop the network saw
     c1, c2 = st.columns([2, 1])
-    c1.plotly_chart(plots.attribution_overlay(shown, amap.numpy(), title=widgets.plot_text(caption)),
+    c1.plotly_chart(compute.chart(plots.attribution_overlay, shown, amap.numpy(), title=widgets.plot_text(caption)),
                     width="stretch", key=widgets.item_key("in", i))
-    c2.plotly_chart(plots.top_k_bar(attribution.top_k(probs, imagenet.imagenet_categories(), k=5), title="Top-5"),
-                    width="stretch", key=widgets.item_key("top", i))
+    top = attribution.top_k(probs, imagenet.imagenet_categories(), k=5)
+    c2.plotly_chart(compute.chart(plots.top_k_bar, top, title="Top-5"), width="stretch", key=widgets.item_key("top", i))

@@ -3,9 +3,8 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import resources, widgets
+from resnet_viz.app import compute, resources, widgets
 from resnet_viz.data.batches import normalize
-from resnet_viz.experiments import attribution
 from resnet_viz.nets.cifar import block_names
 
 st.title("Look inside")
@@ -17,32 +16,29 @@ if ref_a is None or not inputs:
     st.stop()
 caption, image = inputs[0]
 x = normalize(image[None], channels_last=False)  # (1, 3, 32, 32)
-model_a, cfg_a, _ = resources.load_model(ref_a)
+w_a = resources.weights(ref_a)  # results below are cached by these weights and this input's pixels
 
 st.subheader("Feature maps")
 c1, c2, c3 = st.columns([1, 2, 1])
 c1.image(image.permute(1, 2, 0).numpy(), caption=widgets.literal(caption), width=160)
-names = ["stem"] + block_names(model_a)
+names = ["stem"] + block_names(w_a.config)
 block = c2.select_slider("Block", names, value=names[min(1, len(names) - 1)])
 shared = c3.toggle("Shared colour scale", value=True, help="off: each channel scaled to its own range")
-with resources.inference():
-    maps = attribution.feature_maps(model_a, x, block)
-st.plotly_chart(plots.feature_map_grid(maps, shared_scale=shared, title=f"{cfg_a.label}: {block}, "
-                                       f"{maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}"),
-                width="stretch")
+maps = compute.feature_maps(w_a, x, block)
+grid_title = f"{w_a.config.label}: {block}, {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}"
+st.plotly_chart(compute.chart(plots.feature_map_grid, maps, shared_scale=shared, title=grid_title), width="stretch")
 
 st.subheader("Activation and gradient norm per block, for this input")
 st.caption("Captum LayerActivation and layer gradients of the predicted class. In a plain net the gradient "
            "shrinks (or explodes) on its way back to the first blocks; the identity path of a ResNet carries it.")
-with resources.inference():
-    profiles = [(widgets.plot_text(ref_a.label), attribution.block_norms(model_a, x))]
-    if ref_b is not None and ref_b != ref_a:
-        model_b, _, _ = resources.load_model(ref_b)
-        profiles.append((widgets.plot_text(ref_b.label), attribution.block_norms(model_b, x)))
+profiles = [(widgets.plot_text(ref_a.label), compute.block_norms(w_a, x))]
+if ref_b is not None and ref_b != ref_a:
+    profiles.append((widgets.plot_text(ref_b.label), compute.block_norms(resources.weights(ref_b), x)))
 c1, c2 = st.columns(2)
 for col, stat, title in ((c1, "act_norm", "Activation norm"), (c2, "grad_norm", "Gradient norm")):
     series = [(label, list(norms), [v[stat] for v in norms.values()]) for label, norms in profiles]
-    col.plotly_chart(plots.depth_profile(series, y_title=title, title=title), width="stretch", key=f"profile_{stat}")
+    col.plotly_chart(compute.chart(plots.depth_profile, series, y_title=title, title=title), width="stretch",
+                     key=f"profile_{stat}")
 
 st.subheader("What the trainer recorded, block by block over training")
 run_refs = [r for r in refs if r.kind == "run"]

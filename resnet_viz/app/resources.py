@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from resnet_viz.access import access_settings, may_see
 from resnet_viz.app.identity import visitor
 from resnet_viz.app.state import build_config, data_config
 from resnet_viz.background.jobs import JobRegistry, JobSnapshot
-from resnet_viz.config import DataConfig, ModelConfig, RunConfig
+from resnet_viz.config import DataConfig, ModelConfig
 from resnet_viz.data.sources import ImageData, load_data
 from resnet_viz.experiments import degradation
 from resnet_viz.nets.cifar import CifarResNet, build_model
@@ -35,6 +35,7 @@ from resnet_viz.store.models import (
     class_names,
     load_model_file,
     load_run_model,
+    tensors_fingerprint,
 )
 from resnet_viz.store.rundir import RunDir, RunError, default_runs_dir
 from resnet_viz.training.device import one_cpu_thread
@@ -84,30 +85,60 @@ def data() -> ImageData | None:
 # ------------------------------------------------------------------ models
 
 
+@dataclass(frozen=True)
+class Weights:
+    """A model's weights as this server holds them once, and what the pages need to know of
+    them without building a module: its config, class names and content fingerprint."""
+
+    state: dict[str, torch.Tensor]
+    config: ModelConfig
+    classes: tuple[str, ...]
+    fingerprint: str  # store.models.tensors_fingerprint of state and config: what page work is cached by
+
+    def model(self) -> CifarResNet:
+        """A fresh module (eval mode) with these weights, the caller's own: Captum hooks the
+        module it runs on, so two visitors never share one."""
+        model = build_model(self.config)
+        model.load_state_dict(self.state)  # copies: the module shares no memory with the cache
+        return model.eval()
+
+
+def _held(state: dict[str, torch.Tensor], cfg: ModelConfig, classes: tuple[str, ...]) -> Weights:
+    state = {k: v.detach().clone() for k, v in state.items()}
+    return Weights(state, cfg, classes, tensors_fingerprint(state, repr(cfg)))
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _weights(kind: str, key: str, stamp: float) -> tuple[dict[str, torch.Tensor], RunConfig]:
+def _weights(kind: str, key: str, stamp: float) -> Weights:
     if kind == "file":
         model, cfg, _ = load_model_file(Path(key))
     else:
         model, cfg = load_run_model(RunDir.open(runs_root(), key))
-    return {k: v.clone() for k, v in model.state_dict().items()}, cfg
+    return _held(model.state_dict(), cfg.model, class_names(cfg))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _untrained(cfg: ModelConfig) -> Weights:
+    # A private generator: the process's own RNG is every visitor's and every job's.
+    return _held(build_model(cfg, generator=torch.Generator().manual_seed(0)).state_dict(), cfg, ())
+
+
+def weights(ref: ModelRef) -> Weights:
+    """The weights ``ref`` names, loaded once per server (again when its file changes)."""
+    if ref.kind == "untrained":
+        ds = data()
+        classes = ds.classes if ds is not None else tuple(f"class {i}" for i in range(10))
+        return replace(_untrained(replace(build_config(), num_classes=len(classes))), classes=tuple(classes))
+    path = Path(ref.key) if ref.kind == "file" else runs_root() / ref.key / "checkpoint.safetensors"
+    stamp = path.stat().st_mtime if path.exists() else 0.0
+    return _weights(ref.kind, ref.key, stamp)
 
 
 def load_model(ref: ModelRef) -> tuple[CifarResNet, ModelConfig, tuple[str, ...]]:
     """(a fresh model, its config, its class names) for ``ref``; weights are cached, the
     module is this caller's own."""
-    if ref.kind == "untrained":
-        ds = data()
-        classes = ds.classes if ds is not None else tuple(f"class {i}" for i in range(10))
-        cfg = replace(build_config(), num_classes=len(classes))
-        # A private generator: the process's own RNG is every visitor's and every job's.
-        return build_model(cfg, generator=torch.Generator().manual_seed(0)).eval(), cfg, classes
-    path = Path(ref.key) if ref.kind == "file" else runs_root() / ref.key / "checkpoint.safetensors"
-    stamp = path.stat().st_mtime if path.exists() else 0.0
-    state, run_cfg = _weights(ref.kind, ref.key, stamp)
-    model = build_model(run_cfg.model)
-    model.load_state_dict(state)
-    return model.eval(), run_cfg.model, class_names(run_cfg)
+    w = weights(ref)
+    return w.model(), w.config, w.classes
 
 
 def model_refs(include_untrained: bool = True) -> list[ModelRef]:

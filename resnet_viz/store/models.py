@@ -11,8 +11,9 @@ architecture (``strict=True``) and are finite.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,23 @@ class ModelRef:
     kind: str  # "file" or "run"
     key: str  # the file path, or the run id
     label: str  # for menus: "ResNet(A)-20 · shipped · 86.1%"
+
+
+def tensors_fingerprint(tensors: Mapping[str, torch.Tensor], about: str) -> str:
+    """A digest of named tensors' values, dtypes and shapes, and of ``about``: what the app
+    caches model work by (a model's weights, an input image), so equal content shares a
+    result whatever its file or widget was called, and a file rewritten under the same name
+    gets a new one.
+
+    For weights ``about`` names the architecture: equal tensors can fill different nets (a
+    plain net and a ResNet with parameter-free shortcuts, option A, have the same parameters).
+    """
+    h = hashlib.sha256(about.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # as bytes: any dtype, bf16 too
+    return h.hexdigest()[:32]
 
 
 def export_model(run: RunDir, path: Path, extra: dict[str, Any] | None = None) -> Path:
