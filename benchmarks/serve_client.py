@@ -104,7 +104,7 @@ async def visit(ws: ClientConnection, page: Page, timeout: float = 120.0) -> Pag
     await request_page(ws, page.script_hash)
     try:
         error, _ = await wait_finished(ws, timeout)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
         error = f"no script_finished within {timeout:g} s"
     return PageRun(page.title, time.perf_counter() - t0, error)
 

@@ -30,6 +30,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -71,9 +72,10 @@ def app_env(data: str, runs: Path) -> dict[str, str]:
     return env
 
 
-def start_app(port: int, env: dict[str, str], log: Path, wait_s: float = 180.0) -> subprocess.Popen[bytes]:
-    """``streamlit run app.py`` on 127.0.0.1:port; returns once /_stcore/health says ok."""
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+def start_app(port: int, env: dict[str, str], log: Path, script: Path = ROOT / "app.py",
+              wait_s: float = 180.0) -> subprocess.Popen[bytes]:
+    """``streamlit run app.py`` on 127.0.0.1:port (from the checkout, with its config); returns once healthy."""
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + wait_s
@@ -305,8 +307,9 @@ def main() -> None:
             training.proc.kill()  # no final evaluation: it is not part of any window
             training.proc.wait()
         stop(app)
+    shutil.rmtree(tmp, ignore_errors=True)  # kept (with the app's and training's logs) only when something failed
     print(json.dumps({"pages": [p.title for p in pages], "warmup": report(warm, pages)["first"]["all"],
-                      "data": args.data, "rounds": args.rounds, "loads": results, "temp": str(tmp)}))
+                      "data": args.data, "rounds": args.rounds, "loads": results}))
 
 
 if __name__ == "__main__":
