@@ -235,9 +235,11 @@ def run_loads(args: argparse.Namespace, port: int, pages: list[Page], training: 
     results: list[dict] = []
     before, start = training.quiet(args.quiet_s) if training else (None, None)
     for n in args.sessions:
-        t0 = time.perf_counter()
+        t0, load_before = time.perf_counter(), os.getloadavg()[0]
         visits = asyncio.run(load(port, pages, n, args.rounds, args.timeout))
+        # The machine's 1-minute load average around the load: on shared cores, others' jobs show here.
         res: dict = {"sessions": n, "training": bool(training), "wall_s": round(time.perf_counter() - t0, 1),
+                     "loadavg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
                      **report(visits, pages), "errors": sorted({v.run.error for v in visits if v.run.error})[:5]}
         if training and start:
             loaded = training.speed(start, training.last())
@@ -258,7 +260,8 @@ def fmt(s: dict[str, float | int]) -> str:
 
 def print_load(res: dict, pages: list[Page]) -> None:
     print(f"\n{res['sessions']} session(s){' while training' if res['training'] else ''}, "
-          f"{res['wall_s']} s; seconds per page run (server side)")
+          f"{res['wall_s']} s (load average {res['loadavg_1m'][0]} -> {res['loadavg_1m'][1]}); "
+          "seconds per page run (server side)")
     print(f"{'page':>18} | {'first: median':>13} {'p90':>7} {'max':>7} {'fail':>4} | "
           f"{'repeat: median':>14} {'p90':>7} {'max':>7} {'fail':>4}")
     for name in [p.title for p in pages] + ["all"]:
