@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from resnet_viz.app import identity, preload, state, widgets
+from resnet_viz.app import preload, state, visitors, widgets
 
 # Before anything else: concurrent first sessions must not see a half-imported pandas (see preload).
 preload.ensure()
@@ -18,8 +18,8 @@ pages = [
     st.Page("app_pages/imagenet.py", title="ImageNet ResNets", icon=":material/photo_camera:"),
 ]
 nav = st.navigation(pages)
-identity.visitor()  # who this session is, before any page asks (and its URL token, if it has one, kept)
-identity.keep_in_url()
+visitors.visitor()  # who this session is, before any page asks (and its URL token, if it has one, kept)
+visitors.keep_in_url()
 widgets.sidebar()
 state.show_flash()
 nav.run()

@@ -3,13 +3,13 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import identity, resources, state, widgets
+from resnet_viz.app import resources, state, visitors, widgets
 from resnet_viz.config import ModelConfig, RunConfig
 from resnet_viz.experiments import degradation
 
 st.title("Compare runs")
 registry = resources.job_registry()
-me = identity.visitor()
+me = visitors.visitor()
 all_runs = [r for r in resources.runs() if r.config is not None]
 # Only this visitor's runs (or the operator's) make their degradation experiment: another
 # visitor's runs named like one would otherwise pass for it.

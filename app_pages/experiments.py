@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, identity, resources, tasks, widgets
+from resnet_viz.app import compute, resources, tasks, visitors, widgets
 from resnet_viz.app.state import data_config
 from resnet_viz.background.tasks import Call, content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.data.batches import normalize
@@ -175,7 +175,7 @@ with tabs[6]:
     infos = resources.runs()
     chosen = st.multiselect("Runs in the report", [i.id for i in infos], default=[i.id for i in infos[:4]],
                             format_func=lambda i: next(f"{r.label} · {r.name or r.id}" for r in infos if r.id == i))
-    done = {t.key: t for t in resources.task_registry().finished(by=identity.visitor())}
+    done = {t.key: t for t in resources.task_registry().finished(by=visitors.visitor())}
     picked = st.multiselect("Experiments in the report", list(done), default=list(done),
                             format_func=lambda k: done[k].title, placeholder="Run an experiment in a tab above")
     if not chosen and not picked:

@@ -6,7 +6,7 @@ import streamlit as st
 
 from resnet_viz import plots
 from resnet_viz.access import may_control
-from resnet_viz.app import identity, resources, state, widgets
+from resnet_viz.app import resources, state, visitors, widgets
 from resnet_viz.background.progress import clock
 from resnet_viz.config import (
     BASE_BATCH,
@@ -23,7 +23,7 @@ from resnet_viz.store.listing import metrics_csv
 
 st.title("Train")
 registry = resources.job_registry()
-me = identity.visitor()
+me = visitors.visitor()
 model_cfg = state.build_config()
 
 SOURCES = {"default": "Default", "synthetic": "Synthetic shapes", "cifar10": "CIFAR-10 (official, downloads)",

@@ -291,13 +291,20 @@ def test_experiments_report_tab_offers_the_finished_experiments(threaded_tasks) 
 
     # Two finished tasks, as the tabs leave them in the registry (a small real result, and
     # one with a hostile title); a failed one is not offered.
+    # They are this visitor's: a report holds only the experiments its visitor asked for.
+    from resnet_viz.limits import ServerLimits
+
     reg = resources.task_registry()
-    profiles = [p.to_dict() for p in signal.signal_sweep(depths=(8,), batch=8)]
-    done = [reg.start("signal|8", lambda p, s: profiles, title="Signal propagation at initialization: depths 8"),
-            reg.start("lesion|x", lambda p, s: {"baseline_acc": 0.5}, title="<b>Lesion</b> of x"),
-            reg.start("broken", lambda p, s: 1 / 0, title="Broken")]
-    assert all(t.wait(30) for t in done)
+    reg.limits = ServerLimits(max_tasks=3, max_tasks_per_visitor=3)  # all three may be running at once
     at = page("experiments").run()
+    me = at.session_state[Keys.VISITOR]
+    profiles = [p.to_dict() for p in signal.signal_sweep(depths=(8,), batch=8)]
+    done = [reg.start("signal|8", lambda p, s: profiles, title="Signal propagation at initialization: depths 8",
+                      by=me),
+            reg.start("lesion|x", lambda p, s: {"baseline_acc": 0.5}, title="<b>Lesion</b> of x", by=me),
+            reg.start("broken", lambda p, s: 1 / 0, title="Broken", by=me)]
+    assert all(t.wait(30) for t in done)
+    at.run()
     assert not at.exception, at.exception
     exps = next(m for m in at.multiselect if m.label == "Experiments in the report")
     assert exps.options == ["Signal propagation at initialization: depths 8", "<b>Lesion</b> of x"]

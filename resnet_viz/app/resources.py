@@ -20,8 +20,8 @@ import streamlit as st
 import torch
 
 from resnet_viz.access import access_settings, may_see
-from resnet_viz.app.identity import visitor
 from resnet_viz.app.state import build_config, data_config
+from resnet_viz.app.visitors import visitor
 from resnet_viz.background.jobs import JobRegistry, JobSnapshot
 from resnet_viz.config import DataConfig, ModelConfig
 from resnet_viz.data.sources import ImageData, load_data

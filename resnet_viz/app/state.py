@@ -20,7 +20,7 @@ class Keys:
     BUILD_CONFIG = "build_config"
     MESSAGE = "flash_message"
     ERROR = "flash_error"  # a button callback's error, shown where the page draws ``show_error``
-    VISITOR = "visitor"  # who this session is (``app.identity``)
+    VISITOR = "visitor"  # who this session is (``app.visitors``)
     VISITOR_TOKEN = "visitor_token"  # their signed URL token, when no cookie tells the browser
 
 

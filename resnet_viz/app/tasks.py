@@ -13,8 +13,8 @@ from typing import Any
 import streamlit as st
 
 from resnet_viz.access import may_control
-from resnet_viz.app.identity import visitor
 from resnet_viz.app.resources import job_registry, task_registry
+from resnet_viz.app.visitors import visitor
 from resnet_viz.app.widgets import clicked, show_error
 from resnet_viz.background.progress import clock
 

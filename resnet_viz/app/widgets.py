@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from resnet_viz.app import identity, resources
+from resnet_viz.app import resources, visitors
 from resnet_viz.app.state import Keys, data_config, flash
 from resnet_viz.config import DataConfig
 from resnet_viz.data.sources import default_source, describe_default_source
@@ -187,7 +187,7 @@ def sidebar() -> None:
         else:
             st.info(f"**Data:** {label}", icon=":material/dataset:")
         st.caption(f"**Device:** {describe_device(pick_device('auto'))}")
-        me = identity.visitor()
+        me = visitors.visitor()
         st.caption(f"**You:** {literal(me.name)}" + (" · admin: you may steer every run" if me.admin else ""))
         watched = st.session_state.get(Keys.WATCHED_RUN)
         snap = resources.snapshot(watched) if watched else None
