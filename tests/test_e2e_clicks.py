@@ -51,7 +51,9 @@ def slow_app(tmp_path_factory: pytest.TempPathFactory):
     script = tmp / "slow_page.py"
     script.write_text(SLOW_PAGE, encoding="utf-8")
     (tmp / "clickjob.py").write_text(CLICK_JOB, encoding="utf-8")
-    with e2e.streamlit_server(script, tmp) as base, e2e.browser_tab() as tab:
+    # Two tasks of one visitor at once: the test is about clicks, not the per-visitor share.
+    env = {"RESNET_VIZ_MAX_TASKS_PER_VISITOR": "2"}
+    with e2e.streamlit_server(script, tmp, env) as base, e2e.browser_tab() as tab:
         tab.goto(base)
         e2e.wait_for_app(tab)
         yield tab

@@ -10,6 +10,8 @@ test puts its own.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,24 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         yield base, shots
 
 
+@contextmanager
+def two_browsers() -> Iterator[tuple]:
+    """Two tabs in two browser contexts of one Chromium: two cookie jars, so two visitors."""
+    with e2e.playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(e2e.CHROMIUM), headless=True, args=e2e.CHROMIUM_ARGS)
+        try:
+            tabs = []
+            for _ in range(2):
+                tab = browser.new_context(viewport=e2e.VIEWPORT).new_page()
+                tab.set_default_timeout(30_000)
+                tab.js_errors = []
+                tab.on("pageerror", lambda e, t=tab: t.js_errors.append(str(e)))
+                tabs.append(tab)
+            yield tuple(tabs)
+        finally:
+            browser.close()
+
+
 def start_run(tab, base: str) -> None:
     e2e.open_page(tab, base, "train")
     form = e2e.main(tab).locator("[data-testid='stForm']")
@@ -42,7 +62,7 @@ def start_run(tab, base: str) -> None:
 
 def test_a_visitor_watches_anothers_run_and_only_its_owner_steers_it(served) -> None:
     base, shots = served
-    with e2e.browser_tab() as ann, e2e.browser_tab() as bob:
+    with two_browsers() as (ann, bob):
         start_run(ann, base)
         stop = e2e.main(ann).get_by_role("button", name="Stop")
         e2e.expect(stop).to_be_visible()
@@ -59,6 +79,7 @@ def test_a_visitor_watches_anothers_run_and_only_its_owner_steers_it(served) -> 
         e2e.open_page(ann, base, "train")  # a reload: the same visitor
         second = ann.context.new_page()  # a new tab of the same browser: the same visitor too
         second.js_errors = []
+        second.on("pageerror", lambda e: second.js_errors.append(str(e)))
         e2e.open_page(second, base, "train")
         stop = e2e.main(second).get_by_role("button", name="Stop")
         e2e.expect(stop).to_be_visible(timeout=e2e.RUN_TIMEOUT_MS)
