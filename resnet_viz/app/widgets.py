@@ -10,6 +10,7 @@ from typing import Any
 
 import streamlit as st
 
+from resnet_viz.access import access_settings, may_see
 from resnet_viz.app import resources, visitors
 from resnet_viz.app.state import Keys, data_config, flash
 from resnet_viz.config import DataConfig
@@ -196,6 +197,6 @@ def sidebar() -> None:
         elif watched:
             st.caption(f"**Watching:** run {literal(watched)}")
         active = resources.job_registry().active()
-        if active is not None and active.run_id != watched:
+        if active is not None and active.run_id != watched and may_see(me, active.owner, access_settings()):
             s = active.snapshot()
             st.caption(f"**Training now:** {s.label} · {s.state} · {s.progress:.0%}")
