@@ -112,14 +112,16 @@ class Visit:
     round: int  # 1: the session's first visit of the page; 2+: repeat visits
 
 
-async def one_session(port: int, pages: list[Page], rounds: int, timeout: float) -> list[Visit]:
-    """One visitor: every page in turn, ``rounds`` times, on one websocket (a new one after a timeout)."""
+async def one_session(port: int, pages: list[Page], rounds: int, timeout: float, think: float = 0.0) -> list[Visit]:
+    """One visitor: every page in turn, ``rounds`` times, on one websocket (a new one after a timeout),
+    reading each page for ``think`` seconds before the next (0: back to back, the hardest load)."""
     visits: list[Visit] = []
     ws = await open_session(port)
     try:
         for r in range(1, rounds + 1):
             for page in pages:
                 run = await visit(ws, page, timeout)
+                await asyncio.sleep(think)
                 visits.append(Visit(run, r))
                 if run.error and run.error.startswith("no script_finished"):
                     # The late run's messages would be read as the next page's: start a fresh tab.
@@ -130,9 +132,10 @@ async def one_session(port: int, pages: list[Page], rounds: int, timeout: float)
     return visits
 
 
-async def load(port: int, pages: list[Page], sessions: int, rounds: int, timeout: float) -> list[Visit]:
+async def load(port: int, pages: list[Page], sessions: int, rounds: int, timeout: float,
+               think: float = 0.0) -> list[Visit]:
     """``sessions`` visitors at once; a session that cannot connect counts as failing every page."""
-    results = await asyncio.gather(*(one_session(port, pages, rounds, timeout) for _ in range(sessions)),
+    results = await asyncio.gather(*(one_session(port, pages, rounds, timeout, think) for _ in range(sessions)),
                                    return_exceptions=True)
     visits: list[Visit] = []
     for res in results:
@@ -236,7 +239,7 @@ def run_loads(args: argparse.Namespace, port: int, pages: list[Page], training: 
     before, start = training.quiet(args.quiet_s) if training else (None, None)
     for n in args.sessions:
         t0, load_before = time.perf_counter(), os.getloadavg()[0]
-        visits = asyncio.run(load(port, pages, n, args.rounds, args.timeout))
+        visits = asyncio.run(load(port, pages, n, args.rounds, args.timeout, args.think_s))
         # The machine's 1-minute load average around the load: on shared cores, others' jobs show here.
         res: dict = {"sessions": n, "training": bool(training), "wall_s": round(time.perf_counter() - t0, 1),
                      "loadavg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
@@ -287,6 +290,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quiet-s", type=float, default=20.0, help="each quiet window of the training run")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds before a page run counts as failed")
     ap.add_argument("--port", type=int, default=0, help="0: a free one")
+    ap.add_argument("--think-s", type=float, default=0.0,
+                    help="seconds each visitor reads a page before the next (0: back to back)")
     return ap.parse_args(argv)
 
 
