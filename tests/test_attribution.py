@@ -232,3 +232,18 @@ def test_normalize_map() -> None:
     sparse = torch.zeros(32, 32)
     sparse[3, 3] = 5.0  # under 1% non-zero: the 99th percentile is 0, scale by the max
     assert normalize_map(sparse)[3, 3] == 1
+
+
+def test_smoothgrad_draws_its_noise_from_its_own_generator(model, image) -> None:
+    """A page's SmoothGrad must not touch the server's torch RNG, and the same seed gives the same map."""
+    import torch
+
+    from resnet_viz.experiments.attribution import attribute
+
+    x = image
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = attribute(model, x, "smoothgrad", samples=8)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(attribute(model, x, "smoothgrad", samples=8), a)
+    assert not torch.equal(attribute(model, x, "smoothgrad", samples=8, seed=1), a)

@@ -157,14 +157,8 @@ def _groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
 
 
 def _map(model: nn.Module, x: Tensor, method: str, target: int, seed: int) -> Tensor:
-    if method != "smoothgrad":
-        return attribute(model, x, method, target)
-    # SmoothGrad draws its noise from the global generator: the same noise for every step,
-    # so the maps differ by the weights only, and the caller's random state is kept.
-    dev = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        return attribute(model, x, method, target)
+    # SmoothGrad gets the same noise (seed) at every step, so the maps differ by the weights only.
+    return attribute(model, x, method, target, seed=seed)
 
 
 def sanity_check(

@@ -38,6 +38,7 @@ class Settings:
     steps: int = 50  # integrated_gradients: points on the path from the baseline
     samples: int = 20  # smoothgrad: noisy copies averaged
     noise: float = 0.15  # smoothgrad: std of the Gaussian, in normalized input units
+    seed: int = 0  # smoothgrad: of its own noise generator (never the process's: that is everyone's)
     window: int = 4  # occlusion: patch side; the stride is window // 2
 
 
@@ -92,10 +93,14 @@ class SmoothGrad(AttributionMethod):
         noise = s.noise
         if isinstance(noise, bool) or not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
             raise AttributionError(f"noise must be a non-negative number, got {noise!r}")
-        return attr.NoiseTunnel(attr.Saliency(model)).attribute(
-            x, nt_type="smoothgrad", nt_samples=s.samples, nt_samples_batch_size=min(s.samples, MAX_BATCH),
-            stdevs=float(noise), target=target, abs=True,
-        ).sum(1)
+        # Captum's NoiseTunnel draws from torch's global generator; a private one keeps the map
+        # reproducible and leaves the process's random state (every visitor's) alone.
+        gen = torch.Generator().manual_seed(int(s.seed))
+        eps = torch.randn((s.samples, *x.shape[1:]), generator=gen, dtype=x.dtype).to(x.device)
+        noisy = (x.detach() + float(noise) * eps).requires_grad_(True)  # x is one image (1, 3, H, W)
+        saliency = attr.Saliency(model)
+        maps = [saliency.attribute(chunk, target=target, abs=True) for chunk in noisy.split(MAX_BATCH)]
+        return torch.cat(maps).mean(0, keepdim=True).sum(1)
 
 
 class GuidedBackprop(AttributionMethod):
@@ -157,6 +162,7 @@ def attribute(
     samples: int = 20,
     noise: float = 0.15,
     window: int = 4,
+    seed: int = 0,
 ) -> Tensor:
     """(H, W) float attribution map of class ``target`` (default: the predicted class) for
     one image x (1, 3, H, W), by ``METHODS[method]``.
@@ -166,13 +172,13 @@ def attribute(
     from the mean image); occlusion takes the channel mean; gradcam has one channel already.
 
     ``block`` (gradcam: default the last block; checked for every method), ``steps``
-    (integrated_gradients), ``samples`` and ``noise`` (smoothgrad) and ``window`` (occlusion)
+    (integrated_gradients), ``samples``, ``noise`` and ``seed`` (smoothgrad) and ``window`` (occlusion)
     are described in ``Settings``; each method ignores the ones it does not have.
     """
     chosen = METHODS.get(method) if isinstance(method, str) else None
     if chosen is None:
         raise AttributionError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
-    settings = Settings(block=block, steps=steps, samples=samples, noise=noise, window=window)
+    settings = Settings(block=block, steps=steps, samples=samples, noise=noise, window=window, seed=seed)
     with eval_mode(model, frozen=True):
         if block is not None:
             layer(model, block)  # a wrong block name fails for every method, not only gradcam
