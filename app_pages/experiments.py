@@ -5,12 +5,12 @@ import streamlit as st
 from resnet_viz import plots
 from resnet_viz.app import compute, resources, tasks, visitors, widgets
 from resnet_viz.app.state import data_config
-from resnet_viz.background.tasks import Call, content_tag, data_tag, experiment_key, model_tag, task_key
+from resnet_viz.background.tasks import Call, Deferred, content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import convolution, landscape, lesion, sanity, signal
-from resnet_viz.experiments.common import evaluation_subset
 from resnet_viz.experiments.skipbranch import skip_branch
 from resnet_viz.report.html import build_report
+from resnet_viz.store.models import model_with_weights
 
 st.title("Experiments")
 st.caption("Each computation runs in the background with progress and Stop; results stay when you reload.")
@@ -18,15 +18,21 @@ data = resources.data()
 ref_a, ref_b = widgets.pick_two_models("exp")
 refs = [r for r in (ref_a, ref_b) if r is not None]
 refs = refs[:1] if len(refs) == 2 and refs[0] == refs[1] else refs
-models = {r.key: resources.load_model(r) for r in refs}
-tags = {r.key: model_tag(r, models[r.key][1]) for r in refs}
+weights = {r.key: resources.weights(r) for r in refs}
+tags = {r.key: model_tag(r, weights[r.key].config) for r in refs}
 dtag = data_tag(data_config(), data.name) if data is not None else ""  # results on the data set are its own
-names = {r.key: f"Untrained {models[r.key][1].label} (Build page)" if r.kind == "untrained" else r.label for r in refs}
+names = {r.key: f"Untrained {weights[r.key].config.label} (Build page)" if r.kind == "untrained" else r.label
+         for r in refs}
 
 
 def fits(ref) -> bool:
     """Whether the model was trained on the classes of the data set in use."""
-    return data is not None and tuple(models[ref.key][2]) == tuple(data.classes)
+    return data is not None and tuple(weights[ref.key].classes) == tuple(data.classes)
+
+
+def model(ref) -> Deferred:
+    """The model, built in the task's worker from the weights the server holds: only a started task needs it."""
+    return Deferred(model_with_weights, weights[ref.key].config, weights[ref.key].state)
 
 
 tabs = st.tabs(["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand",
@@ -45,12 +51,11 @@ with tabs[0]:
                        f"{widgets.literal(data.name) if data else 'the data set'}; "
                        "pick a model trained on it (or an untrained one).")
             continue
-        x, y = evaluation_subset(data.test_x, data.test_y, n)  # the images the CLI's lesion study uses
-        model = models[ref.key][0]
+        x, y = resources.experiment_images("test", n)  # the images the CLI's lesion study uses
         res = tasks.run_task(experiment_key("lesion", tags[ref.key], dtag, n),
                              f"Lesion study: {widgets.literal(ref.label)}",
-                             Call(lesion.lesion_study, model, x, y, max_k=lesion.max_k_for(model), trials=5,
-                                  label=names[ref.key]),
+                             Call(lesion.lesion_study, model(ref), x, y, max_k=Deferred(lesion.max_k_for, model(ref)),
+                                  trials=5, label=names[ref.key]),
                              title=f"Lesion study: {names[ref.key]} ({n} test images of {data.name})")
         if res:
             results.append(res)
@@ -69,11 +74,10 @@ with tabs[1]:
     for ref in refs:
         if not fits(ref):
             continue
-        x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
-        model = models[ref.key][0]
+        x, y = resources.experiment_images("train", n)
         res = tasks.run_task(experiment_key("slice", tags[ref.key], dtag, n, steps, seed),
                              f"1D slice: {widgets.literal(ref.label)}",
-                             Call(landscape.random_slice, model, x, y, seed=int(seed), steps=steps,
+                             Call(landscape.random_slice, model(ref), x, y, seed=int(seed), steps=steps,
                                   label=names[ref.key]),
                              title=f"Loss along a random direction: {names[ref.key]} ({n} training images, "
                                    f"{steps} points, seed {seed})")
@@ -82,10 +86,10 @@ with tabs[1]:
     st.plotly_chart(compute.chart(plots.slices_figure, widgets.plot_labels(slices)), width="stretch", key="slices_fig")
     if refs and fits(refs[0]):
         ref = refs[0]
-        x, y = landscape.fixed_subset(data.train_x, data.train_y, n=n, seed=0)
+        x, y = resources.experiment_images("train", n)
         surf = tasks.run_task(experiment_key("surface", tags[ref.key], dtag, n, steps, seed),
                               f"2D surface: {widgets.literal(ref.label)} ({steps}x{steps})",
-                              Call(landscape.surface_2d, models[ref.key][0], x, y, seed=int(seed), steps=steps,
+                              Call(landscape.surface_2d, model(ref), x, y, seed=int(seed), steps=steps,
                                    label=names[ref.key]),
                               title=f"Loss surface: {names[ref.key]} ({n} training images, {steps}x{steps}, "
                                     f"seed {seed})",
@@ -133,12 +137,12 @@ with tabs[3]:
 
 with tabs[4]:
     if refs:
-        model = models[refs[0].key][0]
-        layers = convolution.conv_layers(model)
+        module = weights[refs[0].key].model()
+        layers = convolution.conv_layers(module)
         inputs = widgets.input_images("conv")
         c1, c2, c3, c4 = st.columns(4)
         layer = c1.selectbox("Layer", layers, key="conv_layer")
-        conv = model.get_submodule(layer)
+        conv = module.get_submodule(layer)
         ch = c2.number_input("Output channel", 0, conv.out_channels - 1, 0, key="conv_ch")
         rows, cols = compute.conv_output_size(resources.weights(refs[0]), layer)
         row = c3.number_input("Row", 0, rows - 1, rows // 2, key="conv_row")
@@ -163,7 +167,7 @@ with tabs[5]:
         x = normalize(inputs[0][1][None], channels_last=False)
         res = tasks.run_task(task_key("sanity", tags[ref.key], content_tag(inputs[0][1])),
                              f"Sanity check: {widgets.literal(ref.label)}",
-                             Call(sanity.sanity_check, models[ref.key][0], x),
+                             Call(sanity.sanity_check, model(ref), x),
                              title=f"Sanity check: {names[ref.key]} on {inputs[0][0]}")
         if res:
             st.info(res.get("reading", ""))

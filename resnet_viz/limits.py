@@ -63,7 +63,7 @@ class ServerLimits:
     max_runs: int = 8  # training runs queued or running at once (one trains; the rest wait)
     max_tasks: int = 2  # experiment tasks running at once: one per core
     max_runs_per_visitor: int = 4  # of those runs, one visitor's (the degradation experiment queues 4)
-    max_tasks_per_visitor: int = 1  # of those tasks, one visitor's: the other core is someone else's
+    max_tasks_per_visitor: int = 2  # of those tasks, one visitor's (a class: set 1, the other core is someone else's)
     max_uploads: int = 8  # images in one upload
     max_upload_megapixels: float = 64.0  # their pixels together, from the headers (one image may have 40)
     max_train_gb: float = 12.0  # estimated memory of one training run

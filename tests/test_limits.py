@@ -25,7 +25,7 @@ from resnet_viz.training.memory import architecture, training_memory
 def test_limits_default_without_environment_and_read_each_variable() -> None:
     d = ServerLimits.from_env({})
     assert (d.max_runs, d.max_tasks, d.max_uploads, d.max_upload_megapixels) == (8, 2, 8, 64.0)
-    assert (d.max_runs_per_visitor, d.max_tasks_per_visitor) == (4, 1)
+    assert (d.max_runs_per_visitor, d.max_tasks_per_visitor) == (4, 2)
     assert d.max_params == 30_000_000 and d.max_steps == 100_000
     assert d.max_train_gb == pytest.approx(physical_memory() / 2 / GB, abs=0.1)  # half the machine
     env = {ENV["max_runs"]: "7", ENV["max_tasks"]: " 3 ", ENV["max_uploads"]: "2",

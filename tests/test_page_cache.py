@@ -69,6 +69,7 @@ def work(monkeypatch: pytest.MonkeyPatch) -> Counter:
     for name in WORK:
         count(attribution, name)
     count(resources, "build_model")  # a model rebuilt from cached weights costs too
+    count(resources, "model_with_weights", "build_model")  # (Weights.model builds through this)
     count(summary, "summarize")
     for name in ("output_size", "convolution_by_hand"):
         count(convolution, name)

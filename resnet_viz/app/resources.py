@@ -26,6 +26,8 @@ from resnet_viz.background.jobs import JobRegistry, JobSnapshot
 from resnet_viz.config import DataConfig, ModelConfig
 from resnet_viz.data.sources import ImageData, load_data
 from resnet_viz.experiments import degradation
+from resnet_viz.experiments.common import evaluation_subset
+from resnet_viz.experiments.landscape import fixed_subset
 from resnet_viz.nets.cifar import CifarResNet, build_model
 from resnet_viz.store import models
 from resnet_viz.store.listing import RunInfo, list_runs
@@ -35,6 +37,7 @@ from resnet_viz.store.models import (
     class_names,
     load_model_file,
     load_run_model,
+    model_with_weights,
     tensors_fingerprint,
 )
 from resnet_viz.store.rundir import RunDir, RunError, default_runs_dir
@@ -73,6 +76,22 @@ def _data(cfg: DataConfig) -> ImageData:
     return load_data(cfg)
 
 
+# The images an experiment evaluates on, picked once per data set and size and shared (read
+# only): picking and normalizing them on every run of the Experiments page was most of its time.
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _images(cfg: DataConfig, kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = _data(cfg)
+    if kind == "test":  # the lesion study's: the same images the CLI picks
+        return evaluation_subset(ds.test_x, ds.test_y, n)
+    return fixed_subset(ds.train_x, ds.train_y, n=n, seed=0)  # the loss landscape's
+
+
+def experiment_images(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` test images ("test": the lesion study's) or training images ("train": the loss
+    landscape's) of the data set in use, normalized, with their labels."""
+    return _images(data_config(), kind, n)
+
+
 def data() -> ImageData | None:
     """The data set in use, or None after showing why it cannot be loaded."""
     try:
@@ -98,9 +117,7 @@ class Weights:
     def model(self) -> CifarResNet:
         """A fresh module (eval mode) with these weights, the caller's own: Captum hooks the
         module it runs on, so two visitors never share one."""
-        model = build_model(self.config)
-        model.load_state_dict(self.state)  # copies: the module shares no memory with the cache
-        return model.eval()
+        return model_with_weights(self.config, self.state)  # a copy: it shares no memory with the cache
 
 
 def _held(state: dict[str, torch.Tensor], cfg: ModelConfig, classes: tuple[str, ...]) -> Weights:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from resnet_viz.access import OPERATOR, Visitor, check_control
+from resnet_viz.background.calls import Call, Deferred
 from resnet_viz.background.progress import eta
 from resnet_viz.background.workers import Send, WorkerProcess, watch_parent
 from resnet_viz.config import DataConfig, ModelConfig
@@ -35,26 +36,8 @@ from resnet_viz.limits import ServerLimits, server_limits
 from resnet_viz.store.models import ModelRef
 
 TaskFn = Callable[[ProgressFn, threading.Event], Any]
+__all__ = ["Call", "Deferred", "Task", "TaskRegistry", "TaskSnapshot"]  # Call, Deferred: the pages' way in
 STOP_GRACE_S = 10.0  # an experiment checks its stop event between batches: seconds at most
-
-
-def _plain(value: Any) -> Any:
-    """Experiment results as plain data (their ``to_dict()``), to cross a process boundary."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value.to_dict() if hasattr(value, "to_dict") else value
-
-
-class Call:
-    """``fn(*args, **kwargs, progress=..., stop=...)`` as a task function whose result is
-    plain data: a library function and its arguments can be sent to a worker process, where
-    a page's lambda cannot."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.fn, self.args, self.kwargs = fn, args, kwargs
-
-    def __call__(self, progress: ProgressFn, stop: threading.Event) -> Any:
-        return _plain(self.fn(*self.args, **self.kwargs, progress=progress, stop=stop))
 
 
 def _task_in_worker(stop: Any, pause: Any, send: Send, fn: TaskFn, threads: int | None) -> Any:

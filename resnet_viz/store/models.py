@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from resnet_viz.config import RunConfig
+from resnet_viz.config import ModelConfig, RunConfig
 from resnet_viz.fsutil import PACKAGE_DIR, PROJECT_ROOT, atomic_path
 from resnet_viz.nets.cifar import CifarResNet, build_model
 from resnet_viz.store.listing import list_runs
@@ -106,6 +106,13 @@ def load_run_model(run: RunDir) -> tuple[CifarResNet, RunConfig]:
     """The model of a run's latest checkpoint, in eval mode."""
     config = run.config()
     return _model_from_state(run.load_checkpoint().model_state, config, f"run {run.id}"), config
+
+
+def model_with_weights(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> CifarResNet:
+    """A new ``config`` network in eval mode holding a copy of ``state`` (checked: strict)."""
+    model = build_model(config)
+    model.load_state_dict(state, strict=True)  # copies: the module shares no memory with ``state``
+    return model.eval()
 
 
 def _model_from_state(state: dict[str, torch.Tensor], config: RunConfig, what: str) -> CifarResNet:
