@@ -108,14 +108,11 @@ class TrainingJob:
                 return
             self._state, self._message = "loading", "loading the data set"
         try:
-            data = get_data(self.config.data)
-            self._total_steps = self.config.train.total_steps(len(data.train_y))
             if self.resume:  # what the checkpoint had seen; fit() drops the rest from the file too
                 kept = int(self.run.load_checkpoint().meta.get("metrics_lines", 0))
                 with self._lock:
                     self._records = self.run.read_metrics()[:kept]
-            self._set_state_if("loading", "paused" if self.control.pause.is_set() else "running", "training")
-            result = self._fit(data)
+            result = self._fit(get_data)
             with self._lock:
                 self.result = result
                 self._state, self._message = result.status, result.message
@@ -131,11 +128,20 @@ class TrainingJob:
         finally:
             self._done.set()
 
-    def _fit(self, data: ImageData) -> FitResult:
+    def _fit(self, get_data: Callable[[DataConfig], ImageData]) -> FitResult:
         if self._worker is None:
+            data = get_data(self.config.data)
+            self._loaded(self.config.train.total_steps(len(data.train_y)))
             return fit(self.config, data=data, run=self.run, control=self.control,
                        on_records=self._on_records, resume=self.resume)
-        return fit_in_worker(self._worker, self.config, self.run, self.resume, data, self._on_records)
+        # The worker loads the data set itself (from its uint8 cache, about a second): sending
+        # 150 MB through shared memory would fail where /dev/shm is small (a container's 64 MB).
+        return fit_in_worker(self._worker, self.config, self.run, self.resume, self._on_records, self._loaded)
+
+    def _loaded(self, total_steps: int) -> None:
+        """The data set is in: the run's length is known, and training starts."""
+        self._total_steps = total_steps
+        self._set_state_if("loading", "paused" if self.control.pause.is_set() else "running", "training")
 
     # -- for the UI --------------------------------------------------------------------
     def snapshot(self) -> JobSnapshot:

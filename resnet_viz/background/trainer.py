@@ -1,8 +1,8 @@
 """One training run in a worker process (``workers.WorkerProcess``), and the parent's side of it.
 
-The worker opens the run folder the parent created, trains with ``fit`` and sends each batch
-of records as it writes them; stop and pause are the worker's two events, which ``fit`` looks
-at once per batch. A worker that dies without a last word (killed, out of memory) leaves the
+The worker loads the data set itself, opens the run folder the parent created, trains with
+``fit`` and sends each batch of records as it writes them; stop and pause are the worker's two
+events, which ``fit`` looks at once per batch. A worker that dies without a last word (killed, out of memory) leaves the
 run's status "running" under its dead pid; the parent then records what happened, so the run
 offers Resume from its last checkpoint, or reads failed when it never wrote one.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from resnet_viz.background.workers import Send, WorkerProcess, watch_parent
 from resnet_viz.config import RunConfig
-from resnet_viz.data.sources import ImageData
+from resnet_viz.data.sources import load_data
 from resnet_viz.store.rundir import RunDir
 from resnet_viz.training.loop import Control, FitResult, fit
 
@@ -30,10 +30,13 @@ class WorkerFailed(Exception):
 
 
 def train_in_worker(stop: Any, pause: Any, send: Send, config: RunConfig, runs_root: Path, run_id: str,
-                    resume: bool, data: ImageData) -> FitResult:
-    """The worker's target: ``fit`` on the parent's run folder, steered by the parent's events."""
+                    resume: bool) -> FitResult:
+    """The worker's target: load the data set (under the server's allowed folders, as the page
+    did), then ``fit`` on the parent's run folder, steered by the parent's events."""
     control = Control(stop=stop, pause=pause)
     watch_parent(lambda: control.request_stop("interrupted"))
+    data = load_data(config.data)
+    send("loaded", config.train.total_steps(len(data.train_y)))
     return fit(config, data=data, run=RunDir.open(runs_root, run_id), control=control,
                on_records=lambda records: send("records", records), resume=resume)
 
@@ -43,14 +46,17 @@ def new_worker(run: RunDir) -> WorkerProcess:
     return WorkerProcess(train_in_worker, name=f"resnet-viz-train-{run.id}")
 
 
-def fit_in_worker(worker: WorkerProcess, config: RunConfig, run: RunDir, resume: bool, data: ImageData,
-                  on_records: Callable[[list[dict[str, Any]]], None]) -> FitResult:
-    """Start ``worker`` training ``run`` on ``data`` and relay its records until it ends; its
-    result, or ``WorkerFailed`` after recording in the run folder what went wrong."""
-    worker.start(config, run.path.parent, run.id, resume, data)
+def fit_in_worker(worker: WorkerProcess, config: RunConfig, run: RunDir, resume: bool,
+                  on_records: Callable[[list[dict[str, Any]]], None],
+                  on_loaded: Callable[[int], None]) -> FitResult:
+    """Start ``worker`` training ``run`` and relay its records until it ends; its result, or
+    ``WorkerFailed`` after recording in the run folder what went wrong."""
+    worker.start(config, run.path.parent, run.id, resume)
     for msg in worker.messages():
         kind = msg[0]
-        if kind == "records":
+        if kind == "loaded":
+            on_loaded(msg[1])
+        elif kind == "records":
             on_records(msg[1])
         elif kind == "end":
             return msg[1]
