@@ -66,7 +66,7 @@ def _signed_in_email() -> str | None:
 
 
 def _browser_secret() -> str | None:
-    """The token inside the XSRF cookie: Tornado masks it afresh each time it sends it
+    """The token inside the XSRF cookie: the server may mask it afresh each time it sends it
     ("2|mask|masked|time"), so the unmasked token is what stays the same for a browser."""
     try:
         cookie = st.context.cookies.get(XSRF_COOKIE)
