@@ -94,7 +94,8 @@ def upload_images(label: str, key: str, multiple: bool = False) -> list[tuple[st
     Files are checked by content (``uploads.open_upload``); the name is only displayed,
     never used as a path, and two files may have the same name.
     """
-    from resnet_viz.data.uploads import ImageError, check_upload_batch, open_upload
+    from resnet_viz.app.compute import decoded_upload
+    from resnet_viz.data.uploads import ImageError, check_upload_batch
 
     files = st.file_uploader(label, type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
                              accept_multiple_files=multiple, key=key)
@@ -109,7 +110,7 @@ def upload_images(label: str, key: str, multiple: bool = False) -> list[tuple[st
     out = []
     for name, data in named:
         try:
-            out.append((name, open_upload(data)))
+            out.append((name, decoded_upload(data)))  # decoded once per content, not per rerun
         except ImageError as e:
             st.error(f"{literal(name)}: {e}")
     return out
