@@ -19,7 +19,7 @@ from resnet_viz.config import (
 )
 from resnet_viz.data.roots import locate
 from resnet_viz.data.sources import allowed_roots, default_source
-from resnet_viz.store.listing import metrics_csv
+from resnet_viz.store.listing import metrics_csv, no_learning_so_far
 
 st.title("Train")
 registry = resources.job_registry()
@@ -106,7 +106,7 @@ if watched not in ids:
 if watched is None:
     st.info("No runs yet. Start one above; it keeps training when you reload or close this page.")
     st.stop()
-labels = {r.id: f"{r.label} · {r.name or r.id}" for r in all_runs}
+labels = {r.id: f"{r.label} · {r.name or r.id}" + (" · learned nothing" if r.learned_nothing else "") for r in all_runs}
 watched = st.selectbox("Run", ids, index=ids.index(watched), format_func=lambda i: labels.get(i, i))
 st.session_state[state.Keys.WATCHED_RUN] = watched
 
@@ -138,6 +138,9 @@ def live_view(run_id: str) -> None:
     if snap is None or snap.done:
         st.rerun()  # the run ended: redraw the page once without polling
     controls(snap)
+    job = registry.get(run_id)
+    if job is not None and (why := no_learning_so_far(snap.records, job.config.model.num_classes)) is not None:
+        st.warning(why, icon=":material/trending_flat:")
     st.plotly_chart(plots.training_curves(snap.records, title=snap.label), width="stretch", key="live_curves")
 
 
@@ -154,6 +157,8 @@ else:
         msg += f" · {snap.message if snap else info.message}"
     (st.error if info.status in ("failed", "diverged") or info.damaged else st.markdown)(
         msg + (f" · damaged: {info.damaged}" if info.damaged else ""))
+    if info.learned_nothing:
+        st.warning(info.learned_nothing, icon=":material/trending_flat:")
     st.plotly_chart(plots.training_curves(records, title=info.label), width="stretch")
     c1, c2, c3 = st.columns(3)
     c1.download_button("Metrics (CSV)", metrics_csv(records), file_name=f"{watched}-metrics.csv",

@@ -152,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     from resnet_viz.data.sources import load_data
+    from resnet_viz.store.listing import run_info
     from resnet_viz.store.rundir import RunDir, default_runs_dir
     from resnet_viz.training.distributed import check_batch_split
     from resnet_viz.training.loop import Control, fit
@@ -194,6 +195,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
     result = fit(config, data=data, run=run, control=control, resume=bool(args.resume), dist=ctx,
                  on_records=_Progress(total, config.train.batch_size) if run is not None else None)
     if run is not None:
+        if (why := run_info(run.path).learned_nothing) is not None:
+            print(f"warning: {why}", file=sys.stderr)
         print(json.dumps({"run_dir": str(run.path), "run_id": run.id, "status": result.status,
                           "message": result.message, "steps": result.steps, "test_accuracy": result.test_acc,
                           "test_loss": result.test_loss, "images_per_second": round(result.images_per_second, 1),

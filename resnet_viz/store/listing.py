@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import datetime as _dt
 import io
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +53,44 @@ class RunInfo:
     damaged: str | None = None  # why the run is damaged, or None
     owner: str | None = None  # the visitor who started it in the app; None: the command line
 
+    @property
+    def learned_nothing(self) -> str | None:
+        """For a finished run that learned nothing, what happened and what to change; else None."""
+        if self.status != "finished" or self.config is None:
+            return None
+        return no_learning(self.test_accuracy, self.final_train_loss, self.config.model.num_classes)
+
+
+def no_learning_so_far(records: Sequence[dict[str, Any]], num_classes: int) -> str | None:
+    """``no_learning`` of a live run, once it has been evaluated: its last test accuracy and
+    the mean loss of its last logged steps."""
+    evals = [r for r in records if r.get("kind") == "eval" and as_number(r.get("test_acc")) is not None]
+    if not evals:
+        return None
+    losses = [r.get("loss") for r in records if r.get("kind") == "step"][-_FINAL_STEPS:]
+    return no_learning(as_number(evals[-1]["test_acc"]), _mean(losses), num_classes,
+                       lead="So far this run has learned nothing")
+
+
+def no_learning(test_acc: float | None, train_loss: float | None, num_classes: int, *,
+                lead: str = "This run learned nothing") -> str | None:
+    """Why a run learned nothing, in words with what to change, or None when it learned (or
+    there is nothing to judge yet). Chance is 1/C accuracy and a loss of ln C: a net that
+    stays there moved its weights without finding anything, most often at a wrong learning rate."""
+    if num_classes < 2:
+        return None
+    chance_acc, chance_loss = 1.0 / num_classes, math.log(num_classes)
+    signs = []
+    if test_acc is not None and test_acc <= chance_acc + 0.05:  # within 5 points of guessing
+        signs.append(f"its test accuracy ({test_acc:.1%}) is chance for {num_classes} classes ({chance_acc:.0%})")
+    if train_loss is not None and train_loss >= 0.9 * chance_loss:
+        signs.append(f"its training loss ({train_loss:.2f}) never fell from chance ({chance_loss:.2f})")
+    if not signs:
+        return None
+    return (f"{lead}: " + " and ".join(signs) + ". Most often the learning rate is wrong "
+            "(too high leaves a net stuck at chance, too low barely moves it): try 0.1 at batch 128, "
+            "or give it more steps.")
+
 
 @dataclass
 class _Tail:
@@ -86,7 +125,8 @@ def _scan_tail(path: Path) -> _Tail:
     return tail
 
 
-def _run_info(path: Path) -> RunInfo:
+def run_info(path: Path) -> RunInfo:
+    """The listing row of the run folder at ``path``."""
     run = RunDir(path)
     reasons: list[str] = []
     config = status = None
@@ -161,7 +201,7 @@ def list_runs(root: Path) -> list[RunInfo]:
             continue
         path = Path(entry.path)
         try:
-            infos.append(_run_info(path))
+            infos.append(run_info(path))
         except Exception as e:  # noqa: BLE001 - one unreadable run must never hide the others
             infos.append(RunInfo(id=entry.name, path=path, status="unknown", damaged=f"cannot be read: {e!r}"))
     return sorted(infos, key=_sort_key, reverse=True)
