@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_chance_accuracy_or_a_loss_that_never_fell_is_learning_nothing() -> None:
     assert no_learning(0.10, 2.31, 10) is not None and "learning rate" in no_learning(0.10, 2.31, 10)
     assert "chance for 10 classes" in no_learning(0.12, 1.2, 10)  # accuracy alone
-    assert "never fell" in no_learning(0.5, 0.95 * math.log(10), 10)  # loss alone
+    assert "never fell" in no_learning(None, 0.95 * math.log(10), 10)  # loss alone, when there is no accuracy
+    assert no_learning(0.223, 2.29, 10) is None  # a short run at twice chance whose loss is still falling
     assert no_learning(0.86, 0.4, 10) is None and no_learning(None, None, 10) is None
     assert no_learning(0.6, 0.5, 2) is None and no_learning(0.5, 0.7, 2) is not None  # 2 classes: 50% is chance
     live = [{"kind": "step", "loss": 2.3}, {"kind": "eval", "test_acc": 0.1}]
