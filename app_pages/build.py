@@ -4,7 +4,7 @@ makes; or look at torchvision's ImageNet ResNet-18/34/50 (basic against bottlene
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, state
+from resnet_viz.app import compute, links, state
 from resnet_viz.config import (
     BLOCKS,
     LAYERS_PER_BLOCK,
@@ -16,11 +16,14 @@ from resnet_viz.config import (
 from resnet_viz.nets import imagenet
 
 CIFAR, IMAGENET = "CIFAR ResNet (section 4.2)", "ImageNet ResNet (Table 1)"
+WIDTHS, MAX_BLOCKS = [1, 2, 4], 36
 
 
 title = st.empty()
-family = st.segmented_control("Family", (CIFAR, IMAGENET), default=CIFAR, required=True, key="build_family",
+family = st.segmented_control("Family", (CIFAR, IMAGENET), default=CIFAR, required=True,
+                              key=links.seeded("family", "build_family", (CIFAR, IMAGENET)),
                               persist_state="session", label_visibility="collapsed")
+links.keep("family", family, default=CIFAR)
 if family == IMAGENET:  # torchvision's nets: nothing here touches the CIFAR build that Train uses
     title.title("Build an ImageNet ResNet")
     st.caption("He et al. (2015), Table 1 and Fig. 3: a 7x7 conv and a max pool, then four stages (conv2_x to "
@@ -28,8 +31,10 @@ if family == IMAGENET:  # torchvision's nets: nothing here touches the CIFAR bui
                "Built by torchvision for 224x224 photos; your CIFAR build for Train stays as it was.")
     left, right = st.columns([1, 2])
     name = left.segmented_control("Network", imagenet.IMAGENET_MODELS, default="resnet50", required=True,
-                                  format_func=imagenet.imagenet_label, key="build_imagenet_net",
+                                  format_func=imagenet.imagenet_label,
+                                  key=links.seeded("net", "build_imagenet_net", imagenet.IMAGENET_MODELS),
                                   persist_state="session")
+    links.keep("net", name, default="resnet50")
     s = compute.imagenet_summary(name)
     c1, c2, c3, c4 = right.columns(4)
     c1.metric("Layers", s["depth"])
@@ -53,19 +58,19 @@ if family == IMAGENET:  # torchvision's nets: nothing here touches the CIFAR bui
 title.title("Build a CIFAR ResNet")
 st.caption("He et al. (2015), section 4.2: a 3x3 conv, three stages of n blocks with 16, 32 and 64 filters, "
            "global average pooling and a linear layer. Moving these controls never starts training.")
-current = state.build_config()
+current = links.seed_model_config(state.build_config(), WIDTHS, MAX_BLOCKS)  # a link's network, if it brings one
 left, right = st.columns([1, 2])
 with left:
     block = st.radio("Block type", BLOCKS, index=BLOCKS.index(current.block), horizontal=True,
                      help="basic: two 3x3 convs (depth 6n+2); bottleneck: 1x1, 3x3, 1x1 with 4x expansion (depth 9n+2)")
-    n = st.slider("Blocks per stage (n)", 1, 36, value=min(current.blocks_per_stage, 36),
+    n = st.slider("Blocks per stage (n)", 1, MAX_BLOCKS, value=min(current.blocks_per_stage, MAX_BLOCKS),
                   help="ResNet-20: n=3; ResNet-56: n=9; ResNet-110: n=18")
     depth = depth_for(n, block)
     st.markdown(f"**{depth} layers** = {3 * LAYERS_PER_BLOCK[block]} x {n} + 2")
     shortcut = st.radio("Shortcut", SHORTCUTS, index=SHORTCUTS.index(current.shortcut),
                         format_func=lambda s: "none (plain net)" if s == "none" else s)
     st.caption(SHORTCUT_HELP[shortcut])
-    width = st.select_slider("Width multiplier", [1, 2, 4], value=current.width)
+    width = st.select_slider("Width multiplier", WIDTHS, value=current.width)
     zero_init = st.toggle("Zero-init residual branches", value=current.zero_init_residual,
                           disabled=shortcut == "none",
                           help="zero the last BN of each residual branch: each block starts as its shortcut "
@@ -73,6 +78,7 @@ with left:
 cfg = ModelConfig(depth=depth, shortcut=shortcut, block=block, width=width,
                   zero_init_residual=zero_init and shortcut != "none")
 st.session_state[state.Keys.BUILD_CONFIG] = cfg
+links.keep_model_config(cfg)
 summary = compute.model_summary(cfg)
 with right:
     c1, c2, c3, c4 = st.columns(4)

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import resources, state, visitors, widgets
+from resnet_viz.app import links, resources, state, visitors, widgets
 from resnet_viz.config import ModelConfig, RunConfig
 from resnet_viz.experiments import degradation
 
@@ -66,10 +66,15 @@ if not all_runs:
     st.stop()
 labels = {r.id: f"{r.label} · {r.name or r.id} · {r.status}" for r in all_runs}
 default = [r.id for r in all_runs[:4]]
-chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get)
+chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get,
+                        key=links.seeded("runs", "compare_runs", list(labels)))
+links.keep("runs", chosen, default=default)
 c1, c2 = st.columns(2)
-x_axis = c1.radio("x-axis", ["iterations", "epochs"], horizontal=True)
-metric = c2.radio("Show", ["error", "loss"], horizontal=True)
+x_axis = c1.radio("x-axis", ["iterations", "epochs"], horizontal=True,
+                  key=links.seeded("x", "compare_x", ["iterations", "epochs"]))
+metric = c2.radio("Show", ["error", "loss"], horizontal=True, key=links.seeded("show", "compare_show", ["error", "loss"]))
+links.keep("x", x_axis, default="iterations")
+links.keep("show", metric, default="error")
 picked = [r for r in all_runs if r.id in chosen]
 series = [(widgets.plot_text(f"{r.label} · {r.name or r.id}"), resources.run_records(r.id)) for r in picked]
 st.plotly_chart(plots.compare_curves(series, x_axis=x_axis, metric=metric), width="stretch", key="any_curves")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, resources, tasks, visitors, widgets
+from resnet_viz.app import compute, links, resources, tasks, visitors, widgets
 from resnet_viz.app.state import data_config
 from resnet_viz.background.tasks import Call, Deferred, content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.data.batches import normalize
@@ -35,8 +35,10 @@ def model(ref) -> Deferred:
     return Deferred(model_with_weights, weights[ref.key].config, weights[ref.key].state)
 
 
-tabs = st.tabs(["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand",
-                "Sanity check", "Report"])
+TABS = ["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand", "Sanity check", "Report"]
+# Tracked (a switch reruns the page) so the open tab is in the link: ?tab=skip-and-branch.
+tabs = st.tabs(TABS, key=links.seeded("tab", "exp_tab", TABS), on_change="rerun")
+links.keep("tab", st.session_state.get("exp_tab"), default=TABS[0])
 
 with tabs[0]:
     st.markdown("Delete blocks from a trained net and measure test accuracy (Veit et al. 2016). A residual "
@@ -128,7 +130,8 @@ with tabs[3]:
     if not runs:
         st.info("Train a run: the trainer records ||F(x)||/||x|| and cos(F(x), x) per block every 10th step.")
     else:
-        run = st.selectbox("Run", runs, format_func=lambda r: r.label, key="sb_run")
+        run = st.selectbox("Run", runs, format_func=lambda r: r.label, key=links.seeded("run", "sb_run", runs))
+        links.keep("run", run, default=runs[0])
         records = resources.run_records(run.key)
         st.info(skip_branch(records).reading)
         c1, c2 = st.columns(2)

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, resources, widgets
+from resnet_viz.app import compute, links, resources, widgets
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import attribution
 from resnet_viz.nets.cifar import block_names
@@ -13,9 +13,11 @@ st.page_link("app_pages/imagenet.py", icon=":material/photo_camera:",
              label="ImageNet ResNets: your own photos at 224 px under ResNet-18/34/50, pretrained when online")
 ref_a, ref_b = widgets.pick_two_models("explain", "Side by side with")
 c1, c2 = st.columns([2, 1])
-method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title())
+method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title(),
+                      key=links.seeded("method", "explain_method", list(attribution.METHODS)))
+links.keep("method", method, default=next(iter(attribution.METHODS)))
 c1.caption(attribution.METHODS[method])
-inputs = widgets.input_images("explain", multiple=True)
+inputs = widgets.input_images("explain", multiple=True, link=True)
 if ref_a is None or not inputs:
     st.info("Pick a model and one or more images.")
     st.stop()
@@ -25,7 +27,9 @@ if ref_b is not None and ref_b != ref_a:
 block = None
 if method == "gradcam":
     names = block_names(models[0][0].config)
-    block = c2.selectbox("Grad-CAM at block", names, index=len(names) - 1)
+    block = c2.selectbox("Grad-CAM at block", names, index=len(names) - 1,
+                         key=links.seeded("block", "explain_block", names))
+    links.keep("block", block, default=names[-1])
 
 for i, (caption, image) in enumerate(inputs):
     st.markdown(f"**{widgets.literal(caption)}**")

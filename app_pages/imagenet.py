@@ -5,7 +5,7 @@ import streamlit as st
 from PIL import ImageOps
 
 from resnet_viz import plots
-from resnet_viz.app import compute, widgets
+from resnet_viz.app import compute, links, widgets
 from resnet_viz.experiments import attribution
 from resnet_viz.nets import imagenet
 
@@ -13,7 +13,9 @@ st.title("ImageNet ResNets")
 st.caption("He et al. (2015), Table 1 and Fig. 3: the 18- and 34-layer nets stack basic blocks (two 3x3 convs), "
            "the 50-layer net bottleneck blocks (1x1, 3x3, 1x1). Built by torchvision.")
 c1, c2 = st.columns([1, 1])
-name = c1.radio("Network", imagenet.IMAGENET_MODELS, horizontal=True, index=0)
+name = c1.radio("Network", imagenet.IMAGENET_MODELS, horizontal=True, index=0,
+                key=links.seeded("net", "imagenet_net", imagenet.IMAGENET_MODELS))
+links.keep("net", name, default=imagenet.IMAGENET_MODELS[0])
 pretrained = c2.toggle("Pretrained ImageNet weights", value=False,
                        help="torchvision's weights from download.pytorch.org: downloaded on first use (needs "
                             "internet), cached in torch's hub folder, and checked against the SHA-256 in "
@@ -40,8 +42,9 @@ if not pretrained:
     st.info("Random weights: the maps show the architecture's sensitivity, not what an ImageNet net learned. "
             "Turn on pretrained weights when this machine is online.")
 method = st.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title(),
-                      key="imagenet_method")
-photos = widgets.upload_images("Photos (PNG, JPEG, WebP, BMP or GIF; up to 10 MB)", key="imagenet_upload",
+                      key=links.seeded("method", "imagenet_method", list(attribution.METHODS)))
+links.keep("method", method, default=next(iter(attribution.METHODS)))
+photos = widgets.upload_images("Photos", key="imagenet_upload",
                                multiple=True)
 for i, (caption, img) in enumerate(photos):
     x = imagenet.imagenet_input(img)  # (1, 3, 224, 224)

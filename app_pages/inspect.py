@@ -3,14 +3,14 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, resources, widgets
+from resnet_viz.app import compute, links, resources, widgets
 from resnet_viz.data.batches import normalize
 from resnet_viz.nets.cifar import block_names
 
 st.title("Look inside")
 refs = resources.model_refs()
 ref_a, ref_b = widgets.pick_two_models("inspect")
-inputs = widgets.input_images("inspect")
+inputs = widgets.input_images("inspect", link=True)
 if ref_a is None or not inputs:
     st.info("Pick a model and an input image.")
     st.stop()
@@ -22,7 +22,9 @@ st.subheader("Feature maps")
 c1, c2, c3 = st.columns([1, 2, 1])
 c1.image(image.permute(1, 2, 0).numpy(), caption=widgets.literal(caption), width=160)
 names = ["stem"] + block_names(w_a.config)
-block = c2.select_slider("Block", names, value=names[min(1, len(names) - 1)])
+block = c2.select_slider("Block", names, value=names[min(1, len(names) - 1)],
+                         key=links.seeded("block", "inspect_block", names))
+links.keep("block", block, default=names[min(1, len(names) - 1)])
 shared = c3.toggle("Shared colour scale", value=True, help="off: each channel scaled to its own range")
 maps = compute.feature_maps(w_a, x, block)
 grid_title = f"{w_a.config.label}: {block}, {maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}"
@@ -46,8 +48,12 @@ if not run_refs:
     st.info("Train a run to see its per-block norms over time (the trainer probes every 10th step).")
 else:
     c1, c2 = st.columns([2, 1])
-    run_ref = c1.selectbox("Run", run_refs, format_func=lambda r: r.label, key="inspect_probe_run")
-    stat = c2.radio("Statistic", ["grad_norm", "act_norm", "ratio", "cos"], horizontal=True,
+    run_ref = c1.selectbox("Run", run_refs, format_func=lambda r: r.label,
+                           key=links.seeded("run", "inspect_probe_run", run_refs))
+    links.keep("run", run_ref, default=run_refs[0])
+    stats = ["grad_norm", "act_norm", "ratio", "cos"]
+    stat = c2.radio("Statistic", stats, horizontal=True, key=links.seeded("stat", "inspect_stat", stats),
                     format_func={"grad_norm": "gradient norm", "act_norm": "activation norm",
                                  "ratio": "||F(x)|| / ||x||", "cos": "cos(F(x), x)"}.get)
+    links.keep("stat", stat, default=stats[0])
     st.plotly_chart(plots.probe_heatmap(resources.run_records(run_ref.key), stat=stat), width="stretch")

@@ -22,6 +22,7 @@ class Keys:
     ERROR = "flash_error"  # a button callback's error, shown where the page draws ``show_error``
     VISITOR = "visitor"  # who this session is (``app.visitors``)
     VISITOR_TOKEN = "visitor_token"  # their signed URL token, when no cookie tells the browser
+    LINK_SEEN = "link_seen"  # query parameter -> the value last taken from or written to the URL (``app.links``)
 
 
 def data_config() -> DataConfig:

@@ -11,7 +11,7 @@ from typing import Any
 import streamlit as st
 
 from resnet_viz.access import access_settings, may_see
-from resnet_viz.app import resources, visitors
+from resnet_viz.app import links, resources, visitors
 from resnet_viz.app.state import Keys, data_config, flash
 from resnet_viz.config import DataConfig
 from resnet_viz.data.sources import default_source, describe_default_source
@@ -65,27 +65,41 @@ def data_label(cfg: DataConfig) -> str:
 # ------------------------------------------------------------------ models
 
 
-def pick_model(label: str, key: str, default_index: int = 0, refs: list[ModelRef] | None = None) -> ModelRef | None:
+def pick_model(label: str, key: str, default_index: int = 0, refs: list[ModelRef] | None = None,
+               link: str | None = None) -> ModelRef | None:
+    """A model picker; ``link`` names its query parameter (``app.links``), if it has one."""
     refs = refs if refs is not None else resources.model_refs()
     if not refs:
         st.info("No models yet: train one on the Train page.")
         return None
+    index = min(default_index, len(refs) - 1)
     # Selectbox options are plain text in Streamlit (only its label is Markdown): no escaping.
-    return st.selectbox(label, refs, index=min(default_index, len(refs) - 1), format_func=lambda r: r.label, key=key)
+    ref = st.selectbox(label, refs, index=index, format_func=lambda r: r.label, key=links.seeded(link, key, refs))
+    links.keep(link, ref, default=refs[index])
+    return ref
 
 
 def pick_two_models(key: str, second_label: str = "Compare with") -> tuple[ModelRef | None, ModelRef | None]:
-    """Two model pickers side by side (default: the shipped ResNet-20 and plain-20)."""
+    """Two model pickers side by side (default: the shipped ResNet-20 and plain-20), linked
+    as ``model`` and ``vs``."""
     refs = resources.model_refs()
     c1, c2 = st.columns(2)
     with c1:
-        a = pick_model("Model", key=f"{key}_model_a", refs=refs)
+        a = pick_model("Model", key=f"{key}_model_a", refs=refs, link="model")
     with c2:
-        b = pick_model(second_label, key=f"{key}_model_b", default_index=1, refs=refs)
+        b = pick_model(second_label, key=f"{key}_model_b", default_index=1, refs=refs, link="vs")
     return a, b
 
 
 # ------------------------------------------------------------------ inputs
+
+
+def upload_limit_mb() -> int:
+    """The largest upload in MB: the server's ``server.maxUploadSize`` or the decoder's own
+    limit (``uploads.MAX_UPLOAD_BYTES``), whichever is smaller."""
+    from resnet_viz.data.uploads import MAX_UPLOAD_BYTES
+
+    return max(1, min(int(st.get_option("server.maxUploadSize")), MAX_UPLOAD_BYTES // 2**20))
 
 
 def upload_images(label: str, key: str, multiple: bool = False) -> list[tuple[str, Any]]:
@@ -97,8 +111,14 @@ def upload_images(label: str, key: str, multiple: bool = False) -> list[tuple[st
     from resnet_viz.app.compute import decoded_upload
     from resnet_viz.data.uploads import ImageError, check_upload_batch
 
-    files = st.file_uploader(label, type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
-                             accept_multiple_files=multiple, key=key)
+    # Every type is let through and judged by content below, with a message per file: a type
+    # refused by the widget itself only turns red in the browser, and Python never hears of it.
+    # The size limit is the one refusal left to the browser, so the caption says it in words.
+    limit_mb = upload_limit_mb()
+    files = st.file_uploader(label, accept_multiple_files=multiple, key=key, max_upload_size=limit_mb)
+    st.caption(f"PNG, JPEG, WebP, BMP or GIF images, up to {limit_mb} MB each; other files are refused with "
+               f"a message here. A file over {limit_mb} MB never reaches this page: your browser marks it red "
+               "in the list above (hover it for why) and it is left out.")
     files = files if isinstance(files, list) else [files] if files else []
     named = [(f.name, f.getvalue()) for f in files]
     limits = server_limits()
@@ -116,33 +136,40 @@ def upload_images(label: str, key: str, multiple: bool = False) -> list[tuple[st
     return out
 
 
-def test_image_picker(key: str) -> tuple[str, Any] | None:
-    """A test-set image picked by class and index: (caption, (3, 32, 32) uint8 tensor)."""
+def test_image_picker(key: str, link: bool = False) -> tuple[str, Any] | None:
+    """A test-set image picked by class and index: (caption, (3, 32, 32) uint8 tensor);
+    ``link``: the choice is the page's ``class`` and ``index`` query parameters."""
     ds = resources.data()
     if ds is None:
         return None
+    by_class, by_index = ("class", "index") if link else (None, None)
     c1, c2 = st.columns(2)
-    cls = c1.selectbox("Class", range(len(ds.classes)), format_func=lambda i: ds.classes[i], key=f"{key}_cls")
+    cls = c1.selectbox("Class", range(len(ds.classes)), format_func=lambda i: ds.classes[i],
+                       key=links.seeded(by_class, f"{key}_cls", ds.classes))
     if cls is None:
         return None
+    links.keep(by_class, ds.classes[cls], default=ds.classes[0])
     idx = ds.test_y.eq(cls).nonzero().flatten()
-    i = c2.number_input(f"Index (0-{len(idx) - 1})", 0, max(0, len(idx) - 1), 0, key=f"{key}_idx")
+    i = c2.number_input(f"Index (0-{len(idx) - 1})", 0, max(0, len(idx) - 1), 0,
+                        key=links.seeded(by_index, f"{key}_idx", range(len(idx))))
+    links.keep(by_index, int(i), default=0)
     if len(idx) == 0:
         st.warning("This class has no test images.")
         return None
     return f"{ds.classes[cls]} #{int(i)} ({ds.name})", ds.test_x[idx[int(i)]]
 
 
-def input_images(key: str, multiple: bool = False) -> list[tuple[str, Any]]:
-    """The inputs the user chose: a test image, or uploads (as (3, 32, 32) uint8 tensors)."""
+def input_images(key: str, multiple: bool = False, link: bool = False) -> list[tuple[str, Any]]:
+    """The inputs the user chose: a test image, or uploads (as (3, 32, 32) uint8 tensors);
+    ``link``: a test image's class and index are in the URL (``test_image_picker``)."""
     from resnet_viz.data.uploads import to_input_tensor
 
     mode = st.radio("Input", ["A test image", "Upload"], horizontal=True, key=f"{key}_mode")
     if mode == "A test image":
-        picked = test_image_picker(key)
+        picked = test_image_picker(key, link)
         return [picked] if picked else []
     return [(name, to_input_tensor(img)) for name, img in upload_images(
-        "Images (PNG, JPEG, WebP, BMP or GIF; up to 10 MB)", key=f"{key}_upload", multiple=multiple)]
+        "Images", key=f"{key}_upload", multiple=multiple)]
 
 
 # ------------------------------------------------------------------ buttons and chrome
