@@ -72,7 +72,8 @@ links.keep("runs", chosen, default=default)
 c1, c2 = st.columns(2)
 x_axis = c1.radio("x-axis", ["iterations", "epochs"], horizontal=True,
                   key=links.seeded("x", "compare_x", ["iterations", "epochs"]))
-metric = c2.radio("Show", ["error", "loss"], horizontal=True, key=links.seeded("show", "compare_show", ["error", "loss"]))
+metric = c2.radio("Show", ["error", "loss"], horizontal=True,
+                  key=links.seeded("show", "compare_show", ["error", "loss"]))
 links.keep("x", x_axis, default="iterations")
 links.keep("show", metric, default="error")
 picked = [r for r in all_runs if r.id in chosen]

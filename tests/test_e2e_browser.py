@@ -638,3 +638,63 @@ def test_bad_uploads_beside_a_good_one(page, server: str, shots: Path) -> None:
     wait_for_app(page)
     assert_healthy(page)
     shoot(page, shots, "08-bad-upload.png")
+
+
+def test_a_shared_link_opens_the_same_view(page, server: str, shots: Path) -> None:
+    """A teacher sets up a plain-56 on Build; the address bar's link, opened in another browser
+    (another visitor, nothing shared but the URL), shows the same network."""
+    open_page(page, server, "build")
+    thumb = main(page).locator("[data-testid='stSlider']").filter(has_text="Blocks per stage").get_by_role("slider")
+    thumb.focus()
+    for _ in range(6):  # n = 3 -> 9: ResNet-56
+        thumb.press("ArrowRight")
+    layers = main(page).locator("[data-testid='stMetric']").filter(has_text="Layers").locator(
+        "[data-testid='stMetricValue']")
+    expect(layers).to_have_text("56", timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    main(page).locator("[data-testid='stRadio']").filter(has_text="Shortcut").get_by_text(
+        "none (plain net)", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/build\?(?=.*depth=56)(?=.*shortcut=none)"), timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    link = page.url
+    with browser_tab() as other:
+        other.goto(link)
+        expect(other.locator("h1").first).to_have_text(PAGES["build"], timeout=RUN_TIMEOUT_MS)
+        wait_for_app(other)
+        assert_healthy(other)
+        shown = main(other).locator("[data-testid='stMetric']")
+        expect(shown.filter(has_text="Layers").locator("[data-testid='stMetricValue']")).to_have_text("56")
+        expect(shown.filter(has_text="Parameters").locator("[data-testid='stMetricValue']")).to_have_text("853,018")
+        expect(main(other).get_by_role("radio", name="none (plain net)")).to_be_checked()
+        expect(main(other).get_by_text("Train this plain-56")).to_be_visible()
+        assert other.url == link, (other.url, link)  # the page (the path) and its parameters stay
+        shoot(other, shots, "18-shared-link.png")
+        # A link with a value the page cannot use: the default, a note naming it, no exception.
+        other.goto(f"{server}/build?depth=21&shortcut=none")
+        expect(main(other).get_by_text("The link's depth=21 was not used")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        wait_for_app(other)
+        assert_healthy(other)
+        expect(shown.filter(has_text="Layers").locator("[data-testid='stMetricValue']")).to_have_text("20")
+        expect(main(other).get_by_text("Train this plain-20")).to_be_visible()
+        shoot(other, shots, "19-link-note.png")
+
+
+def test_an_oversize_upload_is_explained_in_words(page, server: str, shots: Path) -> None:
+    """The browser refuses a file over the size limit before it reaches the app (a red chip):
+    the caption beside the uploader says so in words."""
+    open_page(page, server, "explain")
+    choose_upload(page)
+    caption = main(page).get_by_text(re.compile(r"A file over \d+ MB never reaches this page"))
+    expect(caption).to_be_visible()
+    limit_mb = int(re.search(r"up to (\d+) MB each", main(page).inner_text()).group(1))
+    big = upload("holiday.png", png() + bytes((limit_mb + 1) * 2**20))  # a PNG with a long tail, over the limit
+    page.set_input_files("[data-testid='stFileUploaderDropzoneInput']", [big])
+    chip = main(page).locator("[data-testid='stFileChip']")
+    expect(chip).to_have_count(1)
+    wait_for_app(page)
+    expect(main(page).locator("[data-testid='stAlertContentError']")).to_have_count(0)  # Python never saw it
+    expect(main(page).get_by_text("Pick a model and one or more images.")).to_be_visible()
+    expect(caption).to_be_visible()
+    assert_healthy(page)
+    shoot(page, shots, "20-oversize-upload.png")
+    clear_uploads(page)

@@ -156,7 +156,9 @@ def seeded(name: str | None, key: str, options: Sequence[Any] = ()) -> str:
     """``key``, after giving its widget the URL's value of ``name`` (one of ``options`` where
     the widget has a list), when the URL brings a new one. Call it before the widget; a
     ``name`` of None (a widget that is not linked here) changes nothing."""
-    raw = _new(name) if name else None
+    if not name:
+        return key
+    raw = _new(name)
     if raw is not None:
         try:
             st.session_state[key] = PARAMS[name].parse(raw, options)
