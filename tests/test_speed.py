@@ -1,0 +1,80 @@
+"""The machine's speed, measured once and kept, and the times estimated from it."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import fake_speed
+
+from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from resnet_viz.data.sources import make_synthetic
+from resnet_viz.store.rundir import RunDir
+from resnet_viz.training import speed
+from resnet_viz.training.loop import fit
+
+
+def test_the_probe_nets_get_their_measured_speed_and_others_lie_on_the_line() -> None:
+    s = fake_speed()
+    assert 1 / s.train_seconds_per_image(ModelConfig(depth=20)) == pytest.approx(1000.0)
+    assert 1 / s.train_seconds_per_image(ModelConfig(depth=56)) == pytest.approx(400.0)
+    assert 400.0 < 1 / s.train_seconds_per_image(ModelConfig(depth=32)) < 1000.0
+    assert 1 / s.train_seconds_per_image(ModelConfig(depth=110)) < 400.0
+    assert 1 / s.eval_seconds_per_image(ModelConfig(depth=20)) == pytest.approx(4000.0)
+
+
+def test_training_seconds_counts_steps_and_evaluations() -> None:
+    s = fake_speed()
+    cfg = RunConfig(train=TrainConfig(epochs=None, steps=100, batch_size=100, eval_every=50, eval_tta=False))
+    t = speed.training_seconds(cfg, train_size=10_000, test_size=2_000, speed=s)
+    expected = speed.STARTUP_S + 100 * 100 / 1000 * speed.TRAINER_OVERHEAD + 2 * 2_000 / 4000
+    assert t == pytest.approx(expected)
+    flips = replace(cfg, train=replace(cfg.train, eval_tta=True))
+    assert speed.training_seconds(flips, 10_000, 2_000, s) == pytest.approx(expected + 2 * 2_000 / 4000)
+
+
+def test_epochs_for_a_time_budget_fit_that_budget() -> None:
+    s = fake_speed()
+    cfg = RunConfig(train=TrainConfig.recipe("quick"))
+    n = speed.epochs_for(300, cfg, 50_000, 10_000, s)
+    assert n >= 1
+    fitted = replace(cfg, train=replace(cfg.train, epochs=float(n)))
+    assert speed.training_seconds(fitted, 50_000, 10_000, s) == pytest.approx(300, rel=0.25)
+    assert speed.epochs_for(1, cfg, 50_000, 10_000, s) == 1  # never zero
+
+
+def test_the_figures_are_kept_per_machine_and_a_damaged_file_means_measure_again(tmp_path: Path) -> None:
+    file = tmp_path / "speed.json"
+    assert speed.cached(device="cpu", path=file) is None
+    s = fake_speed()
+    speed.save(s, file)
+    other = replace(s, machine="another machine")
+    speed.save(other, file)  # a shared cache folder keeps both
+    assert speed.cached(device="cpu", path=file) == s
+    assert set(json.loads(file.read_text())) == {s.machine, "another machine"}
+    file.write_text("{not json")
+    assert speed.cached(device="cpu", path=file) is None
+
+
+@pytest.mark.parametrize("seconds, words", [(3, "about 5 seconds"), (42, "about 40 seconds"),
+                                            (61, "about 1 minute"), (545, "about 9 minutes"),
+                                            (3 * 3600, "about 3.0 hours")])
+def test_about_rounds_as_a_person_says_it(seconds: float, words: str) -> None:
+    assert speed.about(seconds) == words
+
+
+@pytest.mark.slow
+def test_the_estimate_is_within_a_quarter_of_a_real_run_here(tmp_path: Path) -> None:
+    """Measure this machine, estimate a short ResNet-20 run with two evaluations, train it."""
+    s = speed.measure(device="cpu")
+    data = make_synthetic(4_000, 1_000, seed=0)
+    cfg = RunConfig(model=ModelConfig(depth=20), data=DataConfig(synthetic_train=4_000, synthetic_test=1_000),
+                    train=TrainConfig(epochs=None, steps=120, eval_every=60, device="cpu"))
+    estimate = speed.training_seconds(cfg, len(data.train_y), len(data.test_y), s) - speed.STARTUP_S
+    t0 = time.perf_counter()
+    fit(cfg, data=data, run=RunDir.create(tmp_path, cfg, "speed"))
+    took = time.perf_counter() - t0
+    assert estimate == pytest.approx(took, rel=0.25), f"estimated {estimate:.1f} s, took {took:.1f} s ({s.describe()})"
