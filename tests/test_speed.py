@@ -78,3 +78,52 @@ def test_the_estimate_is_within_a_quarter_of_a_real_run_here(tmp_path: Path) -> 
     fit(cfg, data=data, run=RunDir.create(tmp_path, cfg, "speed"))
     took = time.perf_counter() - t0
     assert estimate == pytest.approx(took, rel=0.25), f"estimated {estimate:.1f} s, took {took:.1f} s ({s.describe()})"
+
+
+def test_the_quick_replay_fits_about_fourteen_minutes_on_slow_and_fast_machines() -> None:
+    from resnet_viz.experiments import degradation, estimates
+
+    base = RunConfig(train=degradation.default_train_config())
+    slow = fake_speed(train=(260.0, 95.0), evals=(900.0, 330.0))  # an AVX2 EPYC in fp32
+    steps = estimates.quick_steps(base, 50_000, 10_000, slow)
+    assert estimates.MIN_QUICK_STEPS <= steps < degradation.DEFAULT_STEPS and steps % 50 == 0
+    took = estimates.replay_seconds(base, 50_000, 10_000, slow, steps=steps)
+    assert 0.8 * estimates.QUICK_SECONDS <= took <= estimates.QUICK_SECONDS
+    fast = fake_speed(train=(5000.0, 2000.0), evals=(20000.0, 8000.0))
+    assert estimates.quick_steps(base, 50_000, 10_000, fast) == degradation.DEFAULT_STEPS  # never more than full
+    crawl = fake_speed(train=(20.0, 8.0), evals=(60.0, 25.0))
+    assert estimates.quick_steps(base, 50_000, 10_000, crawl) == estimates.MIN_QUICK_STEPS  # never too few to show
+
+
+def test_experiment_estimates_grow_with_their_work_and_with_one_thread() -> None:
+    from resnet_viz.experiments import estimates
+
+    s, r20, r56 = fake_speed(), ModelConfig(depth=20), ModelConfig(depth=56)
+    assert estimates.surface_seconds(r20, 1000, 21, s) == pytest.approx(21 * estimates.slice_seconds(r20, 1000, 21, s))
+    assert estimates.lesion_seconds(r56, 1000, s) > estimates.lesion_seconds(r20, 1000, s)
+    # ResNet-8 has 3 blocks: k stops there, as lesion.max_k_for does
+    assert estimates.lesion_seconds(ModelConfig(depth=8), 1000, s) == pytest.approx(
+        (1 + 3 + 3 + 1) * 1000 * s.fp32_seconds_per_image(ModelConfig(depth=8)))
+    assert estimates.signal_seconds([20, 56], s, threads=1) == pytest.approx(
+        estimates.signal_seconds([20, 56], s) * s.threads)
+    assert estimates.shattered_seconds(56, s) > estimates.shattered_seconds(20, s) > 0
+    assert estimates.sanity_seconds(r56, s) > estimates.sanity_seconds(r20, s) > 0
+
+
+@pytest.mark.slow
+def test_the_cli_measures_once_keeps_the_figures_and_prints_the_estimate(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    file = tmp_path / "speed.json"
+    env = {**os.environ, "PYTHONPATH": str(root), "RESNET_VIZ_SPEED_FILE": str(file)}
+    args = [sys.executable, "-m", "resnet_viz", "train", "--depth", "8", "--data", "synthetic", "--steps", "5",
+            "--batch-size", "32", "--out", str(tmp_path / "runs")]
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "measuring this machine's speed once" in first.stderr and "estimated time: about" in first.stderr
+    assert len(json.loads(file.read_text())) == 1
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert "measuring" not in again.stderr and "estimated time: about" in again.stderr

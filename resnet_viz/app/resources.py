@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,10 +82,10 @@ def machine_speed() -> speed.Speed | None:
     # A failed measurement is not retried on every page run: the pages go on without times.
     if task is not None and task.snapshot().state != "stopped" or job_registry().active() is not None:
         return None
-    try:  # the server's own work: no visitor's task limit applies, the server-wide one does
+    # The server's own work: no visitor's task limit applies, the server-wide one does; when the
+    # server runs as many tasks as it allows, a later visit measures.
+    with suppress(ValueError):
         reg.start(SPEED_TASK, Call(speed.measure_and_save), title="Measure this machine's speed")
-    except ValueError:
-        pass  # the server runs as many tasks as it allows: measured on a later visit
     return None
 
 
