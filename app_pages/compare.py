@@ -6,7 +6,7 @@ import streamlit as st
 
 from resnet_viz import plots
 from resnet_viz.app import resources, state, visitors, widgets
-from resnet_viz.config import ModelConfig, RunConfig
+from resnet_viz.config import ModelConfig, RunConfig, TrainConfig
 from resnet_viz.experiments import degradation, estimates
 from resnet_viz.training import speed
 
@@ -25,11 +25,11 @@ base = RunConfig(model=ModelConfig(num_classes=len(data.classes) if data else 10
 quick = estimates.quick_steps(base, *speed.data_sizes(data), measured) if data and measured else None
 
 
-def queue_degradation(steps: int) -> None:
-    """A button's callback: the four runs of ``steps`` each, queued one after another on the data in use."""
+def queue_degradation(train: TrainConfig) -> None:
+    """A button's callback: the four runs, queued one after another on the data in use."""
     if data is None:
         return
-    runs = replace(base, train=degradation.train_config(steps))
+    steps, runs = train.steps or 0, replace(base, train=train)
     registry.submit_all(degradation.degradation_configs(runs, tag=degradation.new_tag()), data=data, by=me)
     state.flash(f"Queued 4 runs of {steps:,} steps on {widgets.literal(data.name)}. Leave this page open or come "
                 "back later: they keep training.")
@@ -45,14 +45,16 @@ with st.container(border=True):
     c1, c2 = st.columns(2)
     with c1:
         st.button(f"Quick replay ({quick:,} steps per net)" if quick else "Quick replay", type="primary",
-                  icon=":material/science:", disabled=quick is None, on_click=widgets.clicked(queue_degradation, quick))
-        widgets.time_estimate(estimates.replay_seconds(base, *speed.data_sizes(data), measured, steps=quick)
+                  icon=":material/science:", disabled=quick is None,
+                  on_click=widgets.clicked(queue_degradation, estimates.quick_config(quick or 1)))
+        widgets.time_estimate(estimates.replay_seconds(base, *speed.data_sizes(data), measured,
+                                                       estimates.quick_config(quick))
                               if data and measured and quick else None, measured)
     with c2:
-        full = degradation.DEFAULT_STEPS
-        st.button(f"Full replay ({full:,} steps per net)", icon=":material/science:",
+        full = degradation.default_train_config()
+        st.button(f"Full replay ({full.steps:,} steps per net)", icon=":material/science:",
                   on_click=widgets.clicked(queue_degradation, full))
-        widgets.time_estimate(estimates.replay_seconds(base, *speed.data_sizes(data), measured, steps=full)
+        widgets.time_estimate(estimates.replay_seconds(base, *speed.data_sizes(data), measured)
                               if data and measured else None, measured)
     widgets.show_error()
     results = None

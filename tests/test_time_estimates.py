@@ -93,8 +93,8 @@ def test_compare_offers_a_quick_replay_sized_to_this_machine_beside_the_full_one
     labels = [b.label for b in at.button]
     assert f"Quick replay ({quick:,} steps per net)" in labels and "Full replay (1,000 steps per net)" in labels
     shown = estimates_shown(at)
-    for steps in (quick, degradation.DEFAULT_STEPS):
-        words = speed.about(estimates.replay_seconds(base, *speed.data_sizes(data), measured, steps=steps))
+    for train in (estimates.quick_config(quick), degradation.default_train_config()):
+        words = speed.about(estimates.replay_seconds(base, *speed.data_sizes(data), measured, train))
         assert [e for e in shown if words.capitalize() in e], (words, shown)
 
 

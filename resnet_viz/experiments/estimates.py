@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 
-from resnet_viz.config import ModelConfig, RunConfig
+from resnet_viz.config import ModelConfig, RunConfig, TrainConfig
 from resnet_viz.experiments.degradation import DEFAULT_STEPS, degradation_configs, train_config
 from resnet_viz.experiments.lesion import MAX_K
 from resnet_viz.training.speed import Speed, training_seconds
@@ -76,12 +76,20 @@ def sanity_seconds(model: ModelConfig, speed: Speed, threads: int | None = None)
 # plain-20 by then (README), with fewer steps all four are still near their start.
 QUICK_SECONDS = 14 * 60
 MIN_QUICK_STEPS = 200
+# One evaluation, at the end: on a slow CPU four passes over 10,000 test images cost four
+# nets about 5 minutes, a third of the budget, and the verdict reads training error.
+QUICK_EVALUATIONS = 1
+
+
+def quick_config(steps: int) -> TrainConfig:
+    """The quick replay's training settings for ``steps`` per net."""
+    return train_config(steps, QUICK_EVALUATIONS)
 
 
 def replay_seconds(base: RunConfig, train_size: int, test_size: int, speed: Speed,
-                   steps: int = DEFAULT_STEPS) -> float:
-    """Seconds the four runs take here, one after another, at ``steps`` each."""
-    base = replace(base, train=train_config(steps))
+                   train: TrainConfig | None = None) -> float:
+    """Seconds the four runs take here, one after another, with ``train`` (default: the full replay's)."""
+    base = replace(base, train=train or train_config())
     return sum(training_seconds(c, train_size, test_size, speed) for c in degradation_configs(base))
 
 
@@ -89,7 +97,10 @@ def quick_steps(base: RunConfig, train_size: int, test_size: int, speed: Speed,
                 seconds: float = QUICK_SECONDS) -> int:
     """Steps per run so that the four fit in about ``seconds`` here: a multiple of 50 between
     ``MIN_QUICK_STEPS`` and ``DEFAULT_STEPS``."""
-    fixed = replay_seconds(base, train_size, test_size, speed, steps=4)  # start-ups and evaluations
-    per_step = (replay_seconds(base, train_size, test_size, speed, steps=DEFAULT_STEPS) - fixed) / (DEFAULT_STEPS - 4)
+    # One evaluation whatever the steps, so the time is linear in them: start-ups and
+    # evaluation, then the same cost per step.
+    one, more = (replay_seconds(base, train_size, test_size, speed, quick_config(n)) for n in (1, 1 + DEFAULT_STEPS))
+    per_step = (more - one) / DEFAULT_STEPS
+    fixed = one - per_step
     steps = int((seconds - fixed) / per_step) // 50 * 50
     return min(DEFAULT_STEPS, max(MIN_QUICK_STEPS, steps))
