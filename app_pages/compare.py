@@ -1,11 +1,14 @@
 """Compare: runs side by side (the paper's Fig. 6), and the degradation experiment."""
 
+from dataclasses import replace
+
 import streamlit as st
 
 from resnet_viz import plots
 from resnet_viz.app import links, resources, state, visitors, widgets
-from resnet_viz.config import ModelConfig, RunConfig
-from resnet_viz.experiments import degradation
+from resnet_viz.config import ModelConfig, RunConfig, TrainConfig
+from resnet_viz.experiments import degradation, estimates
+from resnet_viz.training import speed
 
 st.title("Compare runs")
 registry = resources.job_registry()
@@ -16,27 +19,43 @@ all_runs = [r for r in resources.runs() if r.config is not None]
 groups = degradation.degradation_groups([r for r in all_runs if r.owner in (me.id, None)])
 
 
-def queue_degradation() -> None:
-    """The button's callback: the four runs, queued one after another on the data in use."""
-    data = resources.data()
+data, measured = resources.data(), resources.machine_speed()
+base = RunConfig(model=ModelConfig(num_classes=len(data.classes) if data else 10), data=state.data_config(),
+                 train=degradation.default_train_config())
+quick = estimates.quick_steps(base, *speed.data_sizes(data), measured) if data and measured else None
+
+
+def queue_degradation(train: TrainConfig) -> None:
+    """A button's callback: the four runs, queued one after another on the data in use."""
     if data is None:
         return
-    base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=state.data_config(),
-                     train=degradation.default_train_config())
-    registry.submit_all(degradation.degradation_configs(base, tag=degradation.new_tag()), data=data, by=me)
-    state.flash(f"Queued 4 runs on {widgets.literal(data.name)}. Leave this page open or come back later: "
-                "they keep training.")
+    steps, runs = train.steps or 0, replace(base, train=train)
+    registry.submit_all(degradation.degradation_configs(runs, tag=degradation.new_tag()), data=data, by=me)
+    state.flash(f"Queued 4 runs of {steps:,} steps on {widgets.literal(data.name)}. Leave this page open or come "
+                "back later: they keep training.")
 
 
 with st.container(border=True):
     st.subheader("The degradation experiment")
     st.markdown(
         "Trains **plain-20, plain-56, ResNet-20 and ResNet-56** (shortcut A) with the same seed, data order and "
-        f"budget ({degradation.DEFAULT_STEPS:,} steps of batch 128, 15 to 30 minutes on a 2-core CPU with CIFAR-10), "
-        "one after another in the background. When they are done this page says what *their* numbers show."
+        "budget of steps of batch 128, one after another in the background. When they are done this page says "
+        "what *their* numbers show. The quick replay fits its budget to this machine's speed."
     )
-    st.button("Run the degradation experiment", type="primary", icon=":material/science:",
-              on_click=widgets.clicked(queue_degradation))
+    c1, c2 = st.columns(2)
+    with c1:
+        st.button(f"Quick replay ({quick:,} steps per net)" if quick else "Quick replay", type="primary",
+                  icon=":material/science:", disabled=quick is None,
+                  on_click=widgets.clicked(queue_degradation, estimates.quick_config(quick or 1)))
+        widgets.time_estimate(estimates.replay_seconds(base, *speed.data_sizes(data), measured,
+                                                       estimates.quick_config(quick))
+                              if data and measured and quick else None, measured)
+    with c2:
+        full = degradation.default_train_config()
+        st.button(f"Full replay ({full.steps:,} steps per net)", icon=":material/science:",
+                  on_click=widgets.clicked(queue_degradation, full))
+        widgets.time_estimate(estimates.replay_seconds(base, *speed.data_sizes(data), measured)
+                              if data and measured else None, measured)
     widgets.show_error()
     results = None
     if groups:

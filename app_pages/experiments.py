@@ -7,7 +7,7 @@ from resnet_viz.app import compute, links, resources, tasks, visitors, widgets
 from resnet_viz.app.state import data_config
 from resnet_viz.background.tasks import Call, Deferred, content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.data.batches import normalize
-from resnet_viz.experiments import convolution, landscape, lesion, sanity, signal
+from resnet_viz.experiments import convolution, estimates, landscape, lesion, sanity, signal
 from resnet_viz.experiments.skipbranch import skip_branch
 from resnet_viz.report.html import build_report
 from resnet_viz.store.models import model_with_weights
@@ -20,6 +20,7 @@ refs = [r for r in (ref_a, ref_b) if r is not None]
 refs = refs[:1] if len(refs) == 2 and refs[0] == refs[1] else refs
 weights = {r.key: resources.weights(r) for r in refs}
 tags = {r.key: model_tag(r, weights[r.key].config) for r in refs}
+cfgs = {r.key: weights[r.key].config for r in refs}
 dtag = data_tag(data_config(), data.name) if data is not None else ""  # results on the data set are its own
 names = {r.key: f"Untrained {weights[r.key].config.label} (Build page)" if r.kind == "untrained" else r.label
          for r in refs}
@@ -58,7 +59,8 @@ with tabs[0]:
                              f"Lesion study: {widgets.literal(ref.label)}",
                              Call(lesion.lesion_study, model(ref), x, y, max_k=Deferred(lesion.max_k_for, model(ref)),
                                   trials=5, label=names[ref.key]),
-                             title=f"Lesion study: {names[ref.key]} ({n} test images of {data.name})")
+                             title=f"Lesion study: {names[ref.key]} ({n} test images of {data.name})",
+                             seconds=lambda s, t, ref=ref: estimates.lesion_seconds(cfgs[ref.key], n, s, t))
         if res:
             results.append(res)
             st.caption(res.get("note", ""))
@@ -82,7 +84,8 @@ with tabs[1]:
                              Call(landscape.random_slice, model(ref), x, y, seed=int(seed), steps=steps,
                                   label=names[ref.key]),
                              title=f"Loss along a random direction: {names[ref.key]} ({n} training images, "
-                                   f"{steps} points, seed {seed})")
+                                   f"{steps} points, seed {seed})",
+                             seconds=lambda s, t, ref=ref: estimates.slice_seconds(cfgs[ref.key], n, steps, s, t))
         if res:
             slices.append(res)
     st.plotly_chart(compute.chart(plots.slices_figure, widgets.plot_labels(slices)), width="stretch", key="slices_fig")
@@ -95,6 +98,7 @@ with tabs[1]:
                                    label=names[ref.key]),
                               title=f"Loss surface: {names[ref.key]} ({n} training images, {steps}x{steps}, "
                                     f"seed {seed})",
+                              seconds=lambda s, t: estimates.surface_seconds(cfgs[ref.key], n, steps, s, t),
                               preview=lambda part: st.plotly_chart(plots.surface_figure(
                                   part, title=f"Preview on a {len(part['alphas'])}x{len(part['alphas'])} grid "
                                               f"(filling in to {steps}x{steps})"), width="stretch",
@@ -111,7 +115,8 @@ with tabs[2]:
     depths = st.multiselect("Depths", [20, 32, 44, 56, 110], default=[20, 56, 110], key="sig_depths")
     prof = tasks.run_task(task_key("signal", ",".join(map(str, sorted(depths)))), "Measure signal propagation",
                           Call(signal.signal_sweep, depths=tuple(sorted(depths))),
-                          title=f"Signal propagation at initialization: depths {', '.join(map(str, sorted(depths)))}")
+                          title=f"Signal propagation at initialization: depths {', '.join(map(str, sorted(depths)))}",
+                          seconds=lambda s, t: estimates.signal_seconds(depths, s, t))
     if prof:
         st.plotly_chart(compute.chart(plots.signal_figure, prof), width="stretch", key="signal_fig")
         st.info("Gradient norm at the first block over the last block: " + "; ".join(
@@ -121,7 +126,8 @@ with tabs[2]:
     d = st.select_slider("Depth for shattered gradients", [20, 56, 110], value=56, key="shat_depth")
     shat = tasks.run_task(task_key("shattered", d), "Measure shattered gradients",
                           Call(signal.shattered_pair, d),
-                          title=f"Shattered gradients: plain and ResNet, depth {d}")
+                          title=f"Shattered gradients: plain and ResNet, depth {d}",
+                          seconds=lambda s, t: estimates.shattered_seconds(d, s, t))
     if shat:
         st.plotly_chart(compute.chart(plots.shattered_figure, shat), width="stretch", key="shat_fig")
 
@@ -171,7 +177,8 @@ with tabs[5]:
         res = tasks.run_task(task_key("sanity", tags[ref.key], content_tag(inputs[0][1])),
                              f"Sanity check: {widgets.literal(ref.label)}",
                              Call(sanity.sanity_check, model(ref), x),
-                             title=f"Sanity check: {names[ref.key]} on {inputs[0][0]}")
+                             title=f"Sanity check: {names[ref.key]} on {inputs[0][0]}",
+                             seconds=lambda s, t: estimates.sanity_seconds(cfgs[ref.key], s, t))
         if res:
             st.info(res.get("reading", ""))
             st.plotly_chart(compute.chart(plots.sanity_figure, res), width="stretch", key="sanity_fig")

@@ -20,6 +20,7 @@ from resnet_viz.config import (
 from resnet_viz.data.roots import locate
 from resnet_viz.data.sources import allowed_roots, default_source
 from resnet_viz.store.listing import metrics_csv, no_learning_so_far
+from resnet_viz.training import speed
 
 st.title("Train")
 registry = resources.job_registry()
@@ -47,21 +48,27 @@ except ValueError as e:
     st.error(str(e))
 
 
-def start_training() -> None:
-    """The form's submit callback (runs before the page, so a rerun cannot drop the click)."""
-    f, data = st.session_state, resources.data()
-    if data is None:
-        return
+def form_config(num_classes: int = 10) -> RunConfig:
+    """The run the form describes now."""
+    f = st.session_state
     budget = float(f.tr_budget)
     steps = {"epochs": budget, "steps": None} if f.tr_kind == "epochs" else {"epochs": None, "steps": int(budget)}
-    cfg = RunConfig(
-        model=replace(model_cfg, num_classes=len(data.classes)),
+    return RunConfig(
+        model=replace(model_cfg, num_classes=num_classes),
         data=state.data_config(),
         train=TrainConfig(**steps, batch_size=f.tr_batch, lr=scaled_lr(f.tr_lr128, f.tr_batch), weight_decay=f.tr_wd,
                           schedule=f.tr_schedule, label_smoothing=f.tr_smoothing, augment=f.tr_augment,
                           seed=int(f.tr_seed)),
         name=f.tr_name.strip(),
     )
+
+
+def start_training() -> None:
+    """The Start button's callback (runs before the page, so a rerun cannot drop the click)."""
+    data = resources.data()
+    if data is None:
+        return
+    cfg = form_config(len(data.classes))
     busy = registry.active()
     job = registry.submit(cfg, data=data, by=me)
     st.session_state[state.Keys.WATCHED_RUN] = job.run_id
@@ -70,13 +77,17 @@ def start_training() -> None:
 
 
 BATCH_SIZES = [32, 64, 128, 256, 512]
-default = TrainConfig.recipe("quick")  # the form starts at the library's quick recipe
-with st.form("train_form"):
+default = TrainConfig.recipe("quick")  # the form starts at the library's quick recipe ...
+data, measured = resources.data(), resources.machine_speed()
+if "tr_budget" not in st.session_state:  # ... and as many epochs as make a brief run of about 5 minutes here
+    st.session_state["tr_budget"] = (speed.brief_epochs(RunConfig(model=model_cfg, train=default), data, measured)
+                                     if data is not None and measured is not None else int(default.epochs or 1))
+# Not st.form: the time estimate under Start follows every change of budget, batch or model.
+with st.container(border=True, key="train_form"):
     st.markdown(f"**Model:** {model_cfg.label} ({model_cfg.depth} layers) — change it on the Build page.")
     c1, c2, c3 = st.columns(3)
     c1.radio("Budget in", ["epochs", "steps"], horizontal=True, key="tr_kind")
-    c1.number_input("Budget", min_value=1, max_value=100_000, value=int(default.epochs or 1), step=1,
-                    key="tr_budget")
+    c1.number_input("Budget", min_value=1, max_value=100_000, step=1, key="tr_budget")
     c2.selectbox("Batch size", BATCH_SIZES, index=BATCH_SIZES.index(default.batch_size), key="tr_batch")
     c2.selectbox("LR schedule", SCHEDULES, index=SCHEDULES.index(default.schedule), key="tr_schedule",
                  help="onecycle: warm up, then linear decay (best for brief runs); paper: 0.1, divided by 10 at "
@@ -92,8 +103,8 @@ with st.form("train_form"):
     c5.toggle("Augment (crop + flip)", value=default.augment, key="tr_augment")
     c6.number_input("Seed", min_value=0, max_value=2**31 - 1, value=default.seed, key="tr_seed")
     st.text_input("Name (optional)", max_chars=60, key="tr_name")
-    st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:",
-                          on_click=widgets.clicked(start_training))
+    st.button("Start training", type="primary", icon=":material/play_arrow:", on_click=widgets.clicked(start_training))
+    widgets.time_estimate(speed.run_seconds(form_config(), data, measured) if data and measured else None, measured)
 widgets.show_error()
 
 st.divider()

@@ -32,6 +32,7 @@ from resnet_viz.config import ModelConfig, RunConfig  # noqa: E402
 from resnet_viz.data.sources import default_source, load_data  # noqa: E402
 from resnet_viz.experiments import degradation  # noqa: E402
 from resnet_viz.store.rundir import RunDir, default_runs_dir  # noqa: E402
+from resnet_viz.training import speed  # noqa: E402
 from resnet_viz.training.loop import fit  # noqa: E402
 
 REFERENCE = {"plain-20": 0.43, "plain-56": 0.72, "resnet-20": 0.36, "resnet-56": 0.38}  # bare loop, 600 steps
@@ -45,8 +46,10 @@ def main() -> None:
     args = ap.parse_args()
     src = default_source()
     data = load_data(src, trusted=True)  # the operator's own folder
-    train = dataclasses.replace(degradation.default_train_config(), steps=args.steps)
+    train = degradation.train_config(args.steps)
     base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=src, train=train)
+    measured = speed.known_speed()  # the app's estimate, printed beside each run's time
+    print(measured.describe())
     root = Path(args.out) if args.out else default_runs_dir()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     print(f"data: {data.name}; {args.steps} steps of batch {train.batch_size} per run; runs in {root}")
@@ -54,6 +57,7 @@ def main() -> None:
     for cfg in degradation.degradation_configs(base):
         cfg = dataclasses.replace(cfg, name=f"{cfg.name} #{stamp}")
         key = degradation.run_key(cfg.model.depth, cfg.model.shortcut)
+        guess = speed.run_seconds(cfg, data, measured)
         t0 = time.perf_counter()
         records: list[dict] = []
         res = fit(cfg, data=data, run=RunDir.create(root, cfg, cfg.name), on_records=records.extend)
@@ -62,7 +66,8 @@ def main() -> None:
         err = degradation.final_errors(records)
         print(f"{key:>10}: {time.perf_counter() - t0:6.0f} s, {res.images_per_second:5.0f} img/s, "
               f"train error {err['train_error']:.3f}, test error {err['test_error']:.3f}, "
-              f"train loss {err['train_loss']:.3f}  (reference train error {REFERENCE[key]:.2f})", flush=True)
+              f"train loss {err['train_loss']:.3f}  (reference train error {REFERENCE[key]:.2f}); "
+              f"estimated {guess:.0f} s: ratio took/estimate {(time.perf_counter() - t0) / guess:.2f}", flush=True)
     print(degradation.degradation_verdict(results).text)
     print(f"total: {time.perf_counter() - t_all:.0f} s")
     if args.export:

@@ -26,6 +26,39 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) 
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.01)
 
+def fake_speed(train: tuple[float, float] = (1000.0, 400.0), evals: tuple[float, float] = (4000.0, 1600.0),
+               threads: int | None = None):
+    """Figures for this machine as ``training.speed`` keeps them, made up: tests see estimates
+    at once, without measuring."""
+    from resnet_viz.training import speed
+
+    flops = (speed.model_flops(ModelConfig(depth=20)), speed.model_flops(ModelConfig(depth=56)))
+    threads = threads or torch.get_num_threads()
+    device, precision = "cpu", speed.resolve_precision("auto", torch.device("cpu"))
+    return speed.Speed(machine=speed.machine_key(device, precision, threads), device=device, precision=precision,
+                       threads=threads, flops=flops, train_ips=train, eval_ips=evals, fp32_ips=(2000.0, 800.0),
+                       measured_at=time.time())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def known_machine_speed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test (and every server a test starts) finds this machine's speed already measured,
+    so no page starts a measurement of its own; tests of the measurement pass their own file."""
+    import os
+
+    from resnet_viz.training import speed
+
+    file = tmp_path_factory.mktemp("speed") / "machine-speed.json"
+    speed.save(fake_speed(), file)
+    before = os.environ.get("RESNET_VIZ_SPEED_FILE")
+    os.environ["RESNET_VIZ_SPEED_FILE"] = str(file)
+    yield file
+    if before is None:
+        os.environ.pop("RESNET_VIZ_SPEED_FILE", None)
+    else:
+        os.environ["RESNET_VIZ_SPEED_FILE"] = before
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One torch intra-op thread for a module of small model passes.

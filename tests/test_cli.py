@@ -90,6 +90,7 @@ def test_train_prints_a_json_line_and_runs_lists_it(tmp_path: Path) -> None:
     assert {"run_dir", "test_accuracy", "images_per_second"} <= set(result)
     assert Path(result["run_dir"]).is_dir()
     assert "ETA" in out.stderr and "img/s" in out.stderr and "Synthetic" in out.stderr
+    assert "estimated time: about" in out.stderr and "on this machine" in out.stderr
     listing = cli("runs", "--out", str(tmp_path))
     assert listing.returncode == 0 and "finished" in listing.stdout and result["run_id"] in listing.stdout
 

@@ -169,6 +169,8 @@ def streamlit_server(script: Path, tmp: Path, env: dict[str, str] | None = None)
 def server(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Iterator[str]:
     """The app on a free port; yields its base URL."""
     env = {"RESNET_VIZ_DEFAULT_DATA": "synthetic"} if data_kind == "synthetic" else {}
+    # The server measures this machine itself, as on a first start (the unit tests' made-up figures stay out).
+    env["RESNET_VIZ_SPEED_FILE"] = str(tmp_path_factory.mktemp("speed") / "machine-speed.json")
     with streamlit_server(ROOT / "app.py", tmp_path_factory.mktemp("e2e-server"), env) as base:
         yield base
 
@@ -293,7 +295,11 @@ def test_build_slider_changes_depth(page, server: str, shots: Path) -> None:
 def test_train_a_short_run(page, server: str, shots: Path) -> None:
     open_page(page, server, "train")
     expect(main(page).get_by_text("No runs yet")).to_be_visible()
-    form = main(page).locator("[data-testid='stForm']")
+    form = main(page).locator(".st-key-train_form")
+    # Before Start, how long the run takes here: the server measured this machine on the first visit.
+    estimate = form.get_by_text(re.compile(r"About .* on this machine \(ResNet-20 trains at [\d,]+ images/s"))
+    expect(estimate).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    before = estimate.inner_text()
     form.locator("[data-testid='stRadio']").filter(has_text="Budget in").get_by_text("steps", exact=True).click()
     budget = form.get_by_label("Budget", exact=True)
     budget.fill("40")
@@ -301,6 +307,8 @@ def test_train_a_short_run(page, server: str, shots: Path) -> None:
     form.get_by_label("Batch size").click()
     page.get_by_role("option", name="32", exact=True).click()
     expect(form.get_by_label("Batch size")).to_have_value("32")
+    expect(estimate).not_to_have_text(before)  # 40 steps of 32, not a 5-minute run: the estimate followed the form
+    shoot(page, shots, "03-train-estimate.png")
     form.get_by_role("button", name="Start training").click()
 
     progress = main(page).locator("[data-testid='stProgress']")
@@ -331,7 +339,8 @@ def test_train_a_short_run(page, server: str, shots: Path) -> None:
 
 def test_compare(page, server: str, shots: Path) -> None:
     open_page(page, server, "compare")
-    expect(main(page).get_by_role("button", name="Run the degradation experiment")).to_be_visible()
+    expect(main(page).get_by_role("button", name=re.compile(r"Quick replay \([\d,]+ steps per net\)"))).to_be_visible()
+    expect(main(page).get_by_text(re.compile("About .* on this machine")).first).to_be_visible()
     if (ROOT / "assets" / "degradation.json").exists():  # the project's own run, until the user has one
         expect(main(page).get_by_text(re.compile(r"trained worse by .* \(degradation\)"))).to_be_visible()
         expect(main(page).get_by_text("plain-56").first).to_be_visible()  # the curves' legend

@@ -50,7 +50,7 @@ def two_browsers() -> Iterator[tuple]:
 
 def start_run(tab, base: str) -> None:
     e2e.open_page(tab, base, "train")
-    form = e2e.main(tab).locator("[data-testid='stForm']")
+    form = e2e.main(tab).locator(".st-key-train_form")
     form.locator("[data-testid='stRadio']").filter(has_text="Budget in").get_by_text("steps", exact=True).click()
     budget = form.get_by_label("Budget", exact=True)
     budget.fill("100000")

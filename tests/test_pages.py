@@ -501,7 +501,8 @@ def test_train_form_starts_at_the_library_defaults() -> None:
     assert default.epochs == 5  # the page's budget before the defaults moved into the library
     at = page("train").run()
     values = {w.label: w.value for w in list(at.number_input) + list(at.selectbox) + list(at.slider) + list(at.toggle)}
-    assert values["Budget"] == default.epochs
+    # the budget: as many epochs as make a brief run of about 5 minutes on this machine (tests/test_time_estimates.py)
+    assert 1 <= values["Budget"] <= TrainConfig().epochs
     assert values["Batch size"] == default.batch_size and values["LR schedule"] == default.schedule
     assert values["Peak learning rate at batch 128"] == pytest.approx(base_lr(default))
     assert values["Weight decay"] == pytest.approx(default.weight_decay)

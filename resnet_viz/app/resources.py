@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from resnet_viz.store.models import (
     tensors_fingerprint,
 )
 from resnet_viz.store.rundir import RunDir, RunError, default_runs_dir
+from resnet_viz.training import speed
 from resnet_viz.training.device import one_cpu_thread
 
 if TYPE_CHECKING:
@@ -62,6 +63,30 @@ def task_registry() -> TaskRegistry:
 
 def runs_root() -> Path:
     return job_registry().runs_root
+
+
+SPEED_TASK = "machine-speed"
+
+
+def machine_speed() -> speed.Speed | None:
+    """This machine's measured speed, or None while it is measured: the first page that asks
+    starts the measurement (a few seconds, in a worker, once per server and machine) unless
+    a run is training, which would be measured instead of the machine."""
+    found = speed.cached()
+    if found is not None:
+        return found
+    from resnet_viz.background.calls import Call
+
+    reg = task_registry()
+    task = reg.get(SPEED_TASK)
+    # A failed measurement is not retried on every page run: the pages go on without times.
+    if task is not None and task.snapshot().state != "stopped" or job_registry().active() is not None:
+        return None
+    # The server's own work: no visitor's task limit applies, the server-wide one does; when the
+    # server runs as many tasks as it allows, a later visit measures.
+    with suppress(ValueError):
+        reg.start(SPEED_TASK, Call(speed.measure_and_save), title="Measure this machine's speed")
+    return None
 
 
 # ------------------------------------------------------------------ data

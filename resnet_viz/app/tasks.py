@@ -13,20 +13,23 @@ from typing import Any
 import streamlit as st
 
 from resnet_viz.access import may_control
-from resnet_viz.app.resources import job_registry, task_registry
+from resnet_viz.app.resources import job_registry, machine_speed, task_registry
 from resnet_viz.app.visitors import visitor
-from resnet_viz.app.widgets import clicked, show_error
+from resnet_viz.app.widgets import clicked, show_error, time_estimate
 from resnet_viz.background.progress import clock
+from resnet_viz.training.speed import Speed
 
 
 def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title: str = "",
-             preview: Callable[[Any], None] | None = None) -> Any:
+             preview: Callable[[Any], None] | None = None,
+             seconds: Callable[[Speed, int | None], float] | None = None) -> Any:
     """A Run button for a long computation, its progress bar and Stop while it runs, and
     its result (or None) once it is done. ``key`` names what is computed (``background.tasks.task_key``), so
     a reload or another tab finds the same task and its result; ``title`` says it in words
     for the report (the button's label by default). While it runs, ``preview`` (if given)
     draws the latest partial result the task published, e.g. a loss surface on a coarse
-    grid. ``label`` is Markdown: pass user text through ``widgets.literal``."""
+    grid. ``label`` is Markdown: pass user text through ``widgets.literal``. ``seconds(speed,
+    threads)`` estimates the work's time on this machine, shown under the button."""
     reg = task_registry()
     task = reg.get(key)
     if task is None or task.snapshot().state in ("stopped", "failed"):
@@ -42,6 +45,9 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
         # callback: ``clicked`` keeps it and ``show_error`` shows it under the button.
         st.button(label, key=f"start_{key}", help=help, icon=":material/play_arrow:",
                   on_click=clicked(_start, key, fn, title or label))
+        if seconds is not None:
+            measured = machine_speed()
+            time_estimate(seconds(measured, _threads()) if measured else None, measured)
         show_error()
         return None
     if not task.snapshot().done:
@@ -52,11 +58,14 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
     return snap.result
 
 
+def _threads() -> int | None:
+    """A task's torch threads. Beside a training run, one: two workers with two threads each
+    on two cores would each wait for the other, and the run is the longer work."""
+    return 1 if job_registry().active() is not None else None
+
+
 def _start(key: str, fn: Callable[..., Any], title: str) -> None:
-    # Beside a training run, one thread: two workers with two threads each on two cores
-    # would each wait for the other, and the run is the longer work.
-    threads = 1 if job_registry().active() is not None else None
-    task_registry().start(key, fn, title=title, threads=threads, by=visitor())
+    task_registry().start(key, fn, title=title, threads=_threads(), by=visitor())
 
 
 @st.fragment(run_every=1.0)

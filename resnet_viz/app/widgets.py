@@ -18,6 +18,7 @@ from resnet_viz.data.sources import default_source, describe_default_source
 from resnet_viz.limits import server_limits
 from resnet_viz.store.models import ModelRef
 from resnet_viz.training.device import describe_device, pick_device
+from resnet_viz.training.speed import Speed, about
 
 # ------------------------------------------------------------------ user text
 
@@ -216,6 +217,9 @@ def sidebar() -> None:
         else:
             st.info(f"**Data:** {label}", icon=":material/dataset:")
         st.caption(f"**Device:** {describe_device(pick_device('auto'))}")
+        measured = resources.machine_speed()  # the first visit starts measuring: times are known by Train
+        st.caption(f"**Speed:** ResNet-20 trains at {measured.train_ips[0]:,.0f} images/s here" if measured
+                   else "**Speed:** measuring this machine...")
         me = visitors.visitor()
         st.caption(f"**You:** {literal(me.name)}" + (" · admin: you may steer every run" if me.admin else ""))
         watched = st.session_state.get(Keys.WATCHED_RUN)
@@ -228,3 +232,20 @@ def sidebar() -> None:
         if active is not None and active.run_id != watched and may_see(me, active.owner, access_settings()):
             s = active.snapshot()
             st.caption(f"**Training now:** {s.label} · {s.state} · {s.progress:.0%}")
+
+
+def time_estimate(seconds: float | None, measured: Speed | None, what: str = "") -> None:
+    """How long the work under a Start button takes on this machine, or that the machine is
+    being measured (then the page reruns once the figures are in)."""
+    if measured is None:
+        st.caption(":material/timer: Measuring this machine's speed (a few seconds) to say how long this takes here...")
+        _await_speed()
+    elif seconds is not None:
+        text = f"{what}: {about(seconds)}" if what else about(seconds).capitalize()
+        st.caption(f":material/schedule: {text} on this machine ({measured.describe()}).")
+
+
+@st.fragment(run_every=2.0)
+def _await_speed() -> None:
+    if resources.machine_speed() is not None:
+        st.rerun()

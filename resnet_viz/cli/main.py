@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
 
+    m = sub.add_parser("speed", help="this machine's measured training and inference speed (the app's time estimates)")
+    m.add_argument("--measure", action="store_true", help="measure again (a few seconds), e.g. after a busy first try")
+
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
     r.add_argument("--json", action="store_true")
@@ -81,6 +84,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_speed(args: argparse.Namespace) -> int:
+    from resnet_viz.training import speed
+
+    found = None if args.measure else speed.cached()
+    if found is None:
+        found = speed.measure()
+        speed.save(found)
+    print(json.dumps({**found.to_dict(), "file": str(speed.speed_file())}))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from resnet_viz.store.models import export_model
     from resnet_viz.store.rundir import RunDir, default_runs_dir
@@ -96,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from resnet_viz.cli.experiments import EXPERIMENTS
     from resnet_viz.cli.experiments import run as run_experiment
 
-    commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs}
+    commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
+                "speed": cmd_speed}
     commands.update({name: run_experiment for name in EXPERIMENTS})
     try:
         return commands[args.command](args)

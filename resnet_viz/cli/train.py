@@ -141,6 +141,24 @@ class _Progress:
                         f"acc {r['acc']:.2f} {r['ips']:,.0f} img/s ETA {clock(left)}")
 
 
+def _estimate(config: RunConfig, data: Any) -> str:
+    """How long the run takes here, from this machine's measured speed (measured now, once, if
+    it never was: a few seconds)."""
+    import torch
+
+    from resnet_viz.training import speed
+
+    tc = config.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)  # as fit() will: the figures depend on it
+    found = speed.cached(tc.device, tc.precision)
+    if found is None:
+        print("measuring this machine's speed once (a few seconds; kept for next time)...", file=sys.stderr)
+        found = speed.measure(tc.device, tc.precision)
+        speed.save(found)
+    return f"estimated time: {speed.about(speed.run_seconds(config, data, found))} on this machine ({found.describe()})"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from resnet_viz.training.distributed import session
 
@@ -192,6 +210,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> int:
         procs = f" in {ctx.world_size} processes" if ctx.is_distributed else ""
         print(f"training {config.model.label} on {data.name} ({len(data.train_y):,} images) for {total} steps"
               f"{procs} -> {run.path}", file=sys.stderr)
+        if not ctx.is_distributed and not args.resume:  # one process's speed says little of several
+            print(_estimate(config, data), file=sys.stderr)
     result = fit(config, data=data, run=run, control=control, resume=bool(args.resume), dist=ctx,
                  on_records=_Progress(total, config.train.batch_size) if run is not None else None)
     if run is not None:

@@ -40,11 +40,20 @@ DEFAULT_STEPS = 1000
 _NAME_RE = re.compile(r"^degradation (plain|resnet)-(\d+)(?: #(.+))?$")
 
 
+def train_config(steps: int = DEFAULT_STEPS, evaluations: int = 4) -> TrainConfig:
+    """The experiment's training settings: ``steps`` of batch 128 and the usual schedule,
+    with ``evaluations`` spread evenly (the last at the end) and no test-time flips: one pass
+    over 10,000 test images costs about 25 training steps (50 with flips), and the verdict
+    reads training error."""
+    if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1:
+        raise ValueError(f"evaluations must be a positive integer, got {evaluations!r}")
+    return TrainConfig(epochs=None, steps=steps, batch_size=128, eval_every=max(1, -(-steps // evaluations)),
+                       eval_tta=False)
+
+
 def default_train_config() -> TrainConfig:
-    """The experiment's training settings: ``DEFAULT_STEPS`` of batch 128 and the usual
-    schedule, with three evaluations and no test-time flips: one pass over 10,000 test
-    images costs about 25 training steps (50 with flips), and the verdict reads training error."""
-    return TrainConfig(epochs=None, steps=DEFAULT_STEPS, batch_size=128, eval_every=250, eval_tta=False)
+    """The full replay's settings: ``DEFAULT_STEPS`` steps (``train_config``)."""
+    return train_config(DEFAULT_STEPS)
 
 
 def run_key(depth: int, shortcut: str) -> str:

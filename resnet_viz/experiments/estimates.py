@@ -1,0 +1,106 @@
+"""How long each experiment takes on this machine, before it starts.
+
+Each experiment's work is counted in the passes it makes (images through a net, forward or
+forward and backward) and priced with the machine's measured speed (``training.speed``):
+the loss landscape runs like an evaluation (bf16 where the CPU has it, large batches), the
+lesion study and the attribution maps in fp32 at small batches, the signal measurements
+forward and backward like a training step. A task that runs beside a training run gets one
+thread of the machine's cores (``app.tasks``), hence ``threads``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+from resnet_viz.config import ModelConfig, RunConfig, TrainConfig
+from resnet_viz.experiments.degradation import DEFAULT_STEPS, degradation_configs, train_config
+from resnet_viz.experiments.lesion import MAX_K
+from resnet_viz.training.speed import Speed, training_seconds
+
+# One image at a time costs far more per image than a batch: the sanity check's maps are
+# forward and backward passes of batch 1. Measured here: about 16 batched fp32 images' time.
+_SINGLE_IMAGE = 16.0
+SHATTERED_POINTS = 256  # signal.shattered_gradients' default
+SIGNAL_BATCH = 64  # signal.signal_propagation's default
+
+
+def _slowdown(speed: Speed, threads: int | None) -> float:
+    """How much slower a task on ``threads`` runs than the measured figures (all threads)."""
+    return 1.0 if threads is None or threads >= speed.threads else speed.threads / max(1, threads)
+
+
+def lesion_seconds(model: ModelConfig, images: int, speed: Speed, threads: int | None = None, *,
+                   max_k: int = MAX_K, trials: int = 5) -> float:
+    """The intact net, each block deleted alone, then up to ``trials`` subsets per k <= ``max_k``
+    (no more than the net's blocks, as ``lesion.max_k_for``)."""
+    n = 3 * model.blocks_per_stage
+    max_k = min(max_k, n)
+    passes = 1 + n + sum(min(trials, math.comb(n, k)) for k in range(2, max_k + 1))
+    return passes * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+def slice_seconds(model: ModelConfig, images: int, steps: int, speed: Speed, threads: int | None = None) -> float:
+    """The loss at ``steps`` points along one direction."""
+    return steps * images * speed.eval_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+def surface_seconds(model: ModelConfig, images: int, steps: int, speed: Speed, threads: int | None = None) -> float:
+    """The loss on a ``steps`` x ``steps`` grid."""
+    return steps * steps * images * speed.eval_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+def signal_seconds(depths: Sequence[int], speed: Speed, threads: int | None = None) -> float:
+    """One forward and backward batch through a plain net and a ResNet of each depth."""
+    per_image = sum(speed.train_seconds_per_image(ModelConfig(depth=d, shortcut=s))
+                    for d in depths for s in ("none", "A"))
+    return SIGNAL_BATCH * per_image * _slowdown(speed, threads)
+
+
+def shattered_seconds(depth: int, speed: Speed, threads: int | None = None) -> float:
+    """The input gradient at every point of a line, for a plain net and a ResNet of ``depth``."""
+    per_image = sum(speed.train_seconds_per_image(ModelConfig(depth=depth, shortcut=s)) for s in ("none", "A"))
+    return SHATTERED_POINTS * per_image * _slowdown(speed, threads)
+
+
+def sanity_seconds(model: ModelConfig, speed: Speed, threads: int | None = None) -> float:
+    """One map of one image per randomization step: the head, each block, the stem, and the trained net."""
+    maps = 3 * model.blocks_per_stage + 3
+    return maps * _SINGLE_IMAGE * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+# The quick replay: the same four runs on a budget that fits QUICK_SECONDS on the machine
+# at hand (its speed measured by ``training.speed``), never more than the full replay's
+# steps, and not under MIN_QUICK_STEPS: on CIFAR-10 plain-56 has fallen clearly behind
+# plain-20 by then (README), with fewer steps all four are still near their start.
+QUICK_SECONDS = 14 * 60
+MIN_QUICK_STEPS = 200
+# One evaluation, at the end: on a slow CPU four passes over 10,000 test images cost four
+# nets about 5 minutes, a third of the budget, and the verdict reads training error.
+QUICK_EVALUATIONS = 1
+
+
+def quick_config(steps: int) -> TrainConfig:
+    """The quick replay's training settings for ``steps`` per net."""
+    return train_config(steps, QUICK_EVALUATIONS)
+
+
+def replay_seconds(base: RunConfig, train_size: int, test_size: int, speed: Speed,
+                   train: TrainConfig | None = None) -> float:
+    """Seconds the four runs take here, one after another, with ``train`` (default: the full replay's)."""
+    base = replace(base, train=train or train_config())
+    return sum(training_seconds(c, train_size, test_size, speed) for c in degradation_configs(base))
+
+
+def quick_steps(base: RunConfig, train_size: int, test_size: int, speed: Speed,
+                seconds: float = QUICK_SECONDS) -> int:
+    """Steps per run so that the four fit in about ``seconds`` here: a multiple of 50 between
+    ``MIN_QUICK_STEPS`` and ``DEFAULT_STEPS``."""
+    # One evaluation whatever the steps, so the time is linear in them: start-ups and
+    # evaluation, then the same cost per step.
+    one, more = (replay_seconds(base, train_size, test_size, speed, quick_config(n)) for n in (1, 1 + DEFAULT_STEPS))
+    per_step = (more - one) / DEFAULT_STEPS
+    fixed = one - per_step
+    steps = int((seconds - fixed) / per_step) // 50 * 50
+    return min(DEFAULT_STEPS, max(MIN_QUICK_STEPS, steps))
