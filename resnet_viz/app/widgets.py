@@ -188,6 +188,9 @@ def sidebar() -> None:
             st.warning(f"**Data:** {label}", icon=":material/science:")
         else:
             st.info(f"**Data:** {label}", icon=":material/dataset:")
+        from resnet_viz.app import cifar_download  # it builds on this module's widgets
+
+        cifar_download.offer("sidebar")
         st.caption(f"**Device:** {describe_device(pick_device('auto'))}")
         me = visitors.visitor()
         st.caption(f"**You:** {literal(me.name)}" + (" · admin: you may steer every run" if me.admin else ""))

@@ -105,7 +105,7 @@ def _fetch(url: str, out: BinaryIO, progress: ProgressFn | None, stop: threading
         with urllib.request.urlopen(_request(url), timeout=10) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             if total is not None and total > MAX_BYTES:
-                raise DataError(f"{_host(url)} offers {total:,} bytes, not CIFAR-10's {CIFAR_BYTES:,}: nothing was kept")
+                raise DataError(f"{host(url)} offers {total:,} bytes, not CIFAR-10's {CIFAR_BYTES:,}: nothing was kept")
             while chunk := resp.read1(_CHUNK):
                 if stop is not None and stop.is_set():
                     raise DownloadStopped("stopped by the user; the partial download was deleted")
@@ -113,13 +113,13 @@ def _fetch(url: str, out: BinaryIO, progress: ProgressFn | None, stop: threading
                 h.update(chunk)
                 done += len(chunk)
                 if done > MAX_BYTES:
-                    raise DataError(f"{_host(url)} sent more than {MAX_BYTES:,} bytes, too much for CIFAR-10")
+                    raise DataError(f"{host(url)} sent more than {MAX_BYTES:,} bytes, too much for CIFAR-10")
                 _report(progress, 0.95 * done / total if total else 0.0, _rate_line(done, total, time.monotonic() - t0))
     except (URLError, OSError) as e:  # HTTPError is a URLError; a dropped connection an OSError
-        raise DataError(f"could not download CIFAR-10 from {_host(url)} ({_why(e)}); the partial download was "
+        raise DataError(f"could not download CIFAR-10 from {host(url)} ({_why(e)}); the partial download was "
                         "deleted. Try again when online, or put cifar-10-python.tar.gz in the data folder") from e
     if total is not None and done != total:
-        raise DataError(f"the download from {_host(url)} ended after {done:,} of {total:,} bytes; try again")
+        raise DataError(f"the download from {host(url)} ended after {done:,} of {total:,} bytes; try again")
     return done, time.monotonic() - t0, h.hexdigest()
 
 
@@ -191,7 +191,7 @@ def _request(url: str, method: str = "GET") -> urllib.request.Request:
     return urllib.request.Request(url, method=method, headers={"User-Agent": "resnet-viz"})
 
 
-def _host(url: str) -> str:
+def host(url: str) -> str:
     return urlsplit(url).netloc or url
 
 
