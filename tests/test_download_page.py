@@ -101,3 +101,20 @@ def test_a_session_that_chose_its_data_keeps_it(empty_server: Path, monkeypatch:
         (empty_server / "cifar-10-batches-py" / name).write_bytes(b"x")
     at.run()
     assert at.session_state[Keys.DATA_CONFIG] == mine
+
+
+def test_stop_ends_the_download_and_offers_it_again(empty_server: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = standin_archive(padding=1_000_000)
+    with serve(archive, chunk=8192, pause_s=0.05) as url:
+        monkeypatch.setenv("RESNET_VIZ_CIFAR_URL", url)
+        monkeypatch.setenv("RESNET_VIZ_CIFAR_MD5", md5(archive))
+        at = _app()
+        next(b for b in at.sidebar.button if b.label.startswith("Download CIFAR-10")).click().run()
+        next(b for b in at.sidebar.button if b.label == "Stop").click().run()
+        task = cifar_download.registry().get(cifar_download.KEY)
+        assert task is not None and task.wait(20) and task.snapshot().state == "stopped", task.snapshot()
+        at.run()
+    assert "The last CIFAR-10 download stopped." in _sidebar_text(at)
+    assert [b for b in at.sidebar.button if b.label.startswith("Download CIFAR-10")]  # offered again
+    assert not download.cifar10_present(empty_server)
+    assert not [p.name for p in empty_server.iterdir()], "a stopped download leaves nothing in the data folder"

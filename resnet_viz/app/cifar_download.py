@@ -51,23 +51,26 @@ def offer(where: str) -> None:
     if snap is not None and snap.state in ("failed", "stopped"):
         st.caption(f"The last CIFAR-10 download {snap.state}" + (f": {literal(snap.error)}" if snap.error else "."))
     reach = download.reachability()
-    using = ("the embedded synthetic set" if default_source().source == "synthetic"
-             else literal(describe_default_source()))
+    kind = default_source().source
+    using = ("the embedded synthetic set" if kind == "synthetic" else "the JPEG copy" if where == "sidebar"
+             and kind == "folder" else literal(describe_default_source()))
     if reach.ok is False:
         host = literal(download.host(download.cifar_url()))
-        st.caption(f":material/cloud_off: CIFAR-10 is not on this server, and its download ({host}) cannot be "
-                   f"reached ({literal(reach.why)}): the app carries on with {using}.")
+        st.caption(":material/cloud_off: CIFAR-10 is not on this server, and its download "
+                   + (f"({host}) " if where == "home" else "")
+                   + f"cannot be reached ({literal(reach.why)}): the app carries on with {using}.")
         return
     size = reach.size or (download.CIFAR_BYTES if download.cifar_url() == download.CIFAR_URL else None)
     label = "Download CIFAR-10" + (f" ({size / 1e6:.{0 if size >= 10e6 else 1}f} MB)" if size else "")
-    st.button(label, key=f"{where}_download_cifar", icon=":material/download:", on_click=_start,
-              help=f"torchvision's archive of the official CIFAR-10 ({size or 0:,} bytes), md5-checked and unpacked "
-                   f"into {root}. Once it is there it is the default data set for everyone on this server.")
+    what = (f"torchvision's archive of the official CIFAR-10 ({size:,} bytes, {size / 2**20:.0f} MiB)" if size
+            else "torchvision's archive of the official CIFAR-10")
+    what += f", md5-checked and unpacked into {literal(root)}; then it is the default data set for everyone here."
+    st.button(label, key=f"{where}_download_cifar", icon=":material/download:", on_click=_start, help=what)
     if where == "sidebar" and Keys.DOWNLOAD_ERROR in st.session_state:  # why a start was refused, once
         st.error(st.session_state.pop(Keys.DOWNLOAD_ERROR))
     if where == "home" or reach.ok is None:
-        st.caption(f"The official CIFAR-10 is not on this server, so the app uses {using}."
-                   + (" Checking whether its download can be reached..." if reach.ok is None else ""))
+        st.caption(f"The official CIFAR-10 is not on this server, so the app uses {using}. The download is {what}"
+                   + (" Checking whether it can be reached..." if reach.ok is None else ""))
 
 
 def _start() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -98,9 +99,11 @@ def download_cifar10(root: Path, url: str | None = None, md5: str | None = None,
     return {"root": str(root), "bytes": size, "seconds": seconds, "already": False}
 
 
-def _fetch(url: str, out: BinaryIO, progress: ProgressFn | None, stop: threading.Event | None) -> tuple[int, float, str]:
+def _fetch(url: str, out: BinaryIO, progress: ProgressFn | None,
+           stop: threading.Event | None) -> tuple[int, float, str]:
     """Stream ``url`` into the open file ``out``; (bytes, seconds, md5 hex digest)."""
     h, done, t0 = hashlib.md5(usedforsecurity=False), 0, time.monotonic()
+    shown = t0
     try:
         with urllib.request.urlopen(_request(url), timeout=10) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
@@ -114,7 +117,9 @@ def _fetch(url: str, out: BinaryIO, progress: ProgressFn | None, stop: threading
                 done += len(chunk)
                 if done > MAX_BYTES:
                     raise DataError(f"{host(url)} sent more than {MAX_BYTES:,} bytes, too much for CIFAR-10")
-                _report(progress, 0.95 * done / total if total else 0.0, _rate_line(done, total, time.monotonic() - t0))
+                if time.monotonic() - shown > 0.2 or done == total:  # a slow link reads small chunks: a few a second
+                    shown = time.monotonic()
+                    _report(progress, 0.95 * done / total if total else 0.0, _rate_line(done, total, shown - t0))
     except (URLError, OSError) as e:  # HTTPError is a URLError; a dropped connection an OSError
         raise DataError(f"could not download CIFAR-10 from {host(url)} ({_why(e)}); the partial download was "
                         "deleted. Try again when online, or put cifar-10-python.tar.gz in the data folder") from e
@@ -150,9 +155,10 @@ def _inside(name: str) -> bool:
     return len(parts) == 2 and parts[0] == FOLDER and parts[1] in FILES
 
 
-def _clear_leftovers(root: Path, older_than_s: float = 600.0) -> None:
+def _clear_leftovers(root: Path, older_than_s: float = 60.0) -> None:
     """Remove what a killed download left (a worker that ignored its stop is killed): its hidden
-    temporaries, once they stopped growing; a download going on now touches its file every chunk."""
+    temporaries, once untouched for a minute: a download going on writes every chunk, and a read
+    waits at most 10 s."""
     now = time.time()
     for p in root.glob(TEMP + "*"):
         try:
@@ -199,7 +205,8 @@ def _why(e: BaseException) -> str:
     if isinstance(e, HTTPError):
         return f"HTTP {e.code} {e.reason}"
     reason = getattr(e, "reason", None)
-    return str(reason if reason is not None else e) or type(e).__name__
+    text = str(reason if reason is not None else e) or type(e).__name__
+    return re.sub(r"^\[Errno -?\d+\] ", "", text)  # "Connection refused", not "[Errno 111] Connection refused"
 
 
 # ---------------------------------------------------------------------------- reachability
