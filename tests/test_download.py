@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from download_standin import closed_port_url, md5, serve, standin_archive
 
 from resnet_viz.config import DataConfig
@@ -123,3 +125,26 @@ def test_an_archive_with_files_outside_its_folder_writes_only_its_folder(data_di
         download.download_cifar10(data_dir, url, md5(buf.getvalue()))
     assert not (tmp_path / "escaped").exists() and not (data_dir / "escaped").exists()
     _nothing_like_data(data_dir)
+
+
+def test_a_slow_check_holds_a_page_run_at_most_its_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name lookup can hang for many seconds: the run that starts the check waits wait_s,
+    the runs after it not at all, and the answer is there once the check ends."""
+    release = threading.Event()
+
+    def slow(url: str) -> None:
+        release.wait(10)
+        with download._reach_lock:
+            download._reach[url] = download.Reach(True, at=time.monotonic())
+
+    monkeypatch.setattr(download, "_check", slow)
+    url = "http://slow.invalid/cifar-10-python.tar.gz"
+    t0 = time.monotonic()
+    assert download.reachability(url, wait_s=0.3).ok is None
+    t1 = time.monotonic()
+    assert download.reachability(url, wait_s=0.3).ok is None
+    t2 = time.monotonic()
+    assert 0.25 < t1 - t0 < 1.0 and t2 - t1 < 0.1
+    release.set()
+    wait_until(lambda: download.reachability(url, wait_s=0).ok is True, "the check to answer", timeout=10)
+    download.forget_reachability()

@@ -4,6 +4,7 @@ stand-in server or a closed port: no network in tests."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,14 @@ def test_online_the_offer_downloads_and_cifar_becomes_everyones_default(
     assert other.session_state[Keys.DATA_CONFIG] == DataConfig(source="cifar10", download=False)
     assert "**Data:** CIFAR-10 \\(official files in" in other.sidebar.info[0].value
     assert not [b for b in other.sidebar.button if "Download" in b.label]
+    shutil.rmtree(empty_server / "cifar-10-batches-py")  # deleted by hand: offered, and downloaded, again
+    with serve(archive) as url:
+        monkeypatch.setenv("RESNET_VIZ_CIFAR_URL", url)
+        other.run()
+        next(b for b in other.sidebar.button if b.label.startswith("Download CIFAR-10")).click().run()
+        again = cifar_download.registry().get(cifar_download.KEY)
+        assert again is not None and again is not task and again.wait(30) and again.snapshot().state == "done"
+    assert download.cifar10_present(empty_server)
 
 
 def test_a_session_that_chose_its_data_keeps_it(empty_server: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,7 +76,12 @@ def offer(where: str) -> None:
 def _start() -> None:
     """The button's callback. Its refusal is kept under a key of its own: the page's
     ``show_error`` runs after the sidebar and must still find its own buttons' errors."""
+    global _registry
     call = Call(download.download_cifar10, default_data_dir(), download.cifar_url(), download.cifar_md5())
+    with _lock:
+        old = _registry.get(KEY) if _registry is not None else None
+        if old is not None and old.snapshot().state == "done":
+            _registry = None  # its files were deleted since: the registry would hand back the finished task
     try:
         registry().start(KEY, call, title="Download CIFAR-10", by=visitor())
     except ValueError as e:

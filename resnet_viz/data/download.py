@@ -229,9 +229,9 @@ _reach_lock = threading.Lock()
 
 def reachability(url: str | None = None, *, wait_s: float = 1.5, max_age_s: float = 300.0) -> Reach:
     """Whether ``url`` (default :func:`cifar_url`) answers a HEAD request, from a cache of
-    ``max_age_s`` seconds. A fresh check runs in a thread of its own; this waits for it at most
-    ``wait_s`` seconds (a name lookup can hang longer than any socket timeout) and otherwise
-    returns ``Reach(None)``: ask again on a later page run."""
+    ``max_age_s`` seconds. A fresh check runs in a thread of its own; the call that starts it
+    waits for it at most ``wait_s`` seconds (a name lookup can hang longer than any socket
+    timeout), any other returns at once: the last answer, or ``Reach(None)`` until there is one."""
     url = url or cifar_url()
     with _reach_lock:
         known = _reach.get(url)
@@ -239,11 +239,13 @@ def reachability(url: str | None = None, *, wait_s: float = 1.5, max_age_s: floa
         if known is not None and time.monotonic() - known.at < (max_age_s if known.ok else min(max_age_s, 60.0)):
             return known
         thread = _checking.get(url)
-        if thread is None or not thread.is_alive():
+        started = thread is None or not thread.is_alive()
+        if started:
             thread = threading.Thread(target=_check, args=(url,), name="cifar-reach", daemon=True)
             _checking[url] = thread
             thread.start()
-    thread.join(wait_s)
+    if started and thread is not None:  # only the run that started it waits: the others go on at once
+        thread.join(wait_s)
     with _reach_lock:
         now = _reach.get(url)
         return now if now is not None and (known is None or now.at > known.at) else (known or Reach(None))
