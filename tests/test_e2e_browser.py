@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from download_standin import closed_port_url, md5, serve, standin_archive
+from download_standin import closed_port_url
 from PIL import Image
 from test_images import (  # tests/ is on sys.path under pytest's default import mode
     SVG,
@@ -640,32 +640,3 @@ def test_bad_uploads_beside_a_good_one(page, server: str, shots: Path) -> None:
     wait_for_app(page)
     assert_healthy(page)
     shoot(page, shots, "08-bad-upload.png")
-
-
-def test_download_offer_with_a_stand_in_server(tmp_path: Path) -> None:
-    """A server with no CIFAR-10 offers it in the sidebar; a click downloads the stand-in
-    archive with progress, and CIFAR-10 becomes the data set in use, with no restart."""
-    folder = Path(os.environ["RESNET_VIZ_SCREENSHOTS"]) if os.environ.get("RESNET_VIZ_SCREENSHOTS") else tmp_path
-    folder.mkdir(parents=True, exist_ok=True)
-    archive = standin_archive(padding=2_000_000)
-    with serve(archive, chunk=1 << 16, pause_s=0.2) as url, \
-            streamlit_server(ROOT / "app.py", tmp_path, {"RESNET_VIZ_DATA": str(tmp_path / "data"),
-                                                         "RESNET_VIZ_CIFAR_URL": url,
-                                                         "RESNET_VIZ_CIFAR_MD5": md5(archive)}) as base, \
-            browser_tab() as tab:
-        open_page(tab, base, "")
-        side = tab.locator("[data-testid='stSidebar']")
-        offer = side.get_by_role("button", name=re.compile(r"Download CIFAR-10 \(2\.1 MB\)"))
-        expect(offer).to_be_visible()
-        shoot(tab, folder, "16-download-offer.png")
-        offer.click()
-        expect(side.get_by_text(re.compile(r"Downloading CIFAR-10: .* MB/s"))).to_be_visible(timeout=RUN_TIMEOUT_MS)
-        expect(side.get_by_role("button", name="Stop")).to_be_visible()
-        shoot(tab, folder, "17-download-progress.png")
-        data = side.locator("[data-testid='stAlert']").first
-        expect(data).to_contain_text("official files in", timeout=RUN_TIMEOUT_MS)
-        expect(side.get_by_role("button", name=re.compile("Download CIFAR-10"))).to_have_count(0)
-        wait_for_app(tab)
-        assert_healthy(tab)
-        shoot(tab, folder, "18-downloaded.png")
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cifar-10-batches-py"]

@@ -94,7 +94,9 @@ def _progress(where: str) -> None:
     if task is None or task.snapshot().done:
         snap = task.snapshot() if task is not None else None
         if snap is not None and snap.state == "done":
-            flash("CIFAR-10 downloaded: it is now the data set everyone on this server starts with.")
+            flash("CIFAR-10 downloaded: it is now the data set everyone on this server starts with."
+                  if default_source().source == "cifar10" else  # RESNET_VIZ_DEFAULT_DATA keeps another default
+                  "CIFAR-10 downloaded: pick it on the Train page (this server's default is set to stay).")
             download.forget_reachability()
         st.rerun()  # the whole app: the sidebar's data set changes with it
     snap = task.snapshot()
