@@ -2,12 +2,15 @@
 
 import streamlit as st
 
+from resnet_viz.app import cifar_download
+
 st.title("ResNet Lab")
 st.markdown(
     "#### Why can a 56-layer network train *worse* than a 20-layer one, and how do skip connections fix it?\n"
     "Here you build the networks of He et al. (2015), train them on CIFAR-10 on your own machine, "
     "and look inside them while they learn."
 )
+cifar_download.offer("home")  # when the official CIFAR-10 is not on this server
 STEPS = [
     ("1. Degradation", "app_pages/compare.py", ":material/trending_down:",
      "A deeper **plain** net ends with a *higher training error* than a shallower one: not overfitting, "

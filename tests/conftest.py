@@ -18,6 +18,15 @@ from resnet_viz.nets.cifar import build_model
 CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg"
 
 
+@pytest.fixture(autouse=True)
+def no_cifar_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the internet: the app's CIFAR-10 download offer asks a closed local port
+    (it then says "cannot be reached"); tests of the download serve a stand-in themselves."""
+    from download_standin import closed_port_url
+
+    monkeypatch.setenv("RESNET_VIZ_CIFAR_URL", closed_port_url())
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     """Poll ``condition`` until it holds; fail saying ``what`` did not happen, never hang."""
     deadline = time.monotonic() + timeout

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from download_standin import closed_port_url
 from PIL import Image
 from test_images import (  # tests/ is on sys.path under pytest's default import mode
     SVG,
@@ -134,7 +135,8 @@ def streamlit_server(script: Path, tmp: Path, env: dict[str, str] | None = None)
     """``streamlit run script`` on a free port (from the repository root, runs going to
     ``tmp``); yields its base URL. Its log is printed if it fails to start or has a traceback."""
     port = _free_port()
-    env = {**os.environ, "RESNET_VIZ_RUNS": str(tmp / "runs"), "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {**os.environ, "RESNET_VIZ_RUNS": str(tmp / "runs"), "PYTHONUNBUFFERED": "1",
+           "RESNET_VIZ_CIFAR_URL": closed_port_url(), **(env or {})}  # the download offer asks no real server
     log_path = tmp / "streamlit.log"
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",

@@ -17,18 +17,25 @@ class Keys:
 
     WATCHED_RUN = "watched_run_id"
     DATA_CONFIG = "data_config"
+    DATA_DEFAULT = "data_default"  # the server's default when DATA_CONFIG was last read
     BUILD_CONFIG = "build_config"
     MESSAGE = "flash_message"
     ERROR = "flash_error"  # a button callback's error, shown where the page draws ``show_error``
+    DOWNLOAD_ERROR = "download_error"  # why the CIFAR-10 download could not start (``cifar_download``)
     VISITOR = "visitor"  # who this session is (``app.visitors``)
     VISITOR_TOKEN = "visitor_token"  # their signed URL token, when no cookie tells the browser
     LINK_SEEN = "link_seen"  # query parameter -> the value last taken from or written to the URL (``app.links``)
 
 
 def data_config() -> DataConfig:
-    """The data set this user chose (the default source until they choose one)."""
-    if Keys.DATA_CONFIG not in st.session_state:
-        st.session_state[Keys.DATA_CONFIG] = default_source()
+    """The data set this user chose (the default source until they choose one).
+
+    A user on the default follows it when it changes: once someone downloads CIFAR-10, every
+    session that was on the synthetic default moves to it on its next run, without a restart."""
+    now, then = default_source(), st.session_state.get(Keys.DATA_DEFAULT)
+    if Keys.DATA_CONFIG not in st.session_state or st.session_state[Keys.DATA_CONFIG] == then:
+        st.session_state[Keys.DATA_CONFIG] = now
+    st.session_state[Keys.DATA_DEFAULT] = now
     return st.session_state[Keys.DATA_CONFIG]
 
 

@@ -216,6 +216,9 @@ def sidebar() -> None:
             st.warning(f"**Data:** {label}", icon=":material/science:")
         else:
             st.info(f"**Data:** {label}", icon=":material/dataset:")
+        from resnet_viz.app import cifar_download  # it builds on this module's widgets
+
+        cifar_download.offer("sidebar")
         st.caption(f"**Device:** {describe_device(pick_device('auto'))}")
         measured = resources.machine_speed()  # the first visit starts measuring: times are known by Train
         st.caption(f"**Speed:** ResNet-20 trains at {measured.train_ips[0]:,.0f} images/s here" if measured

@@ -31,12 +31,14 @@ from resnet_viz.background.calls import Call, Deferred
 from resnet_viz.background.progress import eta
 from resnet_viz.background.workers import Send, WorkerProcess, watch_parent
 from resnet_viz.config import DataConfig, ModelConfig
+from resnet_viz.data.download import DownloadStopped
 from resnet_viz.experiments.common import Cancelled, ProgressFn
 from resnet_viz.limits import ServerLimits, server_limits
 from resnet_viz.store.models import ModelRef
 
 TaskFn = Callable[[ProgressFn, threading.Event], Any]
 __all__ = ["Call", "Deferred", "Task", "TaskRegistry", "TaskSnapshot"]  # Call, Deferred: the pages' way in
+_STOPPED = ("Cancelled", DownloadStopped.__name__)  # what a worker raises when its stop event is set
 STOP_GRACE_S = 10.0  # an experiment checks its stop event between batches: seconds at most
 
 
@@ -138,7 +140,7 @@ class Task:
         try:
             result = self._fn(self._progress, self._stop) if self._worker is None else self._run_in(self._worker)
             outcome = ("done", result, "", 1.0, "done")
-        except Cancelled:
+        except (Cancelled, DownloadStopped):
             outcome = ("stopped", None, "", self._fraction, "stopped")
         except Exception as e:  # noqa: BLE001 - a task ends with a message, whatever broke
             outcome = ("failed", None, str(e) or type(e).__name__, self._fraction, "failed")
@@ -159,7 +161,7 @@ class Task:
             elif msg[0] == "end":
                 return msg[1]
             elif msg[0] == "error":
-                raise Cancelled(msg[1]) if msg[3] == "Cancelled" else TaskError(msg[1])
+                raise Cancelled(msg[1]) if msg[3] in _STOPPED else TaskError(msg[1])
             elif self._stop.is_set():  # died: killed after a stop it did not answer
                 raise Cancelled("stopped by the user")
             else:
