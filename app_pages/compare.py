@@ -8,7 +8,6 @@ from resnet_viz import plots
 from resnet_viz.app import links, resources, state, visitors, widgets
 from resnet_viz.config import ModelConfig, RunConfig, TrainConfig
 from resnet_viz.experiments import degradation, estimates
-from resnet_viz.training import speed
 
 st.title("Compare runs")
 registry = resources.job_registry()
@@ -22,7 +21,7 @@ groups = degradation.degradation_groups([r for r in all_runs if r.owner in (me.i
 data, measured = resources.data(), resources.machine_speed()
 base = RunConfig(model=ModelConfig(num_classes=len(data.classes) if data else 10), data=state.data_config(),
                  train=degradation.default_train_config())
-quick = estimates.quick_steps(base, *speed.data_sizes(data), measured) if data and measured else None
+quick = estimates.quick_steps(base, *estimates.data_sizes(data), measured) if data and measured else None
 
 
 def queue_degradation(train: TrainConfig) -> None:
@@ -47,14 +46,14 @@ with st.container(border=True):
         st.button(f"Quick replay ({quick:,} steps per net)" if quick else "Quick replay", type="primary",
                   icon=":material/science:", disabled=quick is None,
                   on_click=widgets.clicked(queue_degradation, estimates.quick_config(quick or 1)))
-        widgets.time_estimate(estimates.replay_seconds(base, *speed.data_sizes(data), measured,
+        widgets.time_estimate(estimates.replay_seconds(base, *estimates.data_sizes(data), measured,
                                                        estimates.quick_config(quick))
                               if data and measured and quick else None, measured)
     with c2:
         full = degradation.default_train_config()
         st.button(f"Full replay ({full.steps:,} steps per net)", icon=":material/science:",
                   on_click=widgets.clicked(queue_degradation, full))
-        widgets.time_estimate(estimates.replay_seconds(base, *speed.data_sizes(data), measured)
+        widgets.time_estimate(estimates.replay_seconds(base, *estimates.data_sizes(data), measured)
                               if data and measured else None, measured)
     widgets.show_error()
     results = None

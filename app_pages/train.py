@@ -19,8 +19,8 @@ from resnet_viz.config import (
 )
 from resnet_viz.data.roots import locate
 from resnet_viz.data.sources import allowed_roots, default_source
+from resnet_viz.experiments import estimates
 from resnet_viz.store.listing import metrics_csv, no_learning_so_far
-from resnet_viz.training import speed
 
 st.title("Train")
 registry = resources.job_registry()
@@ -80,7 +80,7 @@ BATCH_SIZES = [32, 64, 128, 256, 512]
 default = TrainConfig.recipe("quick")  # the form starts at the library's quick recipe ...
 data, measured = resources.data(), resources.machine_speed()
 if "tr_budget" not in st.session_state:  # ... and as many epochs as make a brief run of about 5 minutes here
-    st.session_state["tr_budget"] = (speed.brief_epochs(RunConfig(model=model_cfg, train=default), data, measured)
+    st.session_state["tr_budget"] = (estimates.brief_epochs(RunConfig(model=model_cfg, train=default), data, measured)
                                      if data is not None and measured is not None else int(default.epochs or 1))
 # Not st.form: the time estimate under Start follows every change of budget, batch or model.
 with st.container(border=True, key="train_form"):
@@ -104,7 +104,7 @@ with st.container(border=True, key="train_form"):
     c6.number_input("Seed", min_value=0, max_value=2**31 - 1, value=default.seed, key="tr_seed")
     st.text_input("Name (optional)", max_chars=60, key="tr_name")
     st.button("Start training", type="primary", icon=":material/play_arrow:", on_click=widgets.clicked(start_training))
-    widgets.time_estimate(speed.run_seconds(form_config(), data, measured) if data and measured else None, measured)
+    widgets.time_estimate(estimates.run_seconds(form_config(), data, measured) if data and measured else None, measured)
 widgets.show_error()
 
 st.divider()

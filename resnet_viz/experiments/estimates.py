@@ -17,11 +17,19 @@ from dataclasses import replace
 from resnet_viz.config import ModelConfig, RunConfig, TrainConfig
 from resnet_viz.experiments.degradation import DEFAULT_STEPS, degradation_configs, train_config
 from resnet_viz.experiments.lesion import MAX_K
-from resnet_viz.training.speed import Speed, training_seconds
+from resnet_viz.training.speed import (  # a run's time, for the pages (which never import training)
+    Speed,
+    brief_epochs,
+    data_sizes,
+    run_seconds,
+    training_seconds,
+)
 
 # One image at a time costs far more per image than a batch: the sanity check's maps are
 # forward and backward passes of batch 1. Measured here: about 16 batched fp32 images' time.
 _SINGLE_IMAGE = 16.0
+__all__ = ["brief_epochs", "data_sizes", "lesion_seconds", "quick_config", "quick_steps", "replay_seconds",
+           "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds"]
 SHATTERED_POINTS = 256  # signal.shattered_gradients' default
 SIGNAL_BATCH = 64  # signal.signal_propagation's default
 
