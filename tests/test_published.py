@@ -236,7 +236,8 @@ def _accuracy(name: str, pad: str, per_class: int = 50) -> float:
 
 def _need_real(name: str) -> None:
     if REAL is None or not (REAL / published.PUBLISHED[name].file).is_file():
-        pytest.skip(f"no {published.PUBLISHED[name].file} in ../shared/data/published-cifar-resnets beside the checkout")
+        pytest.skip(f"no {published.PUBLISHED[name].file} in ../shared/data/published-cifar-resnets "
+                    "beside the checkout")
     if not CIFAR_JPEG.is_dir():
         pytest.skip("no CIFAR-10 JPEG copy in ../shared/data/cifar10-jpg beside the checkout")
 
@@ -271,3 +272,58 @@ def test_the_shared_copy_downloads_offline(tmp_path: Path, monkeypatch: pytest.M
     got = published.download("resnet20", dest=tmp_path)
     _, cfg, meta = load_model_file(Path(got["path"]))
     assert cfg.model.label == "ResNet(A)-20 (pad both)" and meta["source_sha256"].startswith("12fca82f")
+
+
+# ------------------------------------------------------------------ the offer in the app
+
+
+@pytest.fixture()
+def inspect_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threaded_tasks) -> Iterator:
+    """The Inspect page on the synthetic set, with its own runs folder, caches and task registry."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from resnet_viz.app.state import Keys
+    from resnet_viz.background.tasks import TaskRegistry
+    from resnet_viz.config import DataConfig
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("RESNET_VIZ_RUNS", str(tmp_path / "runs"))
+    monkeypatch.chdir(root)
+    st.cache_resource.clear()
+    TaskRegistry.reset_shared()
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=60)
+    at.session_state[Keys.DATA_CONFIG] = DataConfig(source="synthetic", synthetic_train=640, synthetic_test=160)
+    yield at.switch_page("app_pages/inspect.py")
+    TaskRegistry.reset_shared()
+    st.cache_resource.clear()
+
+
+def _download_and_wait(at) -> None:
+    from resnet_viz.background.tasks import TaskRegistry
+
+    at.run()
+    assert not at.exception, at.exception
+    assert any(e.label.startswith("Published nets") for e in at.expander)
+    next(b for b in at.button if b.label.startswith("Download ResNet-8 (0.")).click().run()
+    task = TaskRegistry.shared().get("published|resnet20")
+    assert task is not None and task.wait(30)
+    at.run()
+    assert not at.exception, at.exception
+
+
+def test_the_offer_downloads_a_net_into_every_picker(stand_in, inspect_page) -> None:
+    at = inspect_page
+    _download_and_wait(at)
+    assert "ResNet(A)-8 (pad both) · published (akamaster) · 91.7% reported (official test set)" in \
+        at.selectbox[0].options
+    assert not any(e.label.startswith("Published nets") for e in at.expander)  # all here: nothing left to offer
+
+
+def test_the_offer_says_when_it_cannot_reach_the_download(stand_in, inspect_page,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(published.URL_ENV, closed_port_url())
+    at = inspect_page
+    _download_and_wait(at)
+    assert any("cannot reach 127.0.0.1" in e.value for e in at.error), [e.value for e in at.error]
+    assert any(b.label.startswith("Download ResNet-8") for b in at.button)  # offered again

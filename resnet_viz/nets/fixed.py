@@ -50,6 +50,9 @@ class InputMap(nn.Module):
     as the weights saw in training, exactly (x * scale + shift, per channel), so that every
     page and experiment keeps feeding the app's one normalization."""
 
+    scale: Tensor
+    shift: Tensor
+
     def __init__(self, target: str, source: str = "cifar10") -> None:
         super().__init__()
         for name in (target, source):
