@@ -315,9 +315,11 @@ def _download_and_wait(at) -> None:
 def test_the_offer_downloads_a_net_into_every_picker(stand_in, inspect_page) -> None:
     at = inspect_page
     _download_and_wait(at)
-    assert "ResNet(A)-8 (pad both) · published (akamaster) · 91.7% reported (official test set)" in \
-        at.selectbox[0].options
+    label = "ResNet(A)-8 (pad both) · published (akamaster) · 91.7% reported (official test set)"
+    assert label in at.selectbox[0].options
     assert not any(e.label.startswith("Published nets") for e in at.expander)  # all here: nothing left to offer
+    at.selectbox[0].select_index(at.selectbox[0].options.index(label)).run()  # and the page works on it
+    assert not at.exception and "ResNet(A)-8 (pad both): stage1.block0" in str(at.get("plotly_chart")[0].proto)
 
 
 def test_the_offer_says_when_it_cannot_reach_the_download(stand_in, inspect_page,
