@@ -278,8 +278,8 @@ def test_the_shared_copy_downloads_offline(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.fixture()
-def inspect_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threaded_tasks) -> Iterator:
-    """The Inspect page on the synthetic set, with its own runs folder, caches and task registry."""
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threaded_tasks) -> Iterator:
+    """The app on the synthetic set, with its own runs folder, caches and task registry."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
@@ -294,7 +294,7 @@ def inspect_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threaded_tasks
     TaskRegistry.reset_shared()
     at = AppTest.from_file(str(root / "app.py"), default_timeout=60)
     at.session_state[Keys.DATA_CONFIG] = DataConfig(source="synthetic", synthetic_train=640, synthetic_test=160)
-    yield at.switch_page("app_pages/inspect.py")
+    yield at
     TaskRegistry.reset_shared()
     st.cache_resource.clear()
 
@@ -302,7 +302,7 @@ def inspect_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threaded_tasks
 def _download_and_wait(at) -> None:
     from resnet_viz.background.tasks import TaskRegistry
 
-    at.run()
+    at.switch_page("app_pages/inspect.py").run()
     assert not at.exception, at.exception
     assert any(e.label.startswith("Published nets") for e in at.expander)
     next(b for b in at.button if b.label.startswith("Download ResNet-8 (0.")).click().run()
@@ -312,8 +312,8 @@ def _download_and_wait(at) -> None:
     assert not at.exception, at.exception
 
 
-def test_the_offer_downloads_a_net_into_every_picker(stand_in, inspect_page) -> None:
-    at = inspect_page
+def test_the_offer_downloads_a_net_into_every_picker(stand_in, app) -> None:
+    at = app
     _download_and_wait(at)
     label = "ResNet(A)-8 (pad both) · published (akamaster) · 91.7% reported (official test set)"
     assert label in at.selectbox[0].options
@@ -322,10 +322,20 @@ def test_the_offer_downloads_a_net_into_every_picker(stand_in, inspect_page) -> 
     assert not at.exception and "ResNet(A)-8 (pad both): stage1.block0" in str(at.get("plotly_chart")[0].proto)
 
 
-def test_the_offer_says_when_it_cannot_reach_the_download(stand_in, inspect_page,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_offer_says_when_it_cannot_reach_the_download(stand_in, app, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(published.URL_ENV, closed_port_url())
-    at = inspect_page
+    at = app
     _download_and_wait(at)
     assert any("cannot reach 127.0.0.1" in e.value for e in at.error), [e.value for e in at.error]
     assert any(b.label.startswith("Download ResNet-8") for b in at.button)  # offered again
+
+
+def test_build_page_says_and_sets_the_padding(app) -> None:
+    from resnet_viz.app.state import Keys
+
+    at = app.switch_page("app_pages/build.py").run()
+    pad = next(r for r in at.radio if r.label == "Option A padding")
+    assert pad.value == "after" and "zeros after the identity (this app)" in pad.options
+    pad.set_value("both").run()
+    assert not at.exception and at.session_state[Keys.BUILD_CONFIG].pad == "both"
+    assert any("(pad both)" in str(link.proto) for link in at.get("page_link"))
