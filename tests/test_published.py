@@ -339,3 +339,13 @@ def test_build_page_says_and_sets_the_padding(app) -> None:
     pad.set_value("both").run()
     assert not at.exception and at.session_state[Keys.BUILD_CONFIG].pad == "both"
     assert any("(pad both)" in str(link.proto) for link in at.get("page_link"))
+
+
+def test_a_link_carries_the_padding(app) -> None:
+    from resnet_viz.app.state import Keys
+
+    app.query_params.update({"pad": "both", "depth": "32"})
+    at = app.switch_page("app_pages/build.py").run()
+    assert not at.exception and at.session_state[Keys.BUILD_CONFIG] == ModelConfig(depth=32, pad="both")
+    next(r for r in at.radio if r.label == "Option A padding").set_value("after").run()
+    assert "pad" not in at.query_params and at.query_params["depth"] == "32"  # the default is left out
