@@ -8,6 +8,8 @@ from resnet_viz.app import compute, links, state
 from resnet_viz.config import (
     BLOCKS,
     LAYERS_PER_BLOCK,
+    PAD_HELP,
+    PADS,
     SHORTCUT_HELP,
     SHORTCUTS,
     ModelConfig,
@@ -70,13 +72,16 @@ with left:
     shortcut = st.radio("Shortcut", SHORTCUTS, index=SHORTCUTS.index(current.shortcut),
                         format_func=lambda s: "none (plain net)" if s == "none" else s)
     st.caption(SHORTCUT_HELP[shortcut])
+    pad = st.radio("Option A padding", PADS, index=PADS.index(current.pad), format_func=PAD_HELP.get,
+                   disabled=shortcut != "A", help="where option A puts the zero channels when the shape changes; "
+                   "weights trained with one padding fail with the other (published nets use both sides)")
     width = st.select_slider("Width multiplier", WIDTHS, value=current.width)
     zero_init = st.toggle("Zero-init residual branches", value=current.zero_init_residual,
                           disabled=shortcut == "none",
                           help="zero the last BN of each residual branch: each block starts as its shortcut "
                                "(Goyal et al. 2017)")
 cfg = ModelConfig(depth=depth, shortcut=shortcut, block=block, width=width,
-                  zero_init_residual=zero_init and shortcut != "none")
+                  zero_init_residual=zero_init and shortcut != "none", pad=pad)
 st.session_state[state.Keys.BUILD_CONFIG] = cfg
 links.keep_model_config(cfg)
 summary = compute.model_summary(cfg)

@@ -16,6 +16,7 @@ st.title("Experiments")
 st.caption("Each computation runs in the background with progress and Stop; results stay when you reload.")
 data = resources.data()
 ref_a, ref_b = widgets.pick_two_models("exp")
+tasks.published_offer()
 refs = [r for r in (ref_a, ref_b) if r is not None]
 refs = refs[:1] if len(refs) == 2 and refs[0] == refs[1] else refs
 weights = {r.key: resources.weights(r) for r in refs}

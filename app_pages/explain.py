@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, links, resources, widgets
+from resnet_viz.app import compute, links, resources, tasks, widgets
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import attribution
 from resnet_viz.nets.cifar import block_names
@@ -12,6 +12,7 @@ st.title("Explain a prediction")
 st.page_link("app_pages/imagenet.py", icon=":material/photo_camera:",
              label="ImageNet ResNets: your own photos at 224 px under ResNet-18/34/50, pretrained when online")
 ref_a, ref_b = widgets.pick_two_models("explain", "Side by side with")
+tasks.published_offer()
 c1, c2 = st.columns([2, 1])
 method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title(),
                       key=links.seeded("method", "explain_method", list(attribution.METHODS)))

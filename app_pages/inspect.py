@@ -3,13 +3,14 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, links, resources, widgets
+from resnet_viz.app import compute, links, resources, tasks, widgets
 from resnet_viz.data.batches import normalize
 from resnet_viz.nets.cifar import block_names
 
 st.title("Look inside")
 refs = resources.model_refs()
 ref_a, ref_b = widgets.pick_two_models("inspect")
+tasks.published_offer()
 inputs = widgets.input_images("inspect", link=True)
 if ref_a is None or not inputs:
     st.info("Pick a model and an input image.")

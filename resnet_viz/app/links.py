@@ -112,7 +112,7 @@ PARAMS: dict[str, Param] = {p.name: p for p in [
     # The Build page's CIFAR network: text here, judged by ModelConfig (``seed_model_config``);
     # elsewhere "block" is one of a network's blocks (Inspect, Grad-CAM).
     Param("block", _choice()), Param("depth", _whole), Param("shortcut", _choice()), Param("width", _whole),
-    Param("zero_init", _flag, lambda v: str(bool(v)).lower()),
+    Param("zero_init", _flag, lambda v: str(bool(v)).lower()), Param("pad", _choice()),
     Param("family", _choice(_first_word), _first_word), Param("net", _choice()),
     # The pickers other pages share: models by ``ref_id``, a test image by class name and index.
     Param("model", _choice(ref_id), ref_id), Param("vs", _choice(ref_id), ref_id),
@@ -124,7 +124,7 @@ PARAMS: dict[str, Param] = {p.name: p for p in [
 # URL name -> (ModelConfig field, the text's type); block first: whether a depth is valid depends on it.
 BUILD_FIELDS: dict[str, tuple[str, Callable[[str, Sequence[Any]], Any]]] = {
     "block": ("block", lambda raw, _: raw), "depth": ("depth", _whole), "shortcut": ("shortcut", lambda raw, _: raw),
-    "width": ("width", _whole), "zero_init": ("zero_init_residual", _flag)}
+    "width": ("width", _whole), "zero_init": ("zero_init_residual", _flag), "pad": ("pad", lambda raw, _: raw)}
 
 
 def _seen() -> dict[str, str | None]:

@@ -83,3 +83,23 @@ def _task_progress(key: str, preview: Callable[[Any], None] | None = None) -> No
         c2.button("Stop", key=f"stop_{key}", icon=":material/stop:", on_click=clicked(task.stop, visitor()))
     else:
         c2.caption("Another visitor started this; it is shared with you.")
+
+
+def published_offer() -> None:
+    """The "Published nets" offer beside a model picker: a download button per published net
+    not on this server yet (a background task with progress and Stop); once one is here, every
+    model picker lists it. Offline, the failed task says it cannot reach the download."""
+    from resnet_viz.background.calls import Call
+    from resnet_viz.store import published
+
+    missing = [n for n in published.PUBLISHED.values() if published.installed(n.name) is None]
+    if not missing:
+        return
+    with st.expander("Published nets: paper-quality ResNet-20/32/44/56, trained by others, in one click"):
+        st.caption("akamaster/pytorch_resnet_cifar10 (BSD-2-Clause): He et al.'s option A nets, 91.7-93.4% on the "
+                   "official CIFAR-10 test set (about 81-83% on the JPEG copy). Downloaded from GitHub, sha256 "
+                   "checked, never run as code; then they are in every model picker.")
+        for n in missing:
+            run_task(f"published|{n.name}", f"Download ResNet-{n.depth} ({n.size / 1e6:.1f} MB)",
+                     Call(published.download, n.name), title=f"Download of the published {n.config.label}",
+                     help=f"{n.url}, {100 - n.error:.1f}% reported on the official test set")

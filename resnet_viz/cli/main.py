@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("speed", help="this machine's measured training and inference speed (the app's time estimates)")
     m.add_argument("--measure", action="store_true", help="measure again (a few seconds), e.g. after a busy first try")
 
+    g = sub.add_parser("published", help="published CIFAR ResNets (akamaster's ResNet-20/32/44/56): list, or get one")
+    g.add_argument("--get", metavar="NAME", default=None,
+                   help="download NAME (resnet20, resnet32, resnet44, resnet56, or all) where the app finds models")
+
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
     r.add_argument("--json", action="store_true")
@@ -105,13 +109,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_published(args: argparse.Namespace) -> int:
+    from resnet_viz.store import published
+
+    names = list(published.PUBLISHED) if args.get == "all" else [args.get] if args.get else []
+    for name in names:
+        published.net(name)  # an unknown name is refused before anything is fetched
+    got = [published.download(name) for name in names]
+    print(json.dumps({"folder": str(published.published_dir()), "got": got, "nets": published.listing()}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from resnet_viz.cli.experiments import EXPERIMENTS
     from resnet_viz.cli.experiments import run as run_experiment
 
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
-                "speed": cmd_speed}
+                "speed": cmd_speed, "published": cmd_published}
     commands.update({name: run_experiment for name in EXPERIMENTS})
     try:
         return commands[args.command](args)

@@ -21,15 +21,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnet_viz.config import ModelConfig
+from resnet_viz.nets.fixed import InputMap, PadShortcut
 
 __all__ = [
     "BasicBlock",
     "Bottleneck",
     "CifarResNet",
+    "InputMap",
     "PadShortcut",
     "Projection",
     "build_model",
@@ -46,29 +47,6 @@ def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
 
 def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
-
-
-class PadShortcut(nn.Module):
-    """Option A: identity with stride-2 subsampling and zero-padded extra channels.
-
-    No parameters. The new channels are appended after the existing ones (zeros), so
-    channel c of the output is channel c of the (subsampled) input for c < in_ch.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
-        super().__init__()
-        if out_ch < in_ch:
-            raise ValueError(f"option A cannot shrink channels ({in_ch} -> {out_ch})")
-        self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]  # (B, C, H/s, W/s)
-        # F.pad pads the last dims first: (W left, W right, H top, H bottom, C front, C back)
-        return F.pad(x, (0, 0, 0, 0, 0, self.out_ch - self.in_ch))
-
-    def extra_repr(self) -> str:
-        return f"{self.in_ch}, {self.out_ch}, stride={self.stride}"
 
 
 class Projection(nn.Sequential):
@@ -149,15 +127,15 @@ class Bottleneck(nn.Module):
 Block = BasicBlock | Bottleneck
 
 
-def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
-    """The skip path of one block for shortcut option ``kind``."""
+def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int, pad: str = "after") -> nn.Module | None:
+    """The skip path of one block for shortcut option ``kind`` (option A padding ``pad``)."""
     changes = stride != 1 or in_ch != out_ch
     if kind == "none":
         return None
     if kind == "C" or (kind == "B" and changes):
         return Projection(in_ch, out_ch, stride)
     if kind == "A" and changes:
-        return PadShortcut(in_ch, out_ch, stride)
+        return PadShortcut(in_ch, out_ch, stride, pad)
     if kind in ("A", "B"):
         return nn.Identity()
     raise ValueError(f"unknown shortcut {kind!r}")
@@ -181,6 +159,8 @@ class CifarResNet(nn.Module):
     def _make_layers(self, config: ModelConfig) -> None:
         block_cls: type[Block] = BasicBlock if config.block == "basic" else Bottleneck
         w1, w2, w3 = config.stage_widths
+        # Weights trained with another input normalization see the pixels they were trained on.
+        self.input_map = None if config.input_norm == "cifar10" else InputMap(config.input_norm)
         self.conv1 = conv3x3(3, w1)
         self.bn1 = nn.BatchNorm2d(w1)
         self.relu = nn.ReLU()
@@ -198,7 +178,7 @@ class CifarResNet(nn.Module):
         for i in range(n):
             s = stride if i == 0 else 1
             out_ch = planes * block_cls.expansion
-            shortcut = make_shortcut(self.config.shortcut, self._in_ch, out_ch, s)
+            shortcut = make_shortcut(self.config.shortcut, self._in_ch, out_ch, s, self.config.pad)
             blocks[f"block{i}"] = block_cls(self._in_ch, planes, s, shortcut)
             self._in_ch = out_ch
         return nn.Sequential(blocks)
@@ -223,6 +203,8 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
             elif isinstance(m, nn.BatchNorm2d):
                 m.reset_parameters()  # weight 1, bias 0, fresh running statistics (after to_empty)
+            elif isinstance(m, InputMap):
+                m.reset_buffers()
         if self.config.zero_init_residual and self.config.shortcut != "none":
             # Each residual block then starts as its shortcut: the net behaves like a
             # shallower one at step 0 (Goyal et al. 2017). Meaningless for a plain net.
@@ -230,6 +212,8 @@ class CifarResNet(nn.Module):
                 nn.init.zeros_(blk.last_bn.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_map is not None:
+            x = self.input_map(x)
         x = self.relu(self.bn1(self.conv1(x)))  # (B, 16w, 32, 32)
         x = self.stage1(x)  # (B, 16w*e, 32, 32)
         x = self.stage2(x)  # (B, 32w*e, 16, 16)

@@ -26,6 +26,7 @@ from resnet_viz.config import ModelConfig, RunConfig
 from resnet_viz.fsutil import PACKAGE_DIR, PROJECT_ROOT, atomic_path
 from resnet_viz.nets.cifar import CifarResNet, build_model
 from resnet_viz.store.listing import list_runs
+from resnet_viz.store.published import published_dir
 from resnet_viz.store.rundir import RunDir
 
 # assets/ in a checkout; an installed package carries the same files as resnet_viz/assets/
@@ -159,10 +160,14 @@ def shipped_models(folder: Path = ASSETS_DIR) -> list[ModelRef]:
                 meta = f.metadata() or {}
             cfg = RunConfig.from_dict(json.loads(meta["config"]))
             acc = json.loads(meta["test_acc"]) if "test_acc" in meta else None
+            reported = json.loads(meta["reported_test_acc"]) if "reported_test_acc" in meta else None
         except (SafetensorError, OSError, KeyError, ValueError, TypeError):
             continue  # not one of ours: never break the menu
         tail = f" · {acc:.1%} test accuracy" if isinstance(acc, (int, float)) else ""
-        refs.append((cfg.model.shortcut == "none", ModelRef("file", str(p), f"{cfg.model.label} · shipped{tail}")))
+        # A published net's figure is its authors', on the official test set: said as such.
+        tail += f" · {reported:.1%} reported (official test set)" if isinstance(reported, (int, float)) else ""
+        label = f"{cfg.model.label} · {meta.get('origin', 'shipped')}{tail}"
+        refs.append((cfg.model.shortcut == "none", ModelRef("file", str(p), label)))
     return [ref for _, ref in sorted(refs, key=lambda t: t[0])]  # residual nets first, then plain
 
 
@@ -170,12 +175,13 @@ UNTRAINED = ModelRef("untrained", "build", "Untrained model from the Build page"
 
 
 def model_refs(runs_root: Path, include_untrained: bool = True, folder: Path = ASSETS_DIR,
-               visible: Callable[[str | None], bool] | None = None) -> list[ModelRef]:
-    """What a model picker offers: the shipped models, then every run under ``runs_root``
+               visible: Callable[[str | None], bool] | None = None, published: Path | None = None) -> list[ModelRef]:
+    """What a model picker offers: the shipped models, the published nets downloaded into
+    ``published`` (default ``store.published.published_dir()``), then every run under ``runs_root``
     with a readable config and a checkpoint (newest first, labelled with its test accuracy)
     whose owner is ``visible`` (all by default), then (``include_untrained``) the Build page's
     untrained model. Damaged runs are left out."""
-    refs = list(shipped_models(folder))
+    refs = [*shipped_models(folder), *shipped_models(published if published is not None else published_dir())]
     for info in list_runs(runs_root):
         if visible is not None and not visible(info.owner):
             continue
