@@ -17,6 +17,7 @@ The computations themselves stay in the library (``experiments.attribution``, ``
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,11 +80,17 @@ def chart(builder: Callable[..., Figure], *args: Any, **kwargs: Any) -> Figure:
     def plain(a: Any) -> Any:
         return a.detach().cpu().numpy() if isinstance(a, Tensor) else a
 
-    # The key is the arguments' pickle (only written, never read back): equal content, equal
-    # bytes. Streamlit's own hash of a large array samples it; a figure must match every value.
+    # The key is the arguments' pickle (only written, never read back). Streamlit's own hash of a
+    # large array samples it; a figure must match every value. Without the memo ("fast" mode)
+    # equal content gives equal bytes: with it, a string that two fields share in one object (a
+    # field named "pad" and a value "pad") but not in its cached copy pickled differently.
     what = (builder.__module__, builder.__qualname__, [plain(a) for a in args],
             sorted((k, plain(v)) for k, v in kwargs.items()))
-    return _chart(hashlib.sha256(pickle.dumps(what, protocol=5)).hexdigest(), partial(builder, *args, **kwargs))
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    pickler.fast = True
+    pickler.dump(what)
+    return _chart(hashlib.sha256(buffer.getvalue()).hexdigest(), partial(builder, *args, **kwargs))
 
 
 # ------------------------------------------------------------------ CIFAR models
