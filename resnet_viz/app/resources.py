@@ -10,6 +10,7 @@ hooking.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
@@ -66,27 +67,29 @@ def runs_root() -> Path:
 
 
 SPEED_TASK = "machine-speed"
+_SERVER_STARTED = time.time()  # this module is imported once per server process
 
 
 def machine_speed() -> speed.Speed | None:
-    """This machine's measured speed, or None while it is measured: the first page that asks
-    starts the measurement (a few seconds, in a worker, once per server and machine) unless
-    a run is training, which would be measured instead of the machine."""
+    """This machine's measured speed, or None until the first measurement is in. Each server
+    process measures once (a few seconds, in a worker), when no run is training (it would
+    measure the run, not the machine); the kept figures are the fastest seen (``speed.save``),
+    so a measurement slowed by other work is made good by the next server's."""
     found = speed.cached()
-    if found is not None:
-        return found
-    from resnet_viz.background.calls import Call
-
+    if found is not None and found.measured_at >= _SERVER_STARTED:
+        return found  # measured (or made, in tests) since this server started
     reg = task_registry()
     task = reg.get(SPEED_TASK)
     # A failed measurement is not retried on every page run: the pages go on without times.
     if task is not None and task.snapshot().state != "stopped" or job_registry().active() is not None:
-        return None
+        return found
+    from resnet_viz.background.calls import Call
+
     # The server's own work: no visitor's task limit applies, the server-wide one does; when the
     # server runs as many tasks as it allows, a later visit measures.
     with suppress(ValueError):
         reg.start(SPEED_TASK, Call(speed.measure_and_save), title="Measure this machine's speed")
-    return None
+    return found
 
 
 # ------------------------------------------------------------------ data
