@@ -223,8 +223,9 @@ def save(speed: Speed, path: Path | None = None) -> Speed:
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         entries, before = {}, None
     if before is not None:
-        speed = replace(speed, **{f: _faster(getattr(speed, f), getattr(before, f))
-                                  for f in ("train_ips", "eval_ips", "fp32_ips")})
+        speed = replace(speed, train_ips=_faster(speed.train_ips, before.train_ips),
+                        eval_ips=_faster(speed.eval_ips, before.eval_ips),
+                        fp32_ips=_faster(speed.fp32_ips, before.fp32_ips))
     entries[speed.machine] = speed.to_dict()
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(f".{os.getpid()}.tmp")
