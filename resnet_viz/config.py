@@ -155,7 +155,8 @@ class TrainConfig:
     """How to train. Exactly one of ``epochs`` and ``steps`` sets the budget.
 
     The defaults are the brief recipe: ResNet-20 reaches 86% test accuracy on CIFAR-10
-    (JPEG copy) in 14 epochs, under 10 minutes on a 2-core CPU (README, benchmarks/).
+    (JPEG copy) in 14 epochs: 9 minutes on a 2-core CPU with bf16, 4-6 times as long on
+    one without (README); ``training.speed`` estimates it for the machine at hand.
     """
 
     epochs: float | None = 14.0

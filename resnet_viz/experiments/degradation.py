@@ -33,7 +33,8 @@ SLIGHT = 0.05  # a deeper-net gap up to 5 points is called "slightly worse"
 FINISHED_STATUSES = ("finished", "diverged")  # a diverged run is a result, not a missing one
 # The budget the reference numbers were measured at (plain-20 43%, plain-56 72%, ResNet-20
 # 36%, ResNet-56 38% training error): long enough for plain-56 to fall clearly behind,
-# short enough (about 15 minutes for all four on 2 CPU cores) to run while reading.
+# short enough to run while reading on a fast CPU (11 minutes for all four with bf16; a slow
+# one gets the quick replay, ``estimates.quick_steps``).
 DEFAULT_STEPS = 1000
 # A run's name says which experiment it belongs to: "degradation plain-20 #TAG", made by
 # ``run_name`` and read back by ``parse_run_name`` (the only two places that know the format).
