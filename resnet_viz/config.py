@@ -182,6 +182,10 @@ class TrainConfig:
     channels_last: bool = True
     sync_bn: bool = False  # several processes: batch-norm statistics over the global batch, not each shard
     compile: bool = False  # torch.compile the model (on CPU this needs a C++ compiler)
+    # The learning-rate schedule's length when it is longer than the budget: the run follows
+    # the first ``steps`` of a ``schedule_steps``-step schedule (a long run cut short, as the
+    # quick degradation replay is); None: the schedule spans the budget.
+    schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
@@ -220,6 +224,9 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
+        if self.schedule_steps is not None and not (
+                _is_int(self.schedule_steps) and self.steps is not None and self.schedule_steps >= self.steps):
+            raise ValueError(f"schedule_steps must be a step count at least the step budget, got {self.schedule_steps!r}")
 
     @classmethod
     def recipe(cls, name: str, **overrides: Any) -> TrainConfig:

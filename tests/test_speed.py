@@ -140,3 +140,29 @@ def test_the_speed_command_prints_the_kept_figures(capsys: pytest.CaptureFixture
     assert main(["speed"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["train_ips"] == list(speed.cached().train_ips) and shown["file"] == str(speed.speed_file())
+
+
+def test_the_quick_replay_follows_the_full_replays_schedule_cut_short() -> None:
+    """Its learning rates are the full replay's first steps, not a whole schedule squeezed in."""
+    from resnet_viz.experiments import degradation, estimates
+    from resnet_viz.training.schedule import lr_at
+
+    quick, full = estimates.quick_config(200), degradation.default_train_config()
+    assert quick.steps == 200 and quick.schedule_steps == full.steps == 1000
+    assert [lr_at(s, quick.schedule_steps, quick) for s in range(200)] == [lr_at(s, 1000, full) for s in range(200)]
+    with pytest.raises(ValueError, match="schedule_steps"):
+        TrainConfig(epochs=None, steps=300, schedule_steps=200)
+
+
+def test_a_run_cut_short_trains_on_the_longer_schedules_learning_rates(tmp_path: Path) -> None:
+    from resnet_viz.training.schedule import lr_at
+
+    data = make_synthetic(320, 40, seed=0)
+    tc = TrainConfig(epochs=None, steps=12, schedule_steps=100, batch_size=32, log_every=1, probe_every=0,
+                     eval_tta=False)
+    cfg = RunConfig(model=ModelConfig(depth=8), data=DataConfig(synthetic_train=320, synthetic_test=40), train=tc)
+    records: list[dict] = []
+    result = fit(cfg, data=data, on_records=records.extend)
+    assert result.status == "finished" and result.steps == 12
+    lrs = [r["lr"] for r in records if r["kind"] == "step"]
+    assert lrs == pytest.approx([lr_at(s, 100, tc) for s in range(12)])

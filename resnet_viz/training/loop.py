@@ -166,7 +166,7 @@ def fit(
 
 def _train_step(s: Setup, procs: Processes, log: StepLog, step: int) -> dict[str, dict[str, float]] | None:
     """One optimizer step on this rank's rows of batch ``step``; the per-block figures if probed."""
-    lr = lr_at(step, s.total, s.tc, s.config.model.depth)
+    lr = lr_at(step, s.tc.schedule_steps or s.total, s.tc, s.config.model.depth)
     for g in s.optimizer.param_groups:
         g["lr"] = lr
     xb, yb = s.stream.batch(step, s.rows)
