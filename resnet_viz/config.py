@@ -226,7 +226,8 @@ class TrainConfig:
             raise ValueError("threads must be >= 1")
         if self.schedule_steps is not None and not (
                 _is_int(self.schedule_steps) and self.steps is not None and self.schedule_steps >= self.steps):
-            raise ValueError(f"schedule_steps must be a step count at least the step budget, got {self.schedule_steps!r}")
+            raise ValueError(f"schedule_steps must be a step count of at least the budget's steps, "
+                             f"got {self.schedule_steps!r}")
 
     @classmethod
     def recipe(cls, name: str, **overrides: Any) -> TrainConfig:
