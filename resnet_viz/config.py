@@ -182,9 +182,8 @@ class TrainConfig:
     channels_last: bool = True
     sync_bn: bool = False  # several processes: batch-norm statistics over the global batch, not each shard
     compile: bool = False  # torch.compile the model (on CPU this needs a C++ compiler)
-    # The learning-rate schedule's length when it is longer than the budget: the run follows
-    # the first ``steps`` of a ``schedule_steps``-step schedule (a long run cut short, as the
-    # quick degradation replay is); None: the schedule spans the budget.
+    # A longer schedule than the budget: the first ``steps`` of a ``schedule_steps``-step one (a
+    # long run cut short: the quick degradation replay); None: the schedule spans the budget.
     schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -224,10 +223,9 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
-        if self.schedule_steps is not None and not (
-                _is_int(self.schedule_steps) and self.steps is not None and self.schedule_steps >= self.steps):
-            raise ValueError(f"schedule_steps must be a step count of at least the budget's steps, "
-                             f"got {self.schedule_steps!r}")
+        if self.schedule_steps is not None and not (_is_int(self.schedule_steps) and self.schedule_steps >= (
+                self.steps or 10**9)):
+            raise ValueError(f"schedule_steps must be at least the budget's steps, got {self.schedule_steps!r}")
 
     @classmethod
     def recipe(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -267,14 +265,13 @@ def base_lr(train: TrainConfig) -> float:
     return train.lr * BASE_BATCH / train.batch_size
 
 
-# Training recipes as TrainConfig fields over its defaults. "brief" is the defaults.
-# "paper": He et al. 2015, section 4.2: batch 128, SGD momentum 0.9 (not Nesterov), weight
-# decay 1e-4, LR 0.1 divided by 10 at 32k and 48k iterations, stop at 64k; for 110 layers
-# 0.01 for the first 400 iterations (schedule "paper" does both); single-view testing,
-# no label smoothing.
+# Training recipes as TrainConfig fields over its defaults ("brief"). "paper": He et al. 2015,
+# section 4.2: batch 128, SGD momentum 0.9 (not Nesterov), weight decay 1e-4, LR 0.1 divided by 10 at
+# 32k and 48k iterations, stop at 64k, for 110 layers 0.01 for the first 400 (schedule "paper" does
+# both); single-view testing, no label smoothing.
 RECIPES: dict[str, dict[str, Any]] = {
     "brief": {},
-    # The Train page's first offer: the brief recipe over 5 epochs, a run a person waits for.
+    # The Train page's offer before the machine is measured: the brief recipe over 5 epochs.
     "quick": {"epochs": 5.0},
     "paper": {
         "epochs": None, "steps": 64_000, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "nesterov": False,
