@@ -1,6 +1,6 @@
 """The degradation experiment from the command line, as the Compare page runs it.
 
-    python benchmarks/degradation.py [--steps 1000] [--out runs] [--export assets/degradation.json]
+    python benchmarks/degradation.py [--steps 1000] [--quick] [--synthetic] [--out runs] [--export FILE]
 
 Trains plain-20, plain-56, ResNet-20 and ResNet-56 (shortcut A) one after another with
 the same seed, data order and budget on the default data set (CIFAR-10 when it is here),
@@ -28,9 +28,9 @@ import contextlib
 
 import torch  # noqa: E402
 
-from resnet_viz.config import ModelConfig, RunConfig  # noqa: E402
+from resnet_viz.config import DataConfig, ModelConfig, RunConfig  # noqa: E402
 from resnet_viz.data.sources import default_source, load_data  # noqa: E402
-from resnet_viz.experiments import degradation  # noqa: E402
+from resnet_viz.experiments import degradation, estimates  # noqa: E402
 from resnet_viz.store.rundir import RunDir, default_runs_dir  # noqa: E402
 from resnet_viz.training import speed  # noqa: E402
 from resnet_viz.training.loop import fit  # noqa: E402
@@ -43,10 +43,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=degradation.DEFAULT_STEPS)
     ap.add_argument("--out", default=None)
     ap.add_argument("--export", default=None, help="write the result for the Compare page (assets/degradation.json)")
+    ap.add_argument("--quick", action="store_true", help="the quick replay: the full schedule cut short after --steps")
+    ap.add_argument("--synthetic", action="store_true", help="the embedded synthetic set, not the default data")
     args = ap.parse_args()
-    src = default_source()
+    src = DataConfig() if args.synthetic else default_source()
     data = load_data(src, trusted=True)  # the operator's own folder
-    train = degradation.train_config(args.steps)
+    train = estimates.quick_config(args.steps) if args.quick else degradation.train_config(args.steps)
     base = RunConfig(model=ModelConfig(num_classes=len(data.classes)), data=src, train=train)
     measured = speed.known_speed()  # the app's estimate, printed beside each run's time
     print(measured.describe())
