@@ -729,34 +729,3 @@ def test_an_oversize_upload_is_explained_in_words(page, server: str, shots: Path
     assert_healthy(page)
     shoot(page, shots, "20-oversize-upload.png")
     clear_uploads(page)
-
-
-def test_published_nets_offer(tmp_path: Path) -> None:
-    """Inspect offers the published nets; with no network a click says it cannot reach the download,
-    and with the team's copy beside the checkout the net lands in the model picker."""
-    from resnet_viz.store import published
-
-    local = published.SHARED_COPY is not None and (published.SHARED_COPY / "resnet20-12fca82f.th").is_file()
-    env = {"RESNET_VIZ_DEFAULT_DATA": "synthetic", "RESNET_VIZ_DATA": str(tmp_path / "data"),
-           published.URL_ENV: f"http://127.0.0.1:{_free_port()}/"}  # nothing listens there: offline
-    folder = Path(os.environ.get("RESNET_VIZ_SCREENSHOTS") or tmp_path)
-    with streamlit_server(ROOT / "app.py", tmp_path, env) as base, browser_tab() as tab:
-        open_page(tab, base, "inspect")
-        main(tab).get_by_text("Published nets").click()
-        main(tab).get_by_role("button", name="Download ResNet-20 (1.1 MB)").click()
-        if local:
-            picker = main(tab).locator("[data-testid='stSelectbox']").first
-            # No button (started) and no progress bar (finished): done.
-            expect(main(tab).get_by_role("button", name="Download ResNet-20 (1.1 MB)")).to_have_count(
-                0, timeout=RUN_TIMEOUT_MS)
-            expect(main(tab).locator("[data-testid='stProgress']")).to_have_count(0, timeout=RUN_TIMEOUT_MS)
-            wait_for_app(tab)
-            picker.click()
-            expect(tab.get_by_role("option", name=re.compile("ResNet\\(A\\)-20 \\(pad both\\) · published"))
-                   ).to_be_visible()
-            tab.keyboard.press("Escape")
-        else:
-            expect(main(tab).get_by_text("cannot reach 127.0.0.1")).to_be_visible(timeout=RUN_TIMEOUT_MS)
-        wait_for_app(tab)
-        assert_healthy(tab)
-        shoot(tab, folder, "21-published-offer.png")

@@ -68,8 +68,12 @@ def test_about_rounds_as_a_person_says_it(seconds: float, words: str) -> None:
 
 @pytest.mark.slow
 def test_the_estimate_is_within_a_quarter_of_a_real_run_here(tmp_path: Path) -> None:
-    """Measure this machine, estimate a short ResNet-20 run with two evaluations, train it."""
-    s = speed.measure(device="cpu")
+    """Measure this machine, estimate a short ResNet-20 run with two evaluations, train it.
+    Measured twice, the faster kept, as the app keeps its figures: a measurement is only ever
+    slowed by other work (in CI once: 588 images/s, an estimate 1.55x the run)."""
+    file = tmp_path / "speed.json"
+    speed.save(speed.measure(device="cpu"), file)
+    s = speed.save(speed.measure(device="cpu"), file)
     data = make_synthetic(4_000, 1_000, seed=0)
     cfg = RunConfig(model=ModelConfig(depth=20), data=DataConfig(synthetic_train=4_000, synthetic_test=1_000),
                     train=TrainConfig(epochs=None, steps=120, eval_every=60, device="cpu"))
