@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from resnet_viz.app import cifar_download
+from resnet_viz.app import cifar_download, tasks
 
 st.title("ResNet Lab")
 st.markdown(
@@ -11,6 +11,7 @@ st.markdown(
     "and look inside them while they learn."
 )
 cifar_download.offer("home")  # when the official CIFAR-10 is not on this server
+tasks.published_offer()  # trained nets to look inside before training any
 STEPS = [
     ("1. Degradation", "app_pages/compare.py", ":material/trending_down:",
      "A deeper **plain** net ends with a *higher training error* than a shallower one: not overfitting, "

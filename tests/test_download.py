@@ -148,3 +148,24 @@ def test_a_slow_check_holds_a_page_run_at_most_its_wait(monkeypatch: pytest.Monk
     release.set()
     wait_until(lambda: download.reachability(url, wait_s=0).ok is True, "the check to answer", timeout=10)
     download.forget_reachability()
+
+
+def test_the_cli_downloads_where_the_app_looks_and_says_why_it_cannot(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from resnet_viz.cli.main import main
+
+    archive = standin_archive()
+    with serve(archive) as url:
+        monkeypatch.setenv("RESNET_VIZ_CIFAR_URL", url)
+        monkeypatch.setenv("RESNET_VIZ_CIFAR_MD5", md5(archive))
+        assert main(["download"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["root"] == str(data_dir) and out["bytes"] == len(archive)
+    assert download.cifar10_present(data_dir) and sources.default_source().source == "cifar10"
+    monkeypatch.setenv("RESNET_VIZ_CIFAR_URL", closed_port_url())  # offline: one line, exit 2, no traceback
+    assert main(["download", "--root", str(data_dir.parent / "other")]) == 2
+    err = capsys.readouterr().err
+    assert "download: error:" in err and "Traceback" not in err
+    assert not download.cifar10_present(data_dir.parent / "other")

@@ -349,3 +349,9 @@ def test_a_link_carries_the_padding(app) -> None:
     assert not at.exception and at.session_state[Keys.BUILD_CONFIG] == ModelConfig(depth=32, pad="both")
     next(r for r in at.radio if r.label == "Option A padding").set_value("after").run()
     assert "pad" not in at.query_params and at.query_params["depth"] == "32"  # the default is left out
+
+
+def test_home_offers_the_published_nets(stand_in, app) -> None:
+    at = app.run()  # a newcomer's first page: trained nets to open before training any
+    assert not at.exception, at.exception
+    assert any(e.label.startswith("Published nets") for e in at.expander)

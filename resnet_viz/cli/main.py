@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--get", metavar="NAME", default=None,
                    help="download NAME (resnet20, resnet32, resnet44, resnet56, or all) where the app finds models")
 
+    d = sub.add_parser("download", help="download CIFAR-10 (torchvision's archive, 170 MB, md5-checked) where the app "
+                       "looks for it")
+    d.add_argument("--root", default=None, help="data folder (default: the app's, ./data or env RESNET_VIZ_DATA)")
+
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
     r.add_argument("--json", action="store_true")
@@ -120,13 +124,23 @@ def cmd_published(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from resnet_viz.background.progress import StderrProgress
+    from resnet_viz.data import download
+    from resnet_viz.data.sources import default_data_dir
+
+    root = Path(args.root) if args.root else default_data_dir()
+    print(json.dumps(download.download_cifar10(root, progress=StderrProgress())))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from resnet_viz.cli.experiments import EXPERIMENTS
     from resnet_viz.cli.experiments import run as run_experiment
 
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
-                "speed": cmd_speed, "published": cmd_published}
+                "speed": cmd_speed, "published": cmd_published, "download": cmd_download}
     commands.update({name: run_experiment for name in EXPERIMENTS})
     try:
         return commands[args.command](args)
