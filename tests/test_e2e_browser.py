@@ -673,16 +673,13 @@ def test_a_shared_link_opens_the_same_view(page, server: str, shots: Path) -> No
     thumb = main(page).locator("[data-testid='stSlider']").filter(has_text="Blocks per stage").get_by_role("slider")
     layers = main(page).locator("[data-testid='stMetric']").filter(has_text="Layers").locator(
         "[data-testid='stMetricValue']")
-    # n = 3 -> 9 (ResNet-56) a step at a time. The slider has no key, so each new value redraws it
-    # and the key press after a redraw can be lost (so on main too): press until it shows 56.
-    for _ in range(20):
-        if layers.inner_text() == "56":
-            break
+    # n = 3 -> 9 (ResNet-56) a step at a time: the keyed slider keeps its identity, so every
+    # key press counts (a keyless one was remounted after each step and dropped presses).
+    for n in range(4, 10):
         thumb.focus()
         thumb.press("ArrowRight")
-        page.wait_for_timeout(500)
+        expect(layers).to_have_text(str(6 * n + 2))
         wait_for_app(page)
-    expect(layers).to_have_text("56")
     main(page).locator("[data-testid='stRadio']").filter(has_text="Shortcut").get_by_text(
         "none (plain net)", exact=True).click()
     expect(page).to_have_url(re.compile(r"/build\?(?=.*depth=56)(?=.*shortcut=none)"), timeout=RUN_TIMEOUT_MS)
