@@ -141,7 +141,9 @@ def _measure(model: nn.Module, x: Tensor, y: Tensor, plan: list[tuple[int, ...]]
                                      y[b * batch_size:(b + 1) * batch_size])
             for j, subset in enumerate([None, *plan]):
                 check(stop)
-                routes.set(subset)  # None: every gate open, the ordinary gradient
+                everything = range(routes.n)
+                # None: every gate open, the ordinary gradient; else the single path
+                routes.set(everything, everything) if subset is None else routes.set(subset)
                 (g,) = torch.autograd.grad(loss, xg, retain_graph=True, allow_unused=True)
                 total = 0.0 if g is None else float(path_gradient_norms(g).double().sum())
                 if subset is None:
