@@ -265,3 +265,50 @@ def test_bad_arguments() -> None:
         paths_study(model, x[0], y)
     with pytest.raises(ValueError, match="no residual or plain blocks"):
         paths_study(nn.Sequential(nn.Flatten(), nn.LazyLinear(10)), x, y)
+
+
+# ------------------------------------------------------------- the CLI
+
+
+def test_cli_prints_one_json_object(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from resnet_viz.cli import experiments as cli_experiments
+    from resnet_viz.config import DataConfig, RunConfig
+    from resnet_viz.data.sources import load_data
+
+    data = load_data(DataConfig(source="synthetic", synthetic_train=100, synthetic_test=20))
+    monkeypatch.setattr(cli_experiments, "load_model_ref", lambda ref, out: (_net(8, "A"), RunConfig(), "tiny"))
+    monkeypatch.setattr(cli_experiments, "data_for", lambda cfg: data)
+    args = argparse.Namespace(command="paths", run="r", out=None, images=6, samples=2, seed=0)
+    assert cli_experiments.run(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    r = json.loads(lines[0])
+    assert r["experiment"] == "paths" and r["blocks"] == 3 and r["images"] == 6
+    assert [row["k"] for row in r["per_length"]] == [0, 1, 2, 3] and r["seconds"] >= 0
+    with pytest.raises(ValueError, match="--images"):
+        cli_experiments.run(argparse.Namespace(**{**vars(args), "images": 5000}))
+
+
+@pytest.mark.slow
+def test_cli_bad_arguments_are_one_line() -> None:
+    from test_cli import cli
+
+    out = cli("paths", "assets/resnet20.safetensors", "--samples", "0")
+    assert out.returncode == 2 and "samples" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_estimate_counts_the_passes() -> None:
+    from conftest import fake_speed
+
+    from resnet_viz.experiments.estimates import paths_seconds
+
+    s = fake_speed()
+    r8, per = ModelConfig(depth=8), s.fp32_seconds_per_image(ModelConfig(depth=8))
+    # 3 blocks, 2 samples: lengths 0..3 measure 1, 2, 2, 1 paths at 0.1 + 0.7 k/3 forwards each
+    paths = 0.1 + 2 * (0.1 + 0.7 / 3) + 2 * (0.1 + 1.4 / 3) + 0.8
+    assert paths_seconds(r8, 10, 2, s) == pytest.approx((2.2 + paths) * 10 * per)
+    assert paths_seconds(ModelConfig(depth=8, shortcut="none"), 10, 2, s) == pytest.approx(3.0 * 10 * per)
+    assert paths_seconds(ModelConfig(depth=56), 64, 8, s) > paths_seconds(ModelConfig(depth=20), 64, 8, s)
+    assert paths_seconds(r8, 10, 2, s, threads=1) == pytest.approx(paths_seconds(r8, 10, 2, s) * s.threads)
