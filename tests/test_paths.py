@@ -312,3 +312,21 @@ def test_estimate_counts_the_passes() -> None:
     assert paths_seconds(ModelConfig(depth=8, shortcut="none"), 10, 2, s) == pytest.approx(3.0 * 10 * per)
     assert paths_seconds(ModelConfig(depth=56), 64, 8, s) > paths_seconds(ModelConfig(depth=20), 64, 8, s)
     assert paths_seconds(r8, 10, 2, s, threads=1) == pytest.approx(paths_seconds(r8, 10, 2, s) * s.threads)
+
+
+# ------------------------------------------------------------- the figure
+
+
+def test_figure_has_the_three_panels_and_leaves_plain_nets_out() -> None:
+    from resnet_viz.plots.paths import paths_figure
+
+    x, y = _linear_batch()
+    res = paths_study(LinearNet(), x, y, images=3, samples=3, label="linear").to_dict()
+    plain = paths_study(_net(8, "none"), *_batch(), images=3, samples=1).to_dict()
+    fig = paths_figure([res, plain])
+    assert len(fig.data) == 3  # binomial, magnitude, share: for the residual net only
+    assert fig.data[0].name.startswith("linear: 90% in") and list(fig.data[0].x) == [0, 1, 2, 3]
+    assert fig.layout.yaxis2.type == "log"
+    assert list(fig.data[2].y) == [row["share"] for row in res["per_length"]]
+    empty = paths_figure([plain])
+    assert not empty.data and "single path" in empty.layout.annotations[-1].text
