@@ -742,7 +742,7 @@ def test_experiments_effective_paths(page, server: str, shots: Path) -> None:
     start_task(page, panel, re.compile(r"Effective paths: Untrained"))
     expect(panel.get_by_text("Computed in")).to_have_count(1, timeout=EXPERIMENT_TIMEOUT_MS)
     wait_for_app(page)
-    expect(panel.get_by_text(re.compile(r"3 blocks make 2\^3 paths"))).to_be_visible()
+    expect(panel.get_by_text(re.compile(r"3 blocks make 2\^3 = 8 paths"))).to_be_visible()
     expect(panel.locator(".js-plotly-plot")).to_have_count(1)
     expect(panel.get_by_text("Gradient magnitude of one path (log)")).to_be_visible()
     assert_healthy(page)

@@ -214,7 +214,8 @@ def test_magnitude_falls_with_length_in_a_deep_resnet_at_init() -> None:
     assert len(mags) == 28
     assert sum(mags[:9]) > 100 * sum(mags[-9:])
     assert r.effective[0] > 0 and r.effective[1] < 27
-    assert r.effective[0] <= r.peak <= r.effective[1] and r.peak < 27 / 2
+    assert r.effective[0] <= r.peak <= r.effective[1] and r.peak < 27 / 2 and r.mean_length < 27 / 2
+    assert "(it shrinks with length)" in r.reading and "much shallower than its depth" in r.reading
     json.dumps(r.to_dict())
 
 
@@ -324,7 +325,7 @@ def test_figure_has_the_three_panels_and_leaves_plain_nets_out() -> None:
     res = paths_study(LinearNet(), x, y, images=3, samples=3, label="linear").to_dict()
     plain = paths_study(_net(8, "none"), *_batch(), images=3, samples=1).to_dict()
     fig = paths_figure([res, plain])
-    assert len(fig.data) == 3  # binomial, magnitude, share: for the residual net only
+    assert len(fig.data) == 4  # binomial, magnitude, share and the binomial beside it: the residual net only
     assert fig.data[0].name.startswith("linear: 90% in") and list(fig.data[0].x) == [0, 1, 2, 3]
     assert fig.layout.yaxis2.type == "log"
     assert list(fig.data[2].y) == [row["share"] for row in res["per_length"]]

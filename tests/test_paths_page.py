@@ -20,7 +20,7 @@ def test_effective_paths_tab_runs_in_the_background_and_draws_the_figure() -> No
     _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=120)
     assert not at.exception, at.exception
     assert not any("failed" in e.value for e in at.error), [e.value for e in at.error]
-    assert any("3 blocks make 2^3 paths" in i.value for i in at.info), [i.value for i in at.info]
+    assert any("3 blocks make 2^3 = 8 paths" in i.value for i in at.info), [i.value for i in at.info]
     fig = next(c.proto.spec for c in at.get("plotly_chart") if "Effective paths" in c.proto.spec)
     assert "Gradient magnitude of one path" in fig and "90% in" in fig
 

@@ -157,12 +157,20 @@ def _measure(model: nn.Module, x: Tensor, y: Tensor, plan: list[tuple[int, ...]]
     return sums / len(x), ordinary / len(x)
 
 
-def _reading(label: str, n: int, lo: int, hi: int, mass: float, peak: int, decay: float) -> str:
-    return (f"{label}: {n} blocks make 2^{n} paths, most of them about {n / 2:g} blocks long (binomial). "
-            f"The gradient of one path falls by {decay:.2g}x per branch it goes through, so paths of "
-            f"{lo} to {hi} blocks carry {mass:.0%} of the gradient reaching the input (most at {peak}): "
-            f"the net trains as an ensemble of paths far shallower than its {n} blocks "
-            "(Veit et al. 2016 found 5 to 17 of ResNet-110's 54).")
+def _reading(label: str, n: int, lo: int, hi: int, mass: float, peak: int, mean_length: float,
+             factor: float) -> str:
+    count = f"2^{n}" + (f" = {2 ** n:,}" if n <= 20 else f" (about {2.0 ** n:.1e})")
+    trend = "shrinks" if factor < 1 else "grows"
+    text = (f"{label}: {n} blocks make {count} paths, most of them about {n / 2:g} blocks long (binomial). "
+            f"Each branch a path goes through multiplies its gradient by about {factor:.2g} (it {trend} with "
+            f"length), so paths of {lo} to {hi} blocks carry {mass:.0%} of the gradient reaching the input "
+            f"(most at {peak}; mean {mean_length:.1f}). ")
+    if mean_length < n / 2 - 0.5:
+        return text + ("The gradient comes from paths shorter than the typical one: the net trains as an "
+                       "ensemble of paths much shallower than its depth (Veit et al. 2016: paths of 5 to 17 of "
+                       "ResNet-110's 54 blocks).")
+    return text + ("Here the gradient is not concentrated in short paths: it follows the binomial count of paths "
+                   "(Veit et al. 2016 found paths of 5 to 17 of a trained ResNet-110's 54 blocks).")
 
 
 def paths_study(model: nn.Module, x: Tensor, y: Tensor, *, images: int = 64, samples: int = 8, seed: int = 0,
@@ -217,8 +225,7 @@ def paths_study(model: nn.Module, x: Tensor, y: Tensor, *, images: int = 64, sam
                    "gradient goes through every block; there are no shorter paths to share it.")
     else:
         mags = [(r["k"], math.log(r["magnitude"])) for r in rows if r["magnitude"] > 0]
-        slope = _slope(mags)
-        reading = _reading(label, n, lo, hi, mass, peak, math.exp(-slope))
+        reading = _reading(label, n, lo, hi, mass, peak, mean_length, math.exp(_slope(mags)))
     return PathsResult(label=label, blocks=n, plain=plain, per_length=rows, effective=[lo, hi], mass=mass,
                        peak=peak, mean_length=mean_length, images=len(x), samples=samples,
                        ordinary_norm=ordinary, reading=reading)

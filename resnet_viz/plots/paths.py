@@ -19,7 +19,8 @@ TITLES = ("Paths of each length (binomial)", "Gradient magnitude of one path (lo
 def paths_figure(results: Sequence[dict[str, Any]]) -> go.Figure:
     """Left: the share of the 2^n paths that have length k; middle: the mean input-gradient
     norm of a single path of length k; right: that times the number of such paths, as a share
-    of all lengths' total, with the range holding ``mass`` of it shaded. Plain nets (a single
+    of all lengths' total, with the range holding ``mass`` of it shaded and the binomial dotted
+    beside it. Plain nets (a single
     path) are left out: there is nothing to distribute."""
     fig = make_subplots(rows=1, cols=3, subplot_titles=TITLES, horizontal_spacing=0.08)
     _style(fig, "Effective paths (Veit et al. 2016)", 430)
@@ -45,11 +46,14 @@ def paths_figure(results: Sequence[dict[str, Any]]) -> go.Figure:
         fig.add_trace(go.Scatter(x=ks, y=[row["share"] for row in rows], showlegend=False,
                                  hovertemplate="length %{x}: %{y:.1%} of the gradient<extra></extra>", **kw),
                       row=1, col=3)
+        fig.add_trace(go.Scatter(x=ks, y=[row["binomial"] for row in rows], showlegend=False, mode="lines",
+                                 line={"color": c, "dash": "dot", "width": 1}, legendgroup=str(i),
+                                 hovertemplate="length %{x}: %{y:.1%} of the paths<extra></extra>"), row=1, col=3)
         fig.add_vrect(x0=lo - 0.5, x1=hi + 0.5, fillcolor=c, opacity=0.1, line_width=0, row=1, col=3)
     log_yaxis(fig, mags, row=1, col=2)
     fig.update_xaxes(title_text="path length k (residual branches taken)")
-    fig.update_yaxes(title_text="share of paths", row=1, col=1)
+    fig.update_yaxes(title_text="share of paths", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="mean input-gradient norm", row=1, col=2)
-    fig.update_yaxes(title_text="share of total gradient (shaded: effective)", row=1, col=3)
+    fig.update_yaxes(title_text="share of total gradient (dotted: of paths)", rangemode="tozero", row=1, col=3)
     fig.update_layout(legend={"orientation": "h", "y": -0.3, "x": 0})
     return fig
