@@ -166,9 +166,10 @@ def _reading(label: str, n: int, lo: int, hi: int, mass: float, peak: int, mean_
             f"length), so paths of {lo} to {hi} blocks carry {mass:.0%} of the gradient reaching the input "
             f"(most at {peak}; mean {mean_length:.1f}). ")
     if mean_length < n / 2 - 0.5:
-        return text + ("The gradient comes from paths shorter than the typical one: the net trains as an "
-                       "ensemble of paths much shallower than its depth (Veit et al. 2016: paths of 5 to 17 of "
-                       "ResNet-110's 54 blocks).")
+        text += f"The gradient comes from paths shorter than the typical one ({mean_length:.1f} against {n / 2:g})"
+        if hi < n / 2:  # the whole effective range below the typical length
+            text += ": the net trains as an ensemble of paths much shallower than its depth"
+        return text + " (Veit et al. 2016: paths of 5 to 17 of ResNet-110's 54 blocks)."
     return text + ("Here the gradient is not concentrated in short paths: it follows the binomial count of paths "
                    "(Veit et al. 2016 found paths of 5 to 17 of a trained ResNet-110's 54 blocks).")
 
