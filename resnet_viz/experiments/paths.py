@@ -79,16 +79,14 @@ def effective_range(shares: Sequence[float], mass: float = 0.9) -> tuple[int, in
     total = float(sum(shares))
     if not shares or total <= 0:
         raise ValueError("no gradient reached the input through any path; nothing to locate")
-    best: tuple[int, float, int, int] | None = None
+    best = (len(shares) - 1, -1.0, 0, len(shares) - 1)  # the whole range holds everything
     for lo in range(len(shares)):
         run = 0.0
         for hi in range(lo, len(shares)):
             run += shares[hi] / total
-            if run >= mass - 1e-12:
-                key = (hi - lo, -run, lo, hi)
-                best = key if best is None or key < best else best
+            if run >= mass - 1e-12:  # rounding: shares that add up to exactly the mass count
+                best = min(best, (hi - lo, -run, lo, hi))
                 break
-    assert best is not None  # the whole range always holds everything
     return best[2], best[3]
 
 
