@@ -726,3 +726,21 @@ def test_an_oversize_upload_is_explained_in_words(page, server: str, shots: Path
     assert_healthy(page)
     shoot(page, shots, "20-oversize-upload.png")
     clear_uploads(page)
+
+
+def test_experiments_effective_paths(page, server: str, shots: Path) -> None:
+    # The untrained ResNet-8 fits either data set: 3 blocks, 8 paths, 16 images, seconds.
+    models_for_experiments(page, server, UNTRAINED, smallest_build=True)
+    panel = open_tab(page, "Effective paths")
+    step_slider(panel, "Training images", "Home")  # 64 -> 16
+    wait_for_app(page)
+    step_slider(panel, "Random paths per length", "Home")  # 8 -> 2
+    wait_for_app(page)
+    start_task(page, panel, re.compile(r"Effective paths: Untrained"))
+    expect(panel.get_by_text("Computed in")).to_have_count(1, timeout=EXPERIMENT_TIMEOUT_MS)
+    wait_for_app(page)
+    expect(panel.get_by_text(re.compile(r"3 blocks make 2\^3 = 8 paths"))).to_be_visible()
+    expect(panel.locator(".js-plotly-plot")).to_have_count(1)
+    expect(panel.get_by_text("Gradient magnitude of one path (log)")).to_be_visible()
+    assert_healthy(page)
+    shoot(page, shots, "21-effective-paths.png")

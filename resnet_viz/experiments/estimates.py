@@ -115,3 +115,17 @@ def quick_steps(base: RunConfig, train_size: int, test_size: int, speed: Speed,
     fixed = one - per_step
     steps = int((seconds - fixed) / per_step) // 50 * 50
     return min(DEFAULT_STEPS, max(MIN_QUICK_STEPS, steps))
+
+
+def paths_seconds(model: ModelConfig, images: int, samples: int, speed: Speed, threads: int | None = None) -> float:
+    """One forward pass, the ordinary backward, then one backward per sampled path (``experiments.paths``).
+
+    Priced in fp32 forward passes, as measured here (ResNet-20/56, batch 64, one thread): the
+    backward to the input with every gate open costs about 1.2 forwards; a path's backward
+    skips the branches it does not take (a closed gate stops autograd there), so a path of
+    length k costs about 0.1 + 0.7 k/n forwards.
+    """
+    n = 3 * model.blocks_per_stage
+    lengths = [n] if model.shortcut == "none" else range(n + 1)
+    paths = sum(min(samples, math.comb(n, k)) * (0.1 + 0.7 * k / n) for k in lengths)
+    return (2.2 + paths) * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
