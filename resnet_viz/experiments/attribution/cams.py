@@ -23,6 +23,9 @@ grad-cam's own habits that ``cam_map`` undoes or guards against:
 
 from __future__ import annotations
 
+import math
+import threading
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import torch
@@ -31,7 +34,38 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from resnet_viz.experiments.attribution.core import MAX_BATCH, AttributionError, blocks_of, layer
-from resnet_viz.experiments.attribution.methods import AttributionMethod, Settings
+from resnet_viz.experiments.attribution.inspect import predict
+from resnet_viz.experiments.attribution.methods import AttributionMethod, Settings, attribute, normalize_map
+from resnet_viz.experiments.common import ProgressFn, check, report
+
+# (progress, stop) of the ``explain_cam`` call running in this thread (a context variable:
+# ``attribute`` and ``Settings`` stay as every other method has them).
+_REPORTING: ContextVar[tuple[ProgressFn | None, threading.Event | None]] = ContextVar("cam_reporting",
+                                                                                        default=(None, None))
+
+
+class _Reporting(nn.Module):
+    """The model, with progress and stop between forward passes: Score-CAM's only loop
+    (one pass per channel batch) runs inside grad-cam, which shows it with tqdm on stderr."""
+
+    def __init__(self, model: nn.Module, passes: int, progress: ProgressFn | None,
+                 stop: threading.Event | None) -> None:
+        super().__init__()
+        self.model, self.passes, self.progress, self.stop, self.done = model, passes, progress, stop, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        check(self.stop)
+        out = self.model(x)
+        self.done += 1
+        report(self.progress, self.done / self.passes, f"forward pass {self.done} of {self.passes}")
+        return out
+
+
+def _channels(model: nn.Module, where: nn.Module) -> int:
+    """Channels of ``where``'s output: its last BatchNorm's (the stem's ReLU: the stem's BN)."""
+    bns = [m for m in where.modules() if isinstance(m, nn.BatchNorm2d)] or \
+        [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)][:1]
+    return bns[-1].num_features if bns else MAX_BATCH
 
 
 def cam_map(cam_class: Any, model: nn.Module, where: nn.Module, x: Tensor, target: int) -> Tensor:
@@ -42,9 +76,11 @@ def cam_map(cam_class: Any, model: nn.Module, where: nn.Module, x: Tensor, targe
     x require grad for the gradient CAMs.
     """
     grads = [p.grad for p in model.parameters()]  # the gradient CAMs' zero_grad() drops them
+    progress, stop = _REPORTING.get()
+    passes = 1 + (math.ceil(_channels(model, where) / MAX_BATCH) if cam_class is ScoreCAM else 0)
     found: Any = None
     try:
-        with cam_class(model=model, target_layers=[where]) as cam:
+        with cam_class(model=_Reporting(model, passes, progress, stop), target_layers=[where]) as cam:
             # Score-CAM: one forward pass per channel of the block, this many at a time
             # (grad-cam's default is 16; ResNet-18's last block has 512 channels).
             cam.batch_size = MAX_BATCH
@@ -113,3 +149,22 @@ CAMS: dict[str, AttributionMethod] = {
     "eigencam": EigenCam(),
     "hirescam": HiResCam(),
 }
+
+
+def explain_cam(model: nn.Module, x: Tensor, method: str, block: str | None = None, target: int | None = None, *,
+                progress: ProgressFn | None = None, stop: threading.Event | None = None) -> tuple[Tensor, Tensor]:
+    """(class probabilities (classes,), the map scaled for display by ``normalize_map`` (H, W))
+    of one image by a CAM method: what the Explain and ImageNet pages show, as a background
+    task (``progress(fraction, text)`` after each forward pass, ``stop`` checked before each).
+
+    Score-CAM takes one forward pass per 64 channels of the block: 8 passes at 224 px for
+    ResNet-18's last block, over a minute on this machine's CPU.
+    """
+    if method not in CAMS:
+        raise AttributionError(f"{method!r} is not a grad-cam method; choose one of {', '.join(CAMS)}")
+    token = _REPORTING.set((progress, stop))
+    try:
+        amap = attribute(model, x, method, target, block=block)
+    finally:
+        _REPORTING.reset(token)
+    return predict(model, x)[0], normalize_map(amap)
