@@ -5,20 +5,27 @@ state or memory."""
 from __future__ import annotations
 
 import gc
+import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from pytorch_grad_cam import ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from resnet_viz.cli.cam import map_stats
+from resnet_viz.cli.main import main
 from resnet_viz.config import ModelConfig
 from resnet_viz.experiments.attribution import METHODS, AttributionError, attribute
 from resnet_viz.experiments.attribution.cams import CAMS, explain_cam
 from resnet_viz.experiments.common import Cancelled
+from resnet_viz.experiments.sanity import sanity_check
 from resnet_viz.nets.cifar import block_names, build_model, get_block
 from resnet_viz.nets.imagenet import build_imagenet
+from resnet_viz.store.models import ASSETS_DIR
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_full_backward_hooks",
               "_backward_pre_hooks", "_full_backward_pre_hooks")
@@ -167,3 +174,29 @@ def test_many_calls_do_not_grow_hooks_or_live_tensors(model: nn.Module, image: t
             attribute(model, image, method, block=block_names(model)[1])
     assert hooks(model) == 0
     assert live_tensors() <= before
+
+
+def test_sanity_check_takes_a_cam(model: nn.Module, image: torch.Tensor) -> None:
+    r = sanity_check(model, image, "layercam", with_ssim=False)
+    assert r.method == "layercam" and r.similarity[0] == pytest.approx(1.0) and len(r.similarity) == len(r.layers) + 1
+    assert r.similarity[-1] < 0.99  # the map changes once the net is random
+
+
+def test_cli_prints_one_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(img)
+    shipped = str(ASSETS_DIR / "resnet20.safetensors")
+    assert main(["cam", shipped, str(img), "--method", "eigencam", "--block", "stage2.block1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["experiment"] == "cam" and out["method"] == "eigencam" and out["block"] == "stage2.block1"
+    assert out["map"]["shape"] == [32, 32] and 0 <= out["target"] < 10 and len(out["top5"]) == 5
+    assert out["target_class"] == out["top5"][0]["class"]
+    assert main(["cam", shipped, str(img), "--block", "stage9.block0"]) == 2
+    assert "no block named 'stage9.block0'" in capsys.readouterr().err
+
+
+def test_map_stats_by_hand() -> None:
+    amap = torch.zeros(4, 5)
+    amap[1, 3], amap[2, 0] = 1.0, 0.5
+    s = map_stats(amap)
+    assert s == {"shape": [4, 5], "mean": 0.075, "peak": [1, 3], "top10_share": 1.0}  # top 2 of 20 pixels hold all

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--get", metavar="NAME", default=None,
                    help="download NAME (resnet20, resnet32, resnet44, resnet56, or all) where the app finds models")
 
+    from resnet_viz.cli import cam
+
+    cam.add_parser(sub)
+
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
     r.add_argument("--json", action="store_true")
@@ -128,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
                 "speed": cmd_speed, "published": cmd_published}
     commands.update({name: run_experiment for name in EXPERIMENTS})
+    from resnet_viz.cli.cam import cmd_cam
+
+    commands["cam"] = cmd_cam
     try:
         return commands[args.command](args)
     except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person
