@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fake_speed
 from PIL import Image
 from pytorch_grad_cam import ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -22,6 +23,7 @@ from resnet_viz.config import ModelConfig
 from resnet_viz.experiments.attribution import METHODS, AttributionError, attribute
 from resnet_viz.experiments.attribution.cams import CAMS, explain_cam
 from resnet_viz.experiments.common import Cancelled
+from resnet_viz.experiments.estimates import scorecam_seconds
 from resnet_viz.experiments.sanity import sanity_check
 from resnet_viz.nets.cifar import block_names, build_model, get_block
 from resnet_viz.nets.imagenet import build_imagenet
@@ -200,3 +202,10 @@ def test_map_stats_by_hand() -> None:
     amap[1, 3], amap[2, 0] = 1.0, 0.5
     s = map_stats(amap)
     assert s == {"shape": [4, 5], "mean": 0.075, "peak": [1, 3], "top10_share": 1.0}  # top 2 of 20 pixels hold all
+
+
+def test_scorecam_estimate_by_hand() -> None:
+    s = fake_speed(threads=2)  # fp32: 800 images/s of ResNet-56
+    per_image = 1.0 / (800.0 * s.flops[1])  # seconds per FLOP at that rate
+    assert scorecam_seconds(10**9, 63, s) == pytest.approx(64 * 10**9 * per_image)
+    assert scorecam_seconds(10**9, 63, s, threads=1) == pytest.approx(2 * 64 * 10**9 * per_image)  # 1 of 2 cores
