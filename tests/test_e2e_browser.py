@@ -744,3 +744,15 @@ def test_experiments_effective_paths(page, server: str, shots: Path) -> None:
     expect(panel.get_by_text("Gradient magnitude of one path (log)")).to_be_visible()
     assert_healthy(page)
     shoot(page, shots, "21-effective-paths.png")
+
+
+def test_explain_a_cam_of_plain_and_residual(page, server: str, shots: Path) -> None:
+    """Grad-CAM++ (from grad-cam) at the last block of the shipped plain-20 and ResNet-20, opened from a link."""
+    page.goto(f"{server}/explain?model=plain20&vs=resnet20&method=gradcam_plusplus&block=stage3.block2")
+    expect(page.locator("h1").first).to_have_text(PAGES["explain"], timeout=RUN_TIMEOUT_MS)
+    expect(charts(page).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert_healthy(page)
+    expect(main(page).get_by_text("Grad-CAM++ at block")).to_be_visible()
+    assert charts(page).count() >= 4  # an overlay and a top-5 bar per model
+    shoot(page, shots, "21-explain-cam.png")

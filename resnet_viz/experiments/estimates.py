@@ -29,7 +29,8 @@ from resnet_viz.training.speed import (  # a run's time, for the pages (which ne
 # forward and backward passes of batch 1. Measured here: about 16 batched fp32 images' time.
 _SINGLE_IMAGE = 16.0
 __all__ = ["brief_epochs", "data_sizes", "lesion_seconds", "quick_config", "quick_steps", "replay_seconds",
-           "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds"]
+           "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds",
+           "scorecam_seconds"]
 SHATTERED_POINTS = 256  # signal.shattered_gradients' default
 SIGNAL_BATCH = 64  # signal.signal_propagation's default
 
@@ -76,6 +77,15 @@ def sanity_seconds(model: ModelConfig, speed: Speed, threads: int | None = None)
     """One map of one image per randomization step: the head, each block, the stem, and the trained net."""
     maps = 3 * model.blocks_per_stage + 3
     return maps * _SINGLE_IMAGE * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+def scorecam_seconds(flops: int, channels: int, speed: Speed, threads: int | None = None) -> float:
+    """Score-CAM of one image at a block of ``channels`` channels, for a net of ``flops``
+    forward FLOPs per image (an ImageNet ResNet at 224 px: not a ``ModelConfig``): the image's
+    forward pass, then one masked image per channel, in fp32 batches of 64, priced per FLOP at
+    the measured ResNet-56 rate (the larger probe, nearer these nets' conv sizes)."""
+    seconds_per_flop = 1.0 / (speed.fp32_ips[1] * speed.flops[1])
+    return (channels + 1) * flops * seconds_per_flop * _slowdown(speed, threads)
 
 
 # The quick replay: the full replay cut short, its steps chosen to fit QUICK_SECONDS on the
