@@ -5,6 +5,7 @@ the whole experiment on a tiny synthetic run's snapshots."""
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from pathlib import Path
 
@@ -146,3 +147,25 @@ def test_a_tiny_runs_path_lies_on_its_plane_and_ends_at_the_origin(tiny_run: Pat
         training_path(tiny_run, x, y, steps=3, stop=stop)
     with pytest.raises(ValueError, match="grid points"):
         training_path(tiny_run, x, y, steps=99)
+
+
+@pytest.mark.slow  # four subprocesses: over a minute on 2 busy cores
+def test_the_cli_prints_one_json_object_and_refuses_a_run_without_snapshots(tmp_path: Path) -> None:
+    from test_cli import cli
+
+    out = cli("train", "--depth", "8", "--data", "synthetic", "--steps", "12", "--batch-size", "32",
+              "--snapshot-every", "3", "--probe-every", "0", "--out", str(tmp_path), "--name", "path")
+    assert out.returncode == 0, out.stderr
+    run_id = json.loads(out.stdout.strip().splitlines()[-1])["run_id"]
+    res = cli("trainpath", run_id, "--out", str(tmp_path), "--images", "40", "--steps", "3")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    r = json.loads(lines[0])
+    assert r["experiment"] == "trainpath" and r["steps"] == [0, 3, 6, 9, 12] and len(r["surface"]["loss"]) == 3
+    assert r["x"][-1] == pytest.approx(0.0, abs=1e-5) and r["data"].startswith("Synthetic")
+    bare = cli("train", "--depth", "8", "--data", "synthetic", "--steps", "4", "--batch-size", "32",
+               "--snapshot-every", "0", "--probe-every", "0", "--out", str(tmp_path), "--name", "bare")
+    bare_id = json.loads(bare.stdout.strip().splitlines()[-1])["run_id"]
+    err = cli("trainpath", bare_id, "--out", str(tmp_path))
+    assert err.returncode == 2 and "0 weight snapshots" in err.stderr and "Traceback" not in err.stderr
