@@ -115,3 +115,9 @@ def quick_steps(base: RunConfig, train_size: int, test_size: int, speed: Speed,
     fixed = one - per_step
     steps = int((seconds - fixed) / per_step) // 50 * 50
     return min(DEFAULT_STEPS, max(MIN_QUICK_STEPS, steps))
+
+
+def trainpath_seconds(model: ModelConfig, images: int, steps: int, speed: Speed, threads: int | None = None) -> float:
+    """The training path's contour: a ``steps`` x ``steps`` grid of evaluations, as a surface
+    (reading the snapshots and their PCA take a second or two beside it)."""
+    return surface_seconds(model, images, steps, speed, threads)
