@@ -729,3 +729,14 @@ def test_an_oversize_upload_is_explained_in_words(page, server: str, shots: Path
     assert_healthy(page)
     shoot(page, shots, "20-oversize-upload.png")
     clear_uploads(page)
+
+
+def test_experiments_training_path_section(page, server: str, shots: Path) -> None:
+    # The run test_train_a_short_run made has 40 steps: snapshots at 0 and 40 only, too few for a
+    # plane, so the section says how to get a path (tests/test_trainpath_page.py computes one).
+    open_page(page, server, "experiments")
+    panel = open_tab(page, "Loss landscape")
+    expect(panel.get_by_role("heading", name="Training path")).to_be_visible()
+    expect(panel.get_by_text(re.compile(r"No run on this data set has 4 or more weight snapshots yet"))).to_be_visible()
+    assert_healthy(page)
+    shoot(page, shots, "20-training-path.png")
