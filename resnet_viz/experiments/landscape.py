@@ -256,17 +256,13 @@ def surface_along(model: nn.Module, x: Tensor, y: Tensor, directions: tuple[list
                   alphas: list[float], betas: list[float], *, batch_size: int = EVAL_BATCH, precision: str = "auto",
                   progress: ProgressFn | None = None, stop: threading.Event | None = None, label: str = "",
                   seed: int = -1) -> Surface2D:
-    """Loss on ``theta + a d1 + b d2`` at every (a, b) of ``alphas`` x ``betas``, along given
-    directions (one tensor per parameter of ``model``, in ``parameters()`` order; a zero one
-    leaves its parameter put): random ones (:func:`surface_2d`) or a training path's principal
-    directions (``experiments.trainpath``). ``seed`` is only recorded (-1: given directions).
-
-    The points are visited coarse to fine (every 4th, then every 2nd, then the rest: see
-    :func:`preview_strides`), and each finished coarse grid goes to ``progress`` as
-    ``partial=`` (a ``Surface2D.to_dict()`` on that grid): a person sees the whole surface
-    at low resolution after a tenth of the work. Each point is evaluated on its own, so the
-    order changes no value.
-    """
+    """Loss on ``theta + a d1 + b d2`` at every (a, b) of ``alphas`` x ``betas``, along given directions (a
+    tensor per parameter, in ``parameters()`` order; a zero one leaves its parameter put): random ones
+    (:func:`surface_2d`) or a training path's principal ones (``experiments.trainpath``); ``seed`` is
+    only recorded. The points are visited coarse to fine (:func:`preview_strides`), each finished coarse
+    grid going to ``progress`` as ``partial=`` (a ``Surface2D.to_dict()``): a person sees the whole
+    surface at low resolution after a tenth of the work. Each point is evaluated on its own, so the
+    order changes no value."""
     params = list(model.parameters())
     for d in directions:
         if len(d) != len(params) or any(t.shape != p.shape for t, p in zip(d, params, strict=False)):

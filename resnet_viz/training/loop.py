@@ -127,12 +127,10 @@ def fit(
     log = StepLog(sink, meter, procs, control, s)
     step, status, message = s.start_step, "finished", ""
     last_eval: tuple[float, float] | None = None  # (test loss, test accuracy)
-    # The weights along the way (the path training took): on rank 0, into the run folder.
-    snaps = Snapshots(s.writer, s.total, s.tc.snapshot_every, s.per_epoch, s.start_step)
 
     s.model.train()
     try:
-        snaps.start(s.model, s.start_step)
+        snaps = Snapshots.begin(s)  # the weights along the way (the path training took), on the writing rank
         while step < s.total:
             stop = procs.stop_before_step(control)
             if stop:

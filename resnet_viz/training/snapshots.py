@@ -20,6 +20,7 @@ from resnet_viz.store.snapshots import (
     snapshot_steps,
     thin_extras,
 )
+from resnet_viz.training.state import Setup
 
 
 class Snapshots:
@@ -38,10 +39,14 @@ class Snapshots:
             # process that died before its next checkpoint) belong to a path not taken now.
             remove_snapshots(writer.path, {s for s, _ in list_snapshots(writer.path) if s > start_step})
 
-    def start(self, model: nn.Module, step: int) -> None:
-        """The initialization, for a fresh run (a resumed one has it already)."""
-        if step == 0:
-            self.at(model, 0)
+    @classmethod
+    def begin(cls, s: Setup) -> Snapshots:
+        """The snapshots of the ``fit`` that ``s`` sets up, the initialization written for a fresh
+        run (a resumed one has it already)."""
+        snaps = cls(s.writer, s.total, s.tc.snapshot_every, s.per_epoch, s.start_step)
+        if s.start_step == 0:
+            snaps.at(s.model, 0)
+        return snaps
 
     def at(self, model: nn.Module, step: int, end: bool = False) -> None:
         """Write the snapshot of ``step`` if the schedule has it (or ``end``: where a stopped run
