@@ -35,6 +35,8 @@ def section(n: int, dtag: str) -> None:
     c1, c2 = st.columns(2)
     run = c1.selectbox("Run", runs, format_func=lambda r: r.label, key="tp_run")
     steps = c2.select_slider("Contour grid points per axis", [7, 11, 15, 21], value=11, key="tp_steps")
+    if run is None:  # the runs changed under the widget
+        return
     snaps, cfg = found[run.key], resources.weights(run).config
     x, y = resources.experiment_images("train", n)
     # The snapshots' count and last step are in the key: a run trained on has a new path.
@@ -44,9 +46,7 @@ def section(n: int, dtag: str) -> None:
                          title=f"Training path: {run.label} ({len(snaps)} snapshots, {n} training images, "
                                f"{steps}x{steps})",
                          seconds=lambda s, t: estimates.trainpath_seconds(cfg, n, steps, s, t),
-                         preview=lambda part: st.plotly_chart(trainpath_figure(
-                             part, title=f"Preview on a {len(part['alphas'])}x{len(part['alphas'])} grid"),
-                             width="stretch", key="tp_preview"))
+                         preview=_preview)
     if res:
         res = widgets.plot_labels([res])[0]
         st.plotly_chart(compute.chart(trainpath_figure, res), width="stretch", key="tp_fig")
@@ -54,3 +54,9 @@ def section(n: int, dtag: str) -> None:
         st.info(f"The two directions hold {a:.0%} + {b:.0%} = {a + b:.0%} of the path's variance (Li et al. "
                 "found 40-90%): the rest of the path leaves this plane, so the contour is the loss where the "
                 "path's shadow falls, not the loss the path met.")
+
+
+def _preview(part: dict) -> None:
+    """The coarse contour finished so far, with the path (a task's partial result)."""
+    n = len(part["alphas"])
+    st.plotly_chart(trainpath_figure(part, title=f"Preview on a {n}x{n} grid"), width="stretch", key="tp_preview")

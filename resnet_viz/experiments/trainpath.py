@@ -110,7 +110,9 @@ def _load_path(found: list[tuple[int, Path]], model: nn.Module, stop: threading.
                progress: ProgressFn | None) -> tuple[Tensor, list[float], dict[str, Tensor]]:
     """(n, P) weights of the snapshots, their epochs, and the final snapshot's whole state."""
     names = [n for n, _ in model.named_parameters()]
-    rows, epochs, state = [], [], {}
+    rows: list[Tensor] = []
+    epochs: list[float] = []
+    state: dict[str, Tensor] = {}
     for k, (step, path) in enumerate(found):
         check(stop)
         state, meta = load_snapshot(path)
@@ -150,8 +152,8 @@ def training_path(run_path: Path | str, x: Tensor, y: Tensor, *, steps: int = 15
     model.load_state_dict(final)  # the plane passes through the final weights, BN statistics included
     pca = path_pca(weights)
     del weights
-    xs, ys = pca.coords[:, 0].tolist(), pca.coords[:, 1].tolist()
-    path = {"steps": [s for s, _ in found], "epochs": epochs, "x": xs, "y": ys, "explained": pca.explained}
+    steps_at, xs, ys = [s for s, _ in found], pca.coords[:, 0].tolist(), pca.coords[:, 1].tolist()
+    path = {"steps": steps_at, "epochs": epochs, "x": xs, "y": ys, "explained": pca.explained}
 
     def on_surface(fraction: float, message: str, partial: Any = None) -> None:
         report(progress, 0.05 + 0.95 * fraction, message, None if partial is None else {**partial, "path": path})
@@ -160,5 +162,5 @@ def training_path(run_path: Path | str, x: Tensor, y: Tensor, *, steps: int = 15
     surface = surface_along(model, x, y, dirs, _grid(pca.coords[:, 0], steps), _grid(pca.coords[:, 1], steps),
                             batch_size=batch_size, precision=precision, progress=on_surface, stop=stop,
                             label=label)
-    return TrainPath(steps=path["steps"], epochs=epochs, x=xs, y=ys, explained=pca.explained, surface=surface,
+    return TrainPath(steps=steps_at, epochs=epochs, x=xs, y=ys, explained=pca.explained, surface=surface,
                      label=label or run.id, images=len(y))
