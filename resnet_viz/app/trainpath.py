@@ -51,7 +51,7 @@ def section(n: int, dtag: str) -> None:
         res = widgets.plot_labels([res])[0]
         st.plotly_chart(compute.chart(trainpath_figure, res), width="stretch", key="tp_fig")
         a, b = res["explained"]
-        st.info(f"The two directions hold {a:.0%} + {b:.0%} = {a + b:.0%} of the path's variance (Li et al. "
+        st.info(f"The two directions hold {a:.1%} + {b:.1%} = {a + b:.1%} of the path's variance (Li et al. "
                 "found 40-90%): the rest of the path leaves this plane, so the contour is the loss where the "
                 "path's shadow falls, not the loss the path met.")
 
