@@ -110,3 +110,14 @@ def test_a_stopped_then_resumed_run_continues_the_snapshots(tmp_path: Path, tiny
     assert [s for s, _ in list_snapshots(run.path)] == [0, 6, 8, 12, 18, 24]
     twelve, _ = load_snapshot(list_snapshots(run.path)[3][1])
     assert "fc.weight" in twelve  # rewritten by the resumed run, not the stale stand-in
+
+
+def test_a_process_without_the_run_folder_snapshots_nothing() -> None:
+    # Under torchrun only rank 0 gets the RunDir: the other ranks' Snapshots hold no schedule.
+    from resnet_viz.nets.cifar import build_model
+    from resnet_viz.training.snapshots import Snapshots
+
+    snaps = Snapshots(None, total=20, every=5, per_epoch=10, start_step=0)
+    assert snaps.schedule == []
+    snaps.at(build_model(ModelConfig(depth=8)), 5, end=True)  # no folder to write to, no error
+    assert snaps.last is None
