@@ -75,6 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (0: each epoch)")
     t.add_argument("--probe-every", type=int, default=10)
+    t.add_argument("--snapshot-every", type=int, default=None,
+                   help="steps between weight snapshots for the training path (default: each epoch; 0: none)")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
@@ -108,7 +110,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.recipe(
         args.recipe, **given, augment=not args.no_augment, seed=args.seed, eval_every=args.eval_every,
         probe_every=args.probe_every, device=args.device, precision=args.precision, threads=args.threads,
-        sync_bn=args.sync_bn, compile=args.compile,
+        sync_bn=args.sync_bn, compile=args.compile, snapshot_every=args.snapshot_every,
     )
 
 
