@@ -4,6 +4,7 @@ import streamlit as st
 
 from resnet_viz import plots
 from resnet_viz.app import compute, links, resources, tasks, visitors, widgets
+from resnet_viz.app.sharpness import sharpness_tab
 from resnet_viz.app.state import data_config
 from resnet_viz.background.tasks import Call, Deferred, content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.data.batches import normalize
@@ -38,6 +39,7 @@ def model(ref) -> Deferred:
 
 
 TABS = ["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand", "Sanity check", "Report"]
+TABS += ["Sharpness"]  # issue 13: more tabs go after Report, so the links to the others keep their place
 # Tracked (a switch reruns the page) so the open tab is in the link: ?tab=skip-and-branch.
 tabs = st.tabs(TABS, key=links.seeded("tab", "exp_tab", TABS), on_change="rerun")
 links.keep("tab", st.session_state.get("exp_tab"), default=TABS[0])
@@ -202,3 +204,6 @@ with tabs[6]:
                                mime="text/html", icon=":material/download:", on_click="ignore")
         except ValueError as e:  # a run deleted meanwhile
             st.error(str(e))
+
+with tabs[TABS.index("Sharpness")]:
+    sharpness_tab(refs, fits, model, tags, dtag, names, cfgs, data.name if data is not None else "")

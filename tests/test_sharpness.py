@@ -205,3 +205,49 @@ def test_too_many_images_or_bad_labels_are_refused() -> None:
         sharpness(m, x, torch.zeros(len(x), dtype=torch.int64))
     with pytest.raises(ValueError, match="labels"):
         sharpness(m, torch.zeros(2, 3, 8, 8), torch.zeros(2))
+
+
+def test_cli_prints_one_json_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_cli import cli
+
+    monkeypatch.setenv("RESNET_VIZ_DEFAULT_DATA", "synthetic")  # no CIFAR-10 load in a unit test
+    out = cli("sharpness", "--untrained", "--depth", "8", "--shortcut", "none", "--images", "16", "--top", "2",
+              "--max-iter", "3", "--trace-samples", "2")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    r = json.loads(lines[0])
+    assert r["experiment"] == "sharpness" and r["model"] == "plain-8 (untrained, seed 0)"
+    assert r["images"] == 16 and len(r["eigenvalues"]) == 2 and r["trace_samples"] == 2
+    assert r["data"].startswith("Synthetic") and r["seconds"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [
+    ["assets/resnet20.safetensors", "--untrained"],  # both
+    [],  # neither
+    ["--untrained", "--images", str(MAX_IMAGES + 1)],
+    ["--untrained", "--top", "0"],
+])
+def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    from test_cli import cli
+
+    monkeypatch.setenv("RESNET_VIZ_DEFAULT_DATA", "synthetic")
+    out = cli("sharpness", "--depth", "8", *args)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_estimate_counts_every_product() -> None:
+    from conftest import fake_speed
+
+    from resnet_viz.experiments.estimates import sharpness_seconds
+
+    speed = fake_speed(threads=2)
+    cfg = ModelConfig(depth=20)
+    one = sharpness_seconds(cfg, 128, speed, top=1, max_iter=10, trace_samples=0)
+    assert sharpness_seconds(cfg, 128, speed, top=2, max_iter=10, trace_samples=10) == pytest.approx(
+        one + 2 * (one - sharpness_seconds(cfg, 128, speed, top=0, max_iter=10, trace_samples=0)))
+    assert sharpness_seconds(cfg, 256, speed) == pytest.approx(2 * sharpness_seconds(cfg, 128, speed))
+    assert sharpness_seconds(ModelConfig(depth=56), 128, speed) > 2 * sharpness_seconds(cfg, 128, speed)
+    assert sharpness_seconds(cfg, 128, speed, threads=1) == pytest.approx(2 * sharpness_seconds(cfg, 128, speed))
