@@ -729,3 +729,22 @@ def test_an_oversize_upload_is_explained_in_words(page, server: str, shots: Path
     assert_healthy(page)
     shoot(page, shots, "20-oversize-upload.png")
     clear_uploads(page)
+
+
+def test_experiments_sharpness(page, server: str, shots: Path) -> None:
+    # The untrained ResNet-8 on 32 training images: 1 gradient graph, then at most 3 x 10 + 10 products.
+    models_for_experiments(page, server, UNTRAINED, smallest_build=True)
+    panel = open_tab(page, "Sharpness")
+    for name, presses in (("Training images", 2), ("Products per eigenvalue", 1), ("Trace samples", 1)):
+        for _ in range(presses):
+            step_slider(panel, name, "ArrowLeft")  # 128 -> 32 images, 20 -> 10 products, 20 -> 10 samples
+            wait_for_app(page)
+    expect(panel.get_by_text(re.compile(r"on this machine"))).to_be_visible()  # the time estimate
+    start_task(page, panel, re.compile(r"Sharpness: Untrained"))
+    expect(panel.get_by_text("Computed in")).to_have_count(1, timeout=EXPERIMENT_TIMEOUT_MS)
+    wait_for_app(page)
+    expect(panel.locator(".js-plotly-plot")).to_have_count(1)
+    expect(panel.get_by_text("loss on 32 training images", exact=False)).to_be_visible()
+    expect(panel.locator("[data-testid='stAlert']")).to_contain_text(re.compile(r"top eigenvalue -?[\d.]+"))
+    assert_healthy(page)
+    shoot(page, shots, "30-sharpness.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import streamlit as st
@@ -13,6 +14,7 @@ from resnet_viz.config import ModelConfig
 from resnet_viz.experiments import estimates
 from resnet_viz.experiments.sharpness import sharpness
 from resnet_viz.plots.sharpness import sharpness_figure
+from resnet_viz.training.speed import Speed
 
 __all__ = ["reading", "sharpness_tab"]
 
@@ -37,6 +39,11 @@ def reading(results: Sequence[dict[str, Any]]) -> str:
     return text
 
 
+def _estimate(cfg: ModelConfig, n: int, top: int, iters: int, samples: int, speed: Speed,
+              threads: int | None) -> float:
+    return estimates.sharpness_seconds(cfg, n, speed, threads, top=top, max_iter=iters, trace_samples=samples)
+
+
 def sharpness_tab(refs: Sequence[Any], fits: Callable[[Any], bool], model: Callable[[Any], Any],
                   tags: Mapping[str, str], dtag: str, names: Mapping[str, str],
                   cfgs: Mapping[str, ModelConfig], data_name: str) -> None:
@@ -55,14 +62,14 @@ def sharpness_tab(refs: Sequence[Any], fits: Callable[[Any], bool], model: Calla
         if not fits(ref):
             continue
         x, y = resources.experiment_images("train", n)
+        cfg: ModelConfig = cfgs[ref.key]
         res = tasks.run_task(
             experiment_key("sharpness", tags[ref.key], dtag, n, top, iters, samples),
             f"Sharpness: {widgets.literal(ref.label)}",
             Call(sharpness, model(ref), x, y, top=top, max_iter=iters, trace_samples=samples, label=names[ref.key]),
             title=f"Sharpness: {names[ref.key]} ({n} training images of {data_name}, top {top}, "
                   f"{samples} trace samples)",
-            seconds=lambda s, t, ref=ref: estimates.sharpness_seconds(cfgs[ref.key], n, s, t, top=top,
-                                                                      max_iter=iters, trace_samples=samples))
+            seconds=partial(_estimate, cfg, n, top, iters, samples))
         if res:
             results.append(res)
     st.plotly_chart(compute.chart(sharpness_figure, widgets.plot_labels(results)), width="stretch",

@@ -29,7 +29,7 @@ from resnet_viz.training.speed import (  # a run's time, for the pages (which ne
 # forward and backward passes of batch 1. Measured here: about 16 batched fp32 images' time.
 _SINGLE_IMAGE = 16.0
 __all__ = ["brief_epochs", "data_sizes", "lesion_seconds", "quick_config", "quick_steps", "replay_seconds",
-           "run_seconds", "sanity_seconds", "sharpness_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds"]
+           "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds"]
 SHATTERED_POINTS = 256  # signal.shattered_gradients' default
 SIGNAL_BATCH = 64  # signal.signal_propagation's default
 
@@ -92,6 +92,9 @@ def sharpness_seconds(model: ModelConfig, images: int, speed: Speed, threads: in
     (power iteration often converges sooner)."""
     passes = _GRAPH_PASSES + _HVP_PASSES * (top * max_iter + trace_samples)
     return passes * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+__all__ += ["sharpness_seconds"]
 
 
 # The quick replay: the full replay cut short, its steps chosen to fit QUICK_SECONDS on the

@@ -110,7 +110,7 @@ def _bounded(name: str, value: int, lo: int, hi: int) -> int:
     return value
 
 
-def top_eigenvalues(hvp: HVP, like: Vec, k: int = 1, *, max_iter: int = 100, tol: float = 1e-3,
+def top_eigenvalues(hvp: HVP, like: Sequence[Tensor], k: int = 1, *, max_iter: int = 100, tol: float = 1e-3,
                     generator: torch.Generator | None = None, progress: Callable[[int, int, float], None] | None = None,
                     stop: threading.Event | None = None) -> tuple[list[float], list[int], list[bool]]:
     """The ``k`` eigenvalues of largest magnitude of the symmetric operator ``hvp`` by power
@@ -154,7 +154,7 @@ def top_eigenvalues(hvp: HVP, like: Vec, k: int = 1, *, max_iter: int = 100, tol
     return values, iterations, converged
 
 
-def hutchinson_trace(hvp: HVP, like: Vec, samples: int = 50, *, generator: torch.Generator | None = None,
+def hutchinson_trace(hvp: HVP, like: Sequence[Tensor], samples: int = 50, *, generator: torch.Generator | None = None,
                      progress: Callable[[int, float], None] | None = None,
                      stop: threading.Event | None = None) -> tuple[float, float]:
     """(trace, standard error): the mean of ``v^T H v`` over ``samples`` Rademacher vectors ``v``

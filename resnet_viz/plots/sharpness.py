@@ -47,7 +47,7 @@ def sharpness_figure(results: Sequence[dict[str, Any]]) -> go.Figure:
     fig.update_yaxes(title_text="eigenvalue", row=1, col=1)
     fig.update_yaxes(title_text="trace", row=1, col=2)
     fig.update_xaxes(showticklabels=False, row=1, col=2)
-    images = sorted({r.get("images") for r in results if r.get("images")})
+    images = sorted({int(r["images"]) for r in results if r.get("images")})
     if images:
         fig.add_annotation(text=f"loss on {', '.join(map(str, images))} training images; hatched: not converged",
                            xref="paper", yref="paper", x=0, y=1.13, showarrow=False, font={"size": 12, "color": "#555"},
