@@ -251,3 +251,20 @@ def test_estimate_counts_every_product() -> None:
     assert sharpness_seconds(cfg, 256, speed) == pytest.approx(2 * sharpness_seconds(cfg, 128, speed))
     assert sharpness_seconds(ModelConfig(depth=56), 128, speed) > 2 * sharpness_seconds(cfg, 128, speed)
     assert sharpness_seconds(cfg, 128, speed, threads=1) == pytest.approx(2 * sharpness_seconds(cfg, 128, speed))
+
+
+def test_recalibrated_bn_holds_the_images_statistics() -> None:
+    from resnet_viz.experiments.sharpness import recalibrate_bn
+
+    m = build_model(ModelConfig(depth=8, shortcut="A"), generator=torch.Generator().manual_seed(0))
+    x = 3.0 + 2.0 * torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    recalibrate_bn(m, x)
+    assert not m.training and m.bn1.momentum == 0.1
+    stem = m.conv1(x).transpose(0, 1).flatten(1)  # the first BN's input, per channel
+    torch.testing.assert_close(m.bn1.running_mean, stem.mean(1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(m.bn1.running_var, stem.var(1), rtol=1e-3, atol=1e-4)  # unbiased, as BN keeps it
+    # sharpness(recalibrate=True) does it on its copy: the caller's statistics stay
+    fresh = build_model(ModelConfig(depth=8, shortcut="A"), generator=torch.Generator().manual_seed(0))
+    res = sharpness(fresh, x, torch.zeros(10, dtype=torch.int64), top=1, max_iter=2, trace_samples=0,
+                    recalibrate=True)
+    assert res.recalibrated and torch.equal(fresh.bn1.running_mean, torch.zeros(16))

@@ -66,7 +66,9 @@ def sharpness_tab(refs: Sequence[Any], fits: Callable[[Any], bool], model: Calla
         res = tasks.run_task(
             experiment_key("sharpness", tags[ref.key], dtag, n, top, iters, samples),
             f"Sharpness: {widgets.literal(ref.label)}",
-            Call(sharpness, model(ref), x, y, top=top, max_iter=iters, trace_samples=samples, label=names[ref.key]),
+            # An untrained net's BN statistics are placeholders: set from the images (recalibrate_bn).
+            Call(sharpness, model(ref), x, y, top=top, max_iter=iters, trace_samples=samples,
+                 recalibrate=ref.kind == "untrained", label=names[ref.key]),
             title=f"Sharpness: {names[ref.key]} ({n} training images of {data_name}, top {top}, "
                   f"{samples} trace samples)",
             seconds=partial(_estimate, cfg, n, top, iters, samples))

@@ -33,7 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace-samples", type=int, default=20,
                    help=f"Hutchinson samples for the trace (0: none; <= {MAX_TRACE_SAMPLES})")
     p.add_argument("--seed", type=int, default=0, help="random vectors' seed; with --untrained also the weights'")
-    p.add_argument("--untrained", action="store_true", help="a freshly initialized net instead of RUN")
+    p.add_argument("--untrained", action="store_true", help="a freshly initialized net instead of RUN "
+                   "(BN's running statistics are then set from the images: see --recalibrate-bn)")
+    p.add_argument("--recalibrate-bn", action="store_true",
+                   help="set BN's running statistics from the images first (always with --untrained)")
     p.add_argument("--depth", type=int, default=20, help="with --untrained: 6n+2")
     p.add_argument("--shortcut", choices=SHORTCUTS, default="A", help="with --untrained: none is a plain net")
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"experiment": NAME, "model": label, "data": data.name}
     result.update(sharpness(model, x, y, top=args.top, max_iter=args.max_iter, tol=args.tol,
                             trace_samples=args.trace_samples, seed=args.seed, label=label,
+                            recalibrate=args.untrained or args.recalibrate_bn,
                             progress=StderrProgress()).to_dict())
     result["seconds"] = round(time.perf_counter() - t0, 2)
     json.dump(result, sys.stdout)

@@ -50,7 +50,7 @@ from resnet_viz.experiments.common import ProgressFn, check, report
 from resnet_viz.fsutil import as_number
 
 __all__ = ["CHUNK", "MAX_IMAGES", "MAX_ITERATIONS", "MAX_TOP", "MAX_TRACE_SAMPLES", "SharpnessResult",
-           "hutchinson_trace", "loss_hvp", "sharpness", "top_eigenvalues"]
+           "hutchinson_trace", "loss_hvp", "recalibrate_bn", "sharpness", "top_eigenvalues"]
 
 MAX_IMAGES = 512  # the retained graphs of 512 images of ResNet-56 take about 2 GB
 CHUNK = 128  # images per retained graph: PyHessian's batch
@@ -75,6 +75,7 @@ class SharpnessResult:
     trace_se: float  # its standard error (0 with one sample)
     trace_samples: int
     hvps: int  # Hessian-vector products in all
+    recalibrated: bool  # BN's running statistics were set from the images first (untrained nets)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -198,6 +199,34 @@ def loss_hvp(model: nn.Module, x: Tensor, y: Tensor, chunk: int = CHUNK) -> tupl
     return hvp, total
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: Tensor) -> None:
+    """Set every BatchNorm's running statistics to the mean and (unbiased) variance over all of
+    ``x``, in one forward pass (at most ``MAX_IMAGES``, without gradients: a few hundred MB);
+    the model is left in eval mode.
+
+    For a net at initialization: its running statistics are still the placeholders 0 and 1,
+    so in eval mode BN normalizes nothing, and an untrained ResNet-56's logits are in the
+    thousands (every block adds its branch's variance; measured: loss 3,565 on 64 CIFAR-10
+    images). Its first training step normalizes by the batch; these statistics make the
+    eval-mode loss that net's, still a fixed function of the weights.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            # With momentum None and one batch the running values are that batch's statistics
+            # exactly (chunks would be averaged per chunk, not per image).
+            m.momentum = None
+        model.train()
+        model(x)
+    finally:
+        for m, momentum in zip(bns, saved, strict=True):
+            m.momentum = momentum
+        model.eval()
+
+
 def _check_inputs(x: Tensor, y: Tensor, top: int, max_iter: int, trace_samples: int) -> None:
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         raise ValueError("x must be normalized float images shaped (N, 3, H, W), got "
@@ -211,14 +240,17 @@ def _check_inputs(x: Tensor, y: Tensor, top: int, max_iter: int, trace_samples: 
 
 
 def sharpness(model: nn.Module, x: Tensor, y: Tensor, *, top: int = 3, max_iter: int = 20, tol: float = 1e-3,
-              trace_samples: int = 20, seed: int = 0, progress: ProgressFn | None = None,
-              stop: threading.Event | None = None, label: str = "") -> SharpnessResult:
+              trace_samples: int = 20, seed: int = 0, recalibrate: bool = False,
+              progress: ProgressFn | None = None, stop: threading.Event | None = None,
+              label: str = "") -> SharpnessResult:
     """Top ``top`` Hessian eigenvalues and the Hessian trace of the mean training loss of
     ``model`` on the normalized images ``x`` (N, 3, H, W, N <= ``MAX_IMAGES``) with labels ``y``.
 
     Power iteration takes up to ``max_iter`` products per eigenvalue (converged at relative
     change ``tol``); the trace averages ``trace_samples`` Rademacher samples (0: no trace).
-    The random vectors come from ``torch.Generator().manual_seed(seed)``. ``progress`` is told
+    The random vectors come from ``torch.Generator().manual_seed(seed)``. ``recalibrate``
+    first sets BN's running statistics from ``x`` (``recalibrate_bn``; for untrained nets, whose
+    statistics are placeholders; the result's ``recalibrated`` says so). ``progress`` is told
     after every product and ``stop`` is checked before each. Runs on a private copy of the
     model in eval mode (see the module docstring for the choices).
     """
@@ -230,6 +262,8 @@ def sharpness(model: nn.Module, x: Tensor, y: Tensor, *, top: int = 3, max_iter:
     if not params:
         raise ValueError("the model has no parameters: there is no Hessian to measure")
     x, y = x.to(params[0].device, params[0].dtype), y.to(params[0].device)
+    if recalibrate:
+        recalibrate_bn(work, x)
     gen = torch.Generator().manual_seed(seed)
     budget = top * max_iter + trace_samples  # products at most: progress is a share of it
     done = 0
@@ -256,5 +290,5 @@ def sharpness(model: nn.Module, x: Tensor, y: Tensor, *, top: int = 3, max_iter:
         label=label or str(getattr(config, "label", type(model).__name__)), images=len(y),
         params=sum(p.numel() for p in params), loss=loss, eigenvalues=values, iterations=iterations,
         converged=converged, trace=trace, trace_se=se, trace_samples=trace_samples,
-        hvps=sum(iterations) + trace_samples,
+        hvps=sum(iterations) + trace_samples, recalibrated=recalibrate,
     )
