@@ -29,7 +29,7 @@ def test_sharpness_tab_runs_and_reads_the_numbers() -> None:
     fig = json.loads(next(c.proto.spec for c in at.get("plotly_chart")
                           if "Sharpness of the training loss" in c.proto.spec))
     assert fig["data"][0]["x"] == ["λ1", "λ2"] and len(fig["data"][0]["y"]) == 2
-    assert any("32 training images" in a["text"] for a in fig["layout"]["annotations"])
+    assert "loss on 32 training images" in fig["layout"]["title"]["subtitle"]["text"]
     assert any("top eigenvalue" in i.value for i in at.info), [i.value for i in at.info]
 
 

@@ -22,7 +22,9 @@ def sharpness_figure(results: Sequence[dict[str, Any]]) -> go.Figure:
     its standard error. A value that did not converge is drawn hatched."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.12,
                         subplot_titles=("Top Hessian eigenvalues", "Hessian trace (Hutchinson, ± s.e.)"))
-    _style(fig, "Sharpness of the training loss", 420)
+    images = sorted({int(r["images"]) for r in results if r.get("images")})
+    _style(fig, "Sharpness of the training loss", 440,
+           subtitle=f"loss on {', '.join(map(str, images))} training images; hatched: not converged" if images else "")
     if not results:
         return _note(fig, "Run the sharpness measurement to compare the curvature of two nets")
     for i, r in enumerate(results):
@@ -47,9 +49,4 @@ def sharpness_figure(results: Sequence[dict[str, Any]]) -> go.Figure:
     fig.update_yaxes(title_text="eigenvalue", row=1, col=1)
     fig.update_yaxes(title_text="trace", row=1, col=2)
     fig.update_xaxes(showticklabels=False, row=1, col=2)
-    images = sorted({int(r["images"]) for r in results if r.get("images")})
-    if images:
-        fig.add_annotation(text=f"loss on {', '.join(map(str, images))} training images; hatched: not converged",
-                           xref="paper", yref="paper", x=0, y=1.13, showarrow=False, font={"size": 12, "color": "#555"},
-                           xanchor="left")
     return fig
