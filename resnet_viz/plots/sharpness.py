@@ -25,6 +25,7 @@ def sharpness_figure(results: Sequence[dict[str, Any]]) -> go.Figure:
     images = sorted({int(r["images"]) for r in results if r.get("images")})
     _style(fig, "Sharpness of the training loss", 440,
            subtitle=f"loss on {', '.join(map(str, images))} training images; hatched: not converged" if images else "")
+    fig.update_layout(margin={"t": 115})  # room between the subtitle and the subplots' titles
     if not results:
         return _note(fig, "Run the sharpness measurement to compare the curvature of two nets")
     for i, r in enumerate(results):
