@@ -767,3 +767,27 @@ def test_experiments_training_path_section(page, server: str, shots: Path) -> No
     expect(panel.get_by_text(re.compile(r"No run on this data set has 4 or more weight snapshots yet"))).to_be_visible()
     assert_healthy(page)
     shoot(page, shots, "20-training-path.png")
+
+
+def test_experiments_sharpness(page, server: str, shots: Path) -> None:
+    # The untrained ResNet-8 on 32 training images: 1 gradient graph, then at most 3 x 10 + 10 products.
+    models_for_experiments(page, server, UNTRAINED, smallest_build=True)
+    panel = open_tab(page, "Sharpness")
+    for name, presses in (("Training images", 2), ("Products per eigenvalue", 1), ("Trace samples", 1)):
+        for _ in range(presses):
+            step_slider(panel, name, "ArrowLeft")  # 128 -> 32 images, 20 -> 10 products, 20 -> 10 samples
+            wait_for_app(page)
+    try:
+        # the time estimate (or, on a server's first start on a busy machine, the measuring that precedes it)
+        expect(panel.get_by_text(re.compile(r"on this machine|Measuring this machine's speed"))).to_be_visible()
+        start_task(page, panel, re.compile(r"Sharpness: Untrained"))
+        expect(panel.get_by_text("Computed in")).to_have_count(1, timeout=EXPERIMENT_TIMEOUT_MS)
+    except AssertionError:
+        shoot(page, shots, "FAILED-sharpness.png")  # what the page showed, for the person reading the log
+        raise
+    wait_for_app(page)
+    expect(panel.locator(".js-plotly-plot")).to_have_count(1)
+    expect(panel.get_by_text("loss on 32 training images", exact=False)).to_be_visible()
+    expect(panel.locator("[data-testid='stAlert']")).to_contain_text(re.compile(r"top eigenvalue -?[\d.]+"))
+    assert_healthy(page)
+    shoot(page, shots, "30-sharpness.png")

@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     from resnet_viz.cli.experiments import add_parsers
 
     add_parsers(sub)
-    from resnet_viz.cli import trainpath
+    from resnet_viz.cli import sharpness, trainpath
 
     trainpath.add_parser(sub)
+    sharpness.add_parser(sub)
 
     m = sub.add_parser("speed", help="this machine's measured training and inference speed (the app's time estimates)")
     m.add_argument("--measure", action="store_true", help="measure again (a few seconds), e.g. after a busy first try")
@@ -143,14 +144,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from resnet_viz.cli import cam, trainpath
+    from resnet_viz.cli import cam, sharpness, trainpath
     from resnet_viz.cli.experiments import EXPERIMENTS
     from resnet_viz.cli.experiments import run as run_experiment
 
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
                 "speed": cmd_speed, "published": cmd_published, "download": cmd_download}
     commands.update({name: run_experiment for name in EXPERIMENTS})
-    commands.update({"cam": cam.cmd_cam, "trainpath": trainpath.cmd_trainpath})
+    commands.update({"cam": cam.cmd_cam, "trainpath": trainpath.cmd_trainpath, sharpness.NAME: sharpness.run})
     try:
         return commands[args.command](args)
     except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person

@@ -86,6 +86,23 @@ def scorecam_seconds(flops: int, channels: int, speed: Speed, threads: int | Non
     the measured ResNet-56 rate (the larger probe, nearer these nets' conv sizes)."""
     seconds_per_flop = 1.0 / (speed.fp32_ips[1] * speed.flops[1])
     return (channels + 1) * flops * seconds_per_flop * _slowdown(speed, threads)
+# Sharpness (experiments.sharpness), in fp32 forward passes of the same images. A Hessian-vector
+# product is one backward through the gradient's graph, about 2x a backward (~4 forwards) in
+# FLOPs; measured here (ResNet-20, 128 images, one thread) it took 8 forwards' time, and building
+# the graph (forward + backward with create_graph) 5.
+_HVP_PASSES = 8.0
+_GRAPH_PASSES = 5.0
+
+
+def sharpness_seconds(model: ModelConfig, images: int, speed: Speed, threads: int | None = None, *,
+                      top: int = 3, max_iter: int = 20, trace_samples: int = 20) -> float:
+    """At most: every eigenvalue running to ``max_iter`` products, then the trace's samples
+    (power iteration often converges sooner)."""
+    passes = _GRAPH_PASSES + _HVP_PASSES * (top * max_iter + trace_samples)
+    return passes * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+__all__ += ["sharpness_seconds"]
 
 
 # The quick replay: the full replay cut short, its steps chosen to fit QUICK_SECONDS on the
