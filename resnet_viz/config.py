@@ -174,6 +174,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # steps between test evaluations; 0 = once per epoch
     probe_every: int = 10  # steps between per-block probes; 0 = never
+    watch_every: int | None = None  # steps between "watch it learn" frames (training.watch); None: ~64 a run; 0: off
     log_every: int = 10  # steps per flushed batch of per-step records
     eval_tta: bool = True  # evaluate with horizontal-flip test-time augmentation
     device: str = "auto"  # one of DEVICES
@@ -182,8 +183,7 @@ class TrainConfig:
     channels_last: bool = True
     sync_bn: bool = False  # several processes: batch-norm statistics over the global batch, not each shard
     compile: bool = False  # torch.compile the model (on CPU this needs a C++ compiler)
-    # A longer schedule than the budget: the first ``steps`` of a ``schedule_steps``-step one (a
-    # long run cut short: the quick degradation replay); None: the schedule spans the budget.
+    # The first ``steps`` of a longer schedule (the quick degradation replay); None: it spans the budget.
     schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -193,8 +193,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         if self.steps is not None and not (_is_int(self.steps) and 0 < self.steps <= 10_000_000):
             raise ValueError(f"steps must be a positive integer, got {self.steps}")
-        for name in ("batch_size", "seed", "eval_every", "probe_every", "log_every"):
-            if not _is_int(getattr(self, name)):
+        for name in ("batch_size", "seed", "eval_every", "probe_every", "log_every", "watch_every"):
+            if not _is_int(getattr(self, name)) and not (name == "watch_every" and self.watch_every is None):
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         if not 1 <= self.batch_size <= 65_536:
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size}")
@@ -212,8 +212,8 @@ class TrainConfig:
             raise ValueError(f"warmup_fraction must be between 0 and 1, got {self.warmup_fraction}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("eval_every", "probe_every"):
-            if getattr(self, name) < 0:
+        for name in ("eval_every", "probe_every", "watch_every"):
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.log_every < 1:
             raise ValueError("log_every must be >= 1")
