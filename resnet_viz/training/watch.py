@@ -112,7 +112,7 @@ def histograms(tensors: list[list[Tensor | None]], params: list[list[nn.Paramete
     for g, (ts, ps) in enumerate(zip(tensors, params, strict=True)):
         for t, p in zip(ts, ps, strict=True):
             v = t.detach().reshape(-1).float() if t is not None else torch.zeros(p.numel(), device=device)
-            idx.append(torch.bucketize(v, inner) + g * watchfile.N_BINS)
+            idx.append(torch.bucketize(v, inner, right=True) + g * watchfile.N_BINS)  # [lo, hi) as numpy
     counts = torch.bincount(torch.cat(idx), minlength=len(tensors) * watchfile.N_BINS)
     return counts.reshape(len(tensors), watchfile.N_BINS)
 
