@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
     r.add_argument("--json", action="store_true")
+    from resnet_viz.cli import watch
+
+    watch.add_parser(sub)
     return p
 
 
@@ -142,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
                 "speed": cmd_speed, "published": cmd_published, "download": cmd_download}
     commands.update({name: run_experiment for name in EXPERIMENTS})
+    from resnet_viz.cli.watch import cmd_watch
+
+    commands["watch"] = cmd_watch
     try:
         return commands[args.command](args)
     except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person

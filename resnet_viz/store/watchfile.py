@@ -152,3 +152,18 @@ def read_watch(run_path: Path) -> Watch | None:
         frames[f.step] = f  # a step written twice (a crash between a frame and its checkpoint): the last wins
     watch.frames.extend(frames[s] for s in sorted(frames))
     return watch
+
+
+def median_magnitude(counts: np.ndarray, edges: np.ndarray = EDGES) -> float:
+    """The median |value| of a histogram over the symmetric ``edges``, to the bin: the geometric
+    middle of the |v| bin that holds the median (0 if that is the centre bin)."""
+    c = np.asarray(counts, dtype=np.float64)
+    if c.sum() <= 0:
+        return float("nan")
+    mid = len(c) // 2  # the centre bin around 0
+    mag = np.concatenate([[c[mid]], c[mid + 1:] + c[:mid][::-1]])  # by |v|: centre, then outwards
+    i = int(np.searchsorted(np.cumsum(mag), mag.sum() / 2))
+    if i == 0:
+        return 0.0
+    lo, hi = edges[mid + i], edges[mid + i + 1]
+    return float(np.sqrt(lo * hi))
