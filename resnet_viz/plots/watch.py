@@ -38,13 +38,15 @@ def _ticks(edges: np.ndarray) -> tuple[list[int], list[str]]:
     """Tick positions (bin indices) at the decades on both sides, and 0 in the middle."""
     e = np.asarray(edges, dtype=float)
     mid = (len(e) - 1) // 2
-    pos, text = [], []
+    pos, text = [mid], ["0"]
     for i in range(len(e) - 1):
-        lo = e[i] if i > mid else -e[i + 1]  # the bin's |v| lower edge
         if i == mid:
-            pos.append(i), text.append("0")
-        elif abs(np.log10(abs(lo)) - round(np.log10(abs(lo)))) < 1e-6 and round(np.log10(abs(lo))) % 2 == 0:
-            pos.append(i), text.append(("-" if i < mid else "") + f"1e{round(np.log10(abs(lo)))}")
+            continue
+        d = np.log10(e[i] if i > mid else -e[i + 1])  # the decade of the bin's |v| lower edge
+        # Every other decade, and none next to 0: their labels would overlap.
+        if abs(d - round(d)) < 1e-6 and round(d) % 2 == 0 and abs(i - mid) > 3:
+            pos.append(i)
+            text.append(("-" if i < mid else "") + ("1" if round(d) == 0 else f"1e{round(d)}"))
     return pos, text
 
 
@@ -72,7 +74,8 @@ def histogram_overlay(
                           row=1, col=col)
     pos, text = _ticks(e)
     fig.update_xaxes(tickvals=pos, ticktext=text, title_text="value (signed, log scale of |v|)")
-    fig.update_yaxes(tickformat=".0%", title_text="share of parameters", col=1)
+    fig.update_yaxes(tickformat=".0%")
+    fig.update_yaxes(title_text="share of parameters", col=1)
     return fig
 
 

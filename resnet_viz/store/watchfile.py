@@ -118,7 +118,8 @@ def _decode_frame(rec: Mapping[str, Any], groups: list[str]) -> Frame:
         shape = tuple(int(v) for v in m["shape"])
         q = decode_u8(m["data"], shape).astype(np.float32) / 255.0
         lo, hi = np.asarray(m["lo"], np.float32), np.asarray(m["hi"], np.float32)
-        maps[block] = Maps(channels=[int(c) for c in m["channels"]], values=lo[:, None, None] + q * (hi - lo)[:, None, None])
+        values = lo[:, None, None] + q * (hi - lo)[:, None, None]
+        maps[block] = Maps(channels=[int(c) for c in m["channels"]], values=values)
 
     def hists(key: str) -> dict[str, np.ndarray]:
         counts = rec.get(key) or {}
