@@ -86,7 +86,7 @@ def watch_view() -> None:
     c1.image(w.image.transpose(1, 2, 0), caption=f"test image 0: {widgets.literal(w.class_name)}", width=96)
     c2.plotly_chart(watch_plots.watch_maps(_maps(f, w.blocks), title=f"{run.label}: step {f.step:,}"),
                     width="stretch", key="watch_maps")
-    group = st.selectbox("Parameters of", w.groups, index=min(1, len(w.groups) - 1), key="watch_group")
+    group = st.selectbox("Parameters of", w.groups, index=min(1, len(w.groups) - 1), key="watch_group") or w.groups[0]
     series: list[tuple[str, np.ndarray | None, np.ndarray | None]] = [
         (widgets.plot_text(f"{run.label} (step {f.step:,})"), f.weights.get(group), f.grads.get(group))]
     wo = read(other.path) if other is not None else None

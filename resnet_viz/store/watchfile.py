@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ class Watch:
         return best
 
 
-def append(run_path: Path, records: list[Mapping[str, Any]]) -> None:
+def append(run_path: Path, records: Sequence[Mapping[str, Any]]) -> None:
     """Append records as one write (fewer torn lines on a crash); readers see them at once."""
     blob = "".join(json.dumps(dict(r), separators=(",", ":")) + "\n" for r in records).encode("utf-8")
     with open(Path(run_path) / WATCH_FILE, "ab") as f:
