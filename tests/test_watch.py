@@ -74,6 +74,26 @@ def test_a_run_records_its_frames_on_schedule_with_maps_and_full_histograms(tmp_
     assert (run.path / watchfile.WATCH_FILE).stat().st_size < 80_000  # ~12 kB a frame for this net
 
 
+def test_the_cli_prints_one_json_object_and_explains_a_run_without_frames(
+    tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resnet_viz.cli.main import main
+
+    cfg = tiny_config(steps=6, watch_every=2)
+    run = RunDir.create(tmp_path, cfg)
+    fit(cfg, data=tiny_data, run=run)
+    assert main(["watch", run.id, "--out", str(tmp_path), "--step", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == [0, 2, 4, 5] and out["step"] == 2 and out["label"] == "ResNet(A)-8"
+    assert list(out["maps"]) == ["stage1.block0", "stage2.block0", "stage3.block0"]
+    fc = out["histograms"]["fc"]
+    assert sum(fc["weights"]) == sum(fc["grads"]) == 64 * 10 + 10
+    assert 1e-4 < fc["median_abs_weight"] < 1 and len(out["bin_edges"]) == len(fc["weights"]) + 1
+    off = RunDir.create(tmp_path, tiny_config(steps=2, watch_every=0))
+    assert main(["watch", off.id, "--out", str(tmp_path)]) == 2
+    assert "recorded no frames" in capsys.readouterr().err
+
+
 def test_histograms_match_a_hand_count_and_a_missing_grad_counts_as_zeros() -> None:
     p1 = torch.nn.Parameter(torch.tensor([0.0, 1e-9, -0.5, 0.5, 2.0, 50.0, -1e-3]))
     p2 = torch.nn.Parameter(torch.tensor([[3e-5, -3e-5]]))
@@ -84,6 +104,9 @@ def test_histograms_match_a_hand_count_and_a_missing_grad_counts_as_zeros() -> N
         hand = np.histogram(np.clip(v, edges[0], edges[-1]), bins=edges)[0]
         assert row.tolist() == hand.tolist()
     assert counts[0][watchfile.N_BINS // 2] == 2  # 0 and 1e-9 share the centre bin (-1e-8, 1e-8)
+    # Median |v| of (0, 1e-9, -0.5, 0.5, 2, 50, -1e-3): the 4th smallest |v| is 0.5, in [0.464, 1).
+    assert watchfile.median_magnitude(counts[0]) == pytest.approx((10 ** (-1 / 3)) ** 0.5)
+    assert watchfile.median_magnitude(counts[1]) == pytest.approx((10 ** (-14 / 3) * 10 ** (-13 / 3)) ** 0.5)
     grads = histograms([[None], [None]], [[p1], [p2]]).numpy()
     assert grads[:, watchfile.N_BINS // 2].tolist() == [7, 2] and grads.sum() == 9
 
