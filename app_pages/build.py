@@ -65,8 +65,10 @@ left, right = st.columns([1, 2])
 with left:
     block = st.radio("Block type", BLOCKS, index=BLOCKS.index(current.block), horizontal=True,
                      help="basic: two 3x3 convs (depth 6n+2); bottleneck: 1x1, 3x3, 1x1 with 4x expansion (depth 9n+2)")
+    # Keyed sliders keep their identity when their value changes: a keyless one is a new widget
+    # after each step, and the browser drops a key press that lands while it is remounted.
     n = st.slider("Blocks per stage (n)", 1, MAX_BLOCKS, value=min(current.blocks_per_stage, MAX_BLOCKS),
-                  help="ResNet-20: n=3; ResNet-56: n=9; ResNet-110: n=18")
+                  help="ResNet-20: n=3; ResNet-56: n=9; ResNet-110: n=18", key="build_n")
     depth = depth_for(n, block)
     st.markdown(f"**{depth} layers** = {3 * LAYERS_PER_BLOCK[block]} x {n} + 2")
     shortcut = st.radio("Shortcut", SHORTCUTS, index=SHORTCUTS.index(current.shortcut),
@@ -75,7 +77,7 @@ with left:
     pad = st.radio("Option A padding", PADS, index=PADS.index(current.pad), format_func=PAD_HELP.get,
                    disabled=shortcut != "A", help="where option A puts the zero channels when the shape changes; "
                    "weights trained with one padding fail with the other (published nets use both sides)")
-    width = st.select_slider("Width multiplier", WIDTHS, value=current.width)
+    width = st.select_slider("Width multiplier", WIDTHS, value=current.width, key="build_width")
     zero_init = st.toggle("Zero-init residual branches", value=current.zero_init_residual,
                           disabled=shortcut == "none",
                           help="zero the last BN of each residual branch: each block starts as its shortcut "

@@ -37,7 +37,8 @@ def model(ref) -> Deferred:
     return Deferred(model_with_weights, weights[ref.key].config, weights[ref.key].state)
 
 
-TABS = ["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand", "Sanity check", "Report"]
+TABS = ["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand", "Sanity check", "Report",
+        "Effective paths"]
 # Tracked (a switch reruns the page) so the open tab is in the link: ?tab=skip-and-branch.
 tabs = st.tabs(TABS, key=links.seeded("tab", "exp_tab", TABS), on_change="rerun")
 links.keep("tab", st.session_state.get("exp_tab"), default=TABS[0])
@@ -202,3 +203,8 @@ with tabs[6]:
                                mime="text/html", icon=":material/download:", on_click="ignore")
         except ValueError as e:  # a run deleted meanwhile
             st.error(str(e))
+
+with tabs[TABS.index("Effective paths")]:
+    from resnet_viz.app import paths_view
+
+    paths_view.show([r for r in refs if fits(r)], model, names, tags, cfgs, dtag)

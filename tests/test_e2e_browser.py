@@ -678,16 +678,13 @@ def test_a_shared_link_opens_the_same_view(page, server: str, shots: Path) -> No
     thumb = main(page).locator("[data-testid='stSlider']").filter(has_text="Blocks per stage").get_by_role("slider")
     layers = main(page).locator("[data-testid='stMetric']").filter(has_text="Layers").locator(
         "[data-testid='stMetricValue']")
-    # n = 3 -> 9 (ResNet-56) a step at a time. The slider has no key, so each new value redraws it
-    # and the key press after a redraw can be lost (so on main too): press until it shows 56.
-    for _ in range(20):
-        if layers.inner_text() == "56":
-            break
+    # n = 3 -> 9 (ResNet-56) a step at a time: the keyed slider keeps its identity, so every
+    # key press counts (a keyless one was remounted after each step and dropped presses).
+    for n in range(4, 10):
         thumb.focus()
         thumb.press("ArrowRight")
-        page.wait_for_timeout(500)
+        expect(layers).to_have_text(str(6 * n + 2))
         wait_for_app(page)
-    expect(layers).to_have_text("56")
     main(page).locator("[data-testid='stRadio']").filter(has_text="Shortcut").get_by_text(
         "none (plain net)", exact=True).click()
     expect(page).to_have_url(re.compile(r"/build\?(?=.*depth=56)(?=.*shortcut=none)"), timeout=RUN_TIMEOUT_MS)
@@ -736,6 +733,36 @@ def test_an_oversize_upload_is_explained_in_words(page, server: str, shots: Path
     clear_uploads(page)
 
 
+def test_experiments_effective_paths(page, server: str, shots: Path) -> None:
+    # The untrained ResNet-8 fits either data set: 3 blocks, 8 paths, 16 images, seconds.
+    models_for_experiments(page, server, UNTRAINED, smallest_build=True)
+    panel = open_tab(page, "Effective paths")
+    step_slider(panel, "Training images", "Home")  # 64 -> 16
+    wait_for_app(page)
+    step_slider(panel, "Random paths per length", "Home")  # 8 -> 2
+    wait_for_app(page)
+    start_task(page, panel, re.compile(r"Effective paths: Untrained"))
+    expect(panel.get_by_text("Computed in")).to_have_count(1, timeout=EXPERIMENT_TIMEOUT_MS)
+    wait_for_app(page)
+    expect(panel.get_by_text(re.compile(r"3 blocks make 2\^3 = 8 paths"))).to_be_visible()
+    expect(panel.locator(".js-plotly-plot")).to_have_count(1)
+    expect(panel.get_by_text("Gradient magnitude of one path (log)")).to_be_visible()
+    assert_healthy(page)
+    shoot(page, shots, "21-effective-paths.png")
+
+
+def test_explain_a_cam_of_plain_and_residual(page, server: str, shots: Path) -> None:
+    """Grad-CAM++ (from grad-cam) at the last block of the shipped plain-20 and ResNet-20, opened from a link."""
+    page.goto(f"{server}/explain?model=plain20&vs=resnet20&method=gradcam_plusplus&block=stage3.block2")
+    expect(page.locator("h1").first).to_have_text(PAGES["explain"], timeout=RUN_TIMEOUT_MS)
+    expect(charts(page).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert_healthy(page)
+    expect(main(page).get_by_text("Grad-CAM++ at block")).to_be_visible()
+    assert charts(page).count() >= 4  # an overlay and a top-5 bar per model
+    shoot(page, shots, "21-explain-cam.png")
+
+
 def test_watch_it_learn_plays_a_run_back(page, server: str, shots: Path, data_kind: str) -> None:
     """Inspect's "Watch it learn" on a run with frames (made here: 8 steps of a synthetic ResNet-8,
     so this step also runs alone): the step slider moves and the maps and histograms follow."""
@@ -753,7 +780,7 @@ def test_watch_it_learn_plays_a_run_back(page, server: str, shots: Path, data_ki
     view.scroll_into_view_if_needed()
     expect(main(page).locator(".st-key-watch_maps .js-plotly-plot")).to_have_count(1)
     expect(main(page).locator(".st-key-watch_hist .js-plotly-plot")).to_have_count(1)
-    shoot(page, shots, "21-watch-last-step.png")
+    shoot(page, shots, "30-watch-last-step.png")
     thumb = main(page).locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
     thumb.focus()
     for _ in range(4):  # back to the first frame (steps 0, 2, 4, 6, 7): the initial weights
@@ -761,4 +788,4 @@ def test_watch_it_learn_plays_a_run_back(page, server: str, shots: Path, data_ki
     wait_for_app(page)
     expect(main(page).locator(".st-key-watch_maps[data-stale='false']")).to_contain_text("step 0")
     assert_healthy(page)
-    shoot(page, shots, "22-watch-step-0.png")
+    shoot(page, shots, "31-watch-step-0.png")

@@ -84,6 +84,18 @@ def test_build_controls_change_the_summary() -> None:
     assert at.session_state[Keys.BUILD_CONFIG].depth == 56
 
 
+def test_build_sliders_keep_their_identity_when_moved() -> None:
+    """A slider whose identity changes with its value is remounted in the browser after each
+    step, which drops a key press arriving meanwhile (seen in the browser test)."""
+    at = page("build").run()
+    ids = [at.slider[0].id, at.select_slider[0].id]
+    at.slider[0].set_value(4).run()
+    at.select_slider[0].set_value(2).run()
+    assert [m.value for m in at.metric][0] == "26"
+    assert [at.slider[0].id, at.select_slider[0].id] == ids
+    assert at.session_state[Keys.BUILD_CONFIG].width == 2
+
+
 def test_build_imagenet_family_leaves_the_cifar_build_alone() -> None:
     at = page("build").run()
     at.slider[0].set_value(9).run()  # a CIFAR ResNet-56: what Train will use

@@ -20,7 +20,7 @@ import torch
 from resnet_viz.background.progress import StderrProgress
 from resnet_viz.config import SHORTCUTS, RunConfig
 
-EXPERIMENTS = ("lesion", "landscape", "signal", "sanity", "report")
+EXPERIMENTS = ("lesion", "landscape", "signal", "sanity", "report", "paths")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +55,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a JSON result printed by lesion, landscape, signal or sanity (repeatable)")
     p.add_argument("--out", default=None, help="runs folder")
     p.add_argument("--html", default="report.html", help="where to write the report")
+    p = sub.add_parser("paths", help="gradient reaching the input through paths of each length (Veit et al. 2016)")
+    model_arg(p)
+    p.add_argument("--images", type=int, default=64, help="fixed subset of training images (at most 1024)")
+    p.add_argument("--samples", type=int, default=8, help="random sets of k branches per length k (at most 1000)")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def load_model_ref(ref: str, runs_out: str | None) -> tuple[torch.nn.Module, RunConfig, str]:
@@ -142,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
                 x, y = evaluation_subset(data.test_x, data.test_y, args.images)
                 result.update(lesion_study(model, x, y, trials=args.trials, max_k=args.max_k, label=label,
                                            progress=StderrProgress()).to_dict())
+            elif args.command == "paths":
+                result.update(_paths(args, model, data, label))
             else:
                 result.update(_landscape(args, model, cfg, data, label))
     result["seconds"] = round(time.perf_counter() - t0, 2)
@@ -172,3 +179,15 @@ def _landscape(args: argparse.Namespace, model, cfg: RunConfig, data, label: str
     # The run's initial weights: fit() builds from a generator seeded with the run's seed.
     initial = build_model(cfg.model, generator=torch.Generator().manual_seed(cfg.train.seed)).state_dict()
     return interpolation_slice(initial, model, x, y, steps=args.steps, progress=progress).to_dict()
+
+
+def _paths(args: argparse.Namespace, model, data, label: str) -> dict[str, Any]:
+    from resnet_viz.experiments.landscape import fixed_subset
+    from resnet_viz.experiments.paths import MAX_IMAGES, paths_study
+
+    if not 1 <= args.images <= MAX_IMAGES:  # before fixed_subset, whose limit is the data set's size
+        raise ValueError(f"--images must be from 1 to {MAX_IMAGES}, got {args.images}")
+    # Training images, as Veit et al. (and the loss landscape's subset: the app's images too).
+    x, y = fixed_subset(data.train_x, data.train_y, n=min(args.images, len(data.train_y)), seed=0)
+    return paths_study(model, x, y, images=args.images, samples=args.samples, seed=args.seed, label=label,
+                       progress=StderrProgress()).to_dict()

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "looks for it")
     d.add_argument("--root", default=None, help="data folder (default: the app's, ./data or env RESNET_VIZ_DATA)")
 
+    from resnet_viz.cli import cam
+
+    cam.add_parser(sub)
+
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
     r.add_argument("--json", action="store_true")
@@ -145,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
                 "speed": cmd_speed, "published": cmd_published, "download": cmd_download}
     commands.update({name: run_experiment for name in EXPERIMENTS})
+    from resnet_viz.cli.cam import cmd_cam
+
+    commands["cam"] = cmd_cam
     from resnet_viz.cli.watch import cmd_watch
 
     commands["watch"] = cmd_watch

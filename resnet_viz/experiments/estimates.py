@@ -29,7 +29,8 @@ from resnet_viz.training.speed import (  # a run's time, for the pages (which ne
 # forward and backward passes of batch 1. Measured here: about 16 batched fp32 images' time.
 _SINGLE_IMAGE = 16.0
 __all__ = ["brief_epochs", "data_sizes", "lesion_seconds", "quick_config", "quick_steps", "replay_seconds",
-           "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds"]
+           "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds",
+           "scorecam_seconds"]
 SHATTERED_POINTS = 256  # signal.shattered_gradients' default
 SIGNAL_BATCH = 64  # signal.signal_propagation's default
 
@@ -78,6 +79,15 @@ def sanity_seconds(model: ModelConfig, speed: Speed, threads: int | None = None)
     return maps * _SINGLE_IMAGE * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
 
 
+def scorecam_seconds(flops: int, channels: int, speed: Speed, threads: int | None = None) -> float:
+    """Score-CAM of one image at a block of ``channels`` channels, for a net of ``flops``
+    forward FLOPs per image (an ImageNet ResNet at 224 px: not a ``ModelConfig``): the image's
+    forward pass, then one masked image per channel, in fp32 batches of 64, priced per FLOP at
+    the measured ResNet-56 rate (the larger probe, nearer these nets' conv sizes)."""
+    seconds_per_flop = 1.0 / (speed.fp32_ips[1] * speed.flops[1])
+    return (channels + 1) * flops * seconds_per_flop * _slowdown(speed, threads)
+
+
 # The quick replay: the full replay cut short, its steps chosen to fit QUICK_SECONDS on the
 # machine at hand (its speed measured by ``training.speed``). Cut short, not compressed: the
 # runs follow the first steps of the full replay's 1,000-step schedule. A whole one-cycle
@@ -115,3 +125,17 @@ def quick_steps(base: RunConfig, train_size: int, test_size: int, speed: Speed,
     fixed = one - per_step
     steps = int((seconds - fixed) / per_step) // 50 * 50
     return min(DEFAULT_STEPS, max(MIN_QUICK_STEPS, steps))
+
+
+def paths_seconds(model: ModelConfig, images: int, samples: int, speed: Speed, threads: int | None = None) -> float:
+    """One forward pass, the ordinary backward, then one backward per sampled path (``experiments.paths``).
+
+    Priced in fp32 forward passes, as measured here (ResNet-20/56, batch 64, one thread): the
+    backward to the input with every gate open costs about 1.2 forwards; a path's backward
+    skips the branches it does not take (a closed gate stops autograd there), so a path of
+    length k costs about 0.1 + 0.7 k/n forwards.
+    """
+    n = 3 * model.blocks_per_stage
+    lengths = [n] if model.shortcut == "none" else range(n + 1)
+    paths = sum(min(samples, math.comb(n, k)) * (0.1 + 0.7 * k / n) for k in lengths)
+    return (2.2 + paths) * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
