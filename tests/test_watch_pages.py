@@ -75,3 +75,22 @@ def test_the_figures_check_their_input_and_handle_empty_input() -> None:
         watch_maps([("stage1.block0", [-1, 3], np.zeros((3, 4, 4)))])
     fig = histogram_history([0, 5], np.array([[0] * 27 + [3] + [0] * 27, [0] * 26 + [1, 1, 1] + [0] * 26]), e)
     assert fig.data[0].z.shape == (3, 2)  # only the bins in use: 26..28
+
+
+def test_the_train_pages_live_maps_show_the_latest_frame() -> None:
+    """What the Train page's live fragment draws for a running run (here a finished one: the same files)."""
+    from streamlit.testing.v1 import AppTest
+
+    run = _train("A", "live-w")
+
+    def script(path: str) -> None:
+        from pathlib import Path
+
+        from resnet_viz.app import watch
+
+        watch.live_maps(Path(path), "ResNet(A)-8")
+
+    at = AppTest.from_function(script, args=(str(run.path),), default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert at.expander[0].label == "Watch it learn: step 5"
+    assert any(f["layout"]["title"]["text"] == "ResNet(A)-8 at step 5" for f in _figures(at))
