@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, links, resources, tasks, visitors, widgets
+from resnet_viz.app import compute, links, resources, tasks, trainpath, visitors, widgets
 from resnet_viz.app.state import data_config
 from resnet_viz.background.tasks import Call, Deferred, content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.data.batches import normalize
@@ -110,6 +110,7 @@ with tabs[1]:
             c1, c2 = st.columns(2)
             c1.plotly_chart(compute.chart(plots.surface_figure, surf), width="stretch", key="contour_fig")
             c2.plotly_chart(compute.chart(plots.surface_figure, surf, three_d=True), width="stretch", key="surface_fig")
+    trainpath.section(n, dtag)  # the path training took (app/trainpath.py)
 
 with tabs[2]:
     st.markdown("Untrained plain and residual nets of growing depth: forward activation variance and the "

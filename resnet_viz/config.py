@@ -1,9 +1,8 @@
 """Frozen configurations for models, data and training (stdlib only).
 
-Each config validates itself in ``__post_init__`` and raises ``ValueError`` with a
-message a person can act on; the CLI prints that message and the app shows it.
-Configs round-trip through plain dicts (``to_dict`` / ``from_dict``) so a run folder's
-``config.json`` is the whole truth about a run.
+Each config validates itself in ``__post_init__`` and raises ``ValueError`` with a message a person can act on;
+the CLI prints it and the app shows it. Configs round-trip through plain dicts (``to_dict`` / ``from_dict``):
+a run folder's ``config.json`` is the whole truth about a run.
 """
 
 from __future__ import annotations
@@ -185,6 +184,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (on CPU this needs a C++ compiler)
     # The first ``steps`` of a longer schedule (the quick degradation replay); None: it spans the budget.
     schedule_steps: int | None = None
+    snapshot_every: int | None = None  # steps between weight snapshots (snapshots/); None: each epoch, 0: none
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
@@ -193,8 +193,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         if self.steps is not None and not (_is_int(self.steps) and 0 < self.steps <= 10_000_000):
             raise ValueError(f"steps must be a positive integer, got {self.steps}")
-        for name in ("batch_size", "seed", "eval_every", "probe_every", "log_every", "watch_every"):
-            if not _is_int(getattr(self, name)) and not (name == "watch_every" and self.watch_every is None):
+        for name in ("batch_size", "seed", "eval_every", "probe_every", "log_every"):
+            if not _is_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         if not 1 <= self.batch_size <= 65_536:
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size}")
@@ -212,9 +212,9 @@ class TrainConfig:
             raise ValueError(f"warmup_fraction must be between 0 and 1, got {self.warmup_fraction}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("eval_every", "probe_every", "watch_every"):
-            if (getattr(self, name) or 0) < 0:
-                raise ValueError(f"{name} must be >= 0")
+        for name in ("eval_every", "probe_every", "snapshot_every", "watch_every"):
+            if (getattr(self, name) or 0) < 0 or not _is_int(getattr(self, name) or 0):
+                raise ValueError(f"{name} must be a whole number >= 0, got {getattr(self, name)!r}")
         if self.log_every < 1:
             raise ValueError("log_every must be >= 1")
         if self.device not in DEVICES:

@@ -763,6 +763,17 @@ def test_explain_a_cam_of_plain_and_residual(page, server: str, shots: Path) -> 
     shoot(page, shots, "21-explain-cam.png")
 
 
+def test_experiments_training_path_section(page, server: str, shots: Path) -> None:
+    # The run test_train_a_short_run made has 40 steps: snapshots at 0 and 40 only, too few for a
+    # plane, so the section says how to get a path (tests/test_trainpath_page.py computes one).
+    open_page(page, server, "experiments")
+    panel = open_tab(page, "Loss landscape")
+    expect(panel.get_by_role("heading", name="Training path")).to_be_visible()
+    expect(panel.get_by_text(re.compile(r"No run on this data set has 4 or more weight snapshots yet"))).to_be_visible()
+    assert_healthy(page)
+    shoot(page, shots, "20-training-path.png")
+
+
 def test_watch_it_learn_plays_a_run_back(page, server: str, shots: Path, data_kind: str) -> None:
     """Inspect's "Watch it learn" on a run with frames (made here: 8 steps of a synthetic ResNet-8,
     so this step also runs alone): the step slider moves and the maps and histograms follow."""

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     from resnet_viz.cli.experiments import add_parsers
 
     add_parsers(sub)
+    from resnet_viz.cli import trainpath
+
+    trainpath.add_parser(sub)
 
     m = sub.add_parser("speed", help="this machine's measured training and inference speed (the app's time estimates)")
     m.add_argument("--measure", action="store_true", help="measure again (a few seconds), e.g. after a busy first try")
@@ -143,15 +146,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from resnet_viz.cli import cam, trainpath
     from resnet_viz.cli.experiments import EXPERIMENTS
     from resnet_viz.cli.experiments import run as run_experiment
 
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
                 "speed": cmd_speed, "published": cmd_published, "download": cmd_download}
     commands.update({name: run_experiment for name in EXPERIMENTS})
-    from resnet_viz.cli.cam import cmd_cam
-
-    commands["cam"] = cmd_cam
+    commands.update({"cam": cam.cmd_cam, "trainpath": trainpath.cmd_trainpath})
     from resnet_viz.cli.watch import cmd_watch
 
     commands["watch"] = cmd_watch

@@ -139,3 +139,9 @@ def paths_seconds(model: ModelConfig, images: int, samples: int, speed: Speed, t
     lengths = [n] if model.shortcut == "none" else range(n + 1)
     paths = sum(min(samples, math.comb(n, k)) * (0.1 + 0.7 * k / n) for k in lengths)
     return (2.2 + paths) * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+def trainpath_seconds(model: ModelConfig, images: int, steps: int, speed: Speed, threads: int | None = None) -> float:
+    """The training path's contour: a ``steps`` x ``steps`` grid of evaluations, as a surface
+    (reading the snapshots and their PCA take a second or two beside it)."""
+    return surface_seconds(model, images, steps, speed, threads)

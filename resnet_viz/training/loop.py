@@ -33,6 +33,7 @@ from resnet_viz.training.distributed import CompileError, DistContext, compile_f
 from resnet_viz.training.probes import probe_blocks
 from resnet_viz.training.records import Records, RecordSink
 from resnet_viz.training.schedule import lr_at
+from resnet_viz.training.snapshots import Snapshots
 from resnet_viz.training.state import Meter, Processes, Setup, StepLog, prepare
 from resnet_viz.training.watch import Watcher
 
@@ -131,6 +132,7 @@ def fit(
 
     s.model.train()
     try:
+        snaps = Snapshots.begin(s)  # the weights along the way (the path training took), on the writing rank
         while step < s.total:
             stop = procs.stop_before_step(control)
             if stop:
@@ -141,6 +143,7 @@ def fit(
                 continue
             probe = _train_step(s, procs, log, step, watch)
             step += 1
+            snaps.at(s.model, step)
             if probe is not None:
                 log.emit([{"kind": "probe", "step": step, "blocks": probe}])
             if (step % s.tc.log_every == 0 or step == s.total) and not log.flush():
@@ -157,6 +160,7 @@ def fit(
             log.flush()
             if status != "finished":
                 _checkpoint(s, log, step)
+            snaps.at(s.model, step, end=True)  # where a stopped run stopped
     except BaseException as e:
         # KeyboardInterrupt included: keep what was learned, say what happened, re-raise.
         compile_error = _record_failure(e, s, log, step)
