@@ -125,8 +125,7 @@ def fit(
     if s.writer is not None:
         s.writer.set_status("running", f"step {s.start_step} of {s.total}")
     meter = Meter(s.elapsed_before)
-    log = StepLog(sink, meter, procs, control, s)
-    watch = Watcher(s, sink)  # "watch it learn" frames, on the writing process
+    log, watch = StepLog(sink, meter, procs, control, s), Watcher(s, sink)  # watch: "watch it learn" frames
     step, status, message = s.start_step, "finished", ""
     last_eval: tuple[float, float] | None = None  # (test loss, test accuracy)
 
