@@ -167,13 +167,18 @@ def streamlit_server(script: Path, tmp: Path, env: dict[str, str] | None = None)
             print(f"\n--- streamlit log (has a traceback) ---\n{log[-4000:]}")
 
 
+SERVER_RUNS: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Iterator[str]:
     """The app on a free port; yields its base URL."""
     env = {"RESNET_VIZ_DEFAULT_DATA": "synthetic"} if data_kind == "synthetic" else {}
     # The server measures this machine itself, as on a first start (the unit tests' made-up figures stay out).
     env["RESNET_VIZ_SPEED_FILE"] = str(tmp_path_factory.mktemp("speed") / "machine-speed.json")
-    with streamlit_server(ROOT / "app.py", tmp_path_factory.mktemp("e2e-server"), env) as base:
+    tmp = tmp_path_factory.mktemp("e2e-server")
+    SERVER_RUNS[data_kind] = tmp / "runs"  # a test may add a run the server lists
+    with streamlit_server(ROOT / "app.py", tmp, env) as base:
         yield base
 
 
@@ -791,3 +796,31 @@ def test_experiments_sharpness(page, server: str, shots: Path) -> None:
     expect(panel.locator("[data-testid='stAlert']")).to_contain_text(re.compile(r"top eigenvalue -?[\d.]+"))
     assert_healthy(page)
     shoot(page, shots, "30-sharpness.png")
+
+
+def test_watch_it_learn_plays_a_run_back(page, server: str, shots: Path, data_kind: str) -> None:
+    """Inspect's "Watch it learn" on a run with frames (made here: 8 steps of a synthetic ResNet-8,
+    so this step also runs alone): the step slider moves and the maps and histograms follow."""
+    from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from resnet_viz.data.sources import make_synthetic
+    from resnet_viz.store.rundir import RunDir
+    from resnet_viz.training.loop import fit
+
+    cfg = RunConfig(model=ModelConfig(depth=8, shortcut="A"), data=DataConfig(source="synthetic"),
+                    train=TrainConfig(steps=8, epochs=None, batch_size=16, watch_every=2, eval_every=1000))
+    fit(cfg, data=make_synthetic(200, 40, seed=0), run=RunDir.create(SERVER_RUNS[data_kind], cfg, "watch-e2e"))
+    open_page(page, server, "inspect")
+    view = main(page).get_by_text("Watch it learn", exact=True)
+    expect(view).to_be_visible()
+    view.scroll_into_view_if_needed()
+    expect(main(page).locator(".st-key-watch_maps .js-plotly-plot")).to_have_count(1)
+    expect(main(page).locator(".st-key-watch_hist .js-plotly-plot")).to_have_count(1)
+    shoot(page, shots, "30-watch-last-step.png")
+    thumb = main(page).locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
+    thumb.focus()
+    for _ in range(4):  # back to the first frame (steps 0, 2, 4, 6, 7): the initial weights
+        thumb.press("ArrowLeft")
+    wait_for_app(page)
+    expect(main(page).locator(".st-key-watch_maps[data-stale='false']")).to_contain_text("step 0")
+    assert_healthy(page)
+    shoot(page, shots, "31-watch-step-0.png")

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
     r.add_argument("--json", action="store_true")
+    from resnet_viz.cli import watch
+
+    watch.add_parser(sub)
     return p
 
 
@@ -144,14 +147,15 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from resnet_viz.cli import cam, sharpness, trainpath
+    from resnet_viz.cli import cam, sharpness, trainpath, watch
     from resnet_viz.cli.experiments import EXPERIMENTS
     from resnet_viz.cli.experiments import run as run_experiment
 
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
                 "speed": cmd_speed, "published": cmd_published, "download": cmd_download}
     commands.update({name: run_experiment for name in EXPERIMENTS})
-    commands.update({"cam": cam.cmd_cam, "trainpath": trainpath.cmd_trainpath, sharpness.NAME: sharpness.run})
+    commands.update({"cam": cam.cmd_cam, "trainpath": trainpath.cmd_trainpath, sharpness.NAME: sharpness.run,
+                     "watch": watch.cmd_watch})
     try:
         return commands[args.command](args)
     except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person

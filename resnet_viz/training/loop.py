@@ -35,6 +35,7 @@ from resnet_viz.training.records import Records, RecordSink
 from resnet_viz.training.schedule import lr_at
 from resnet_viz.training.snapshots import Snapshots
 from resnet_viz.training.state import Meter, Processes, Setup, StepLog, prepare
+from resnet_viz.training.watch import Watcher
 
 
 class Flag(Protocol):
@@ -124,7 +125,7 @@ def fit(
     if s.writer is not None:
         s.writer.set_status("running", f"step {s.start_step} of {s.total}")
     meter = Meter(s.elapsed_before)
-    log = StepLog(sink, meter, procs, control, s)
+    log, watch = StepLog(sink, meter, procs, control, s), Watcher(s, sink)  # watch: "watch it learn" frames
     step, status, message = s.start_step, "finished", ""
     last_eval: tuple[float, float] | None = None  # (test loss, test accuracy)
 
@@ -139,7 +140,7 @@ def fit(
             if procs.may_pause(control):
                 _hold_while_paused(s, control, meter, step)
                 continue
-            probe = _train_step(s, procs, log, step)
+            probe = _train_step(s, procs, log, step, watch)
             step += 1
             snaps.at(s.model, step)
             if probe is not None:
@@ -168,7 +169,9 @@ def fit(
     return _finish(s, run, log, step, status, message, last_eval)
 
 
-def _train_step(s: Setup, procs: Processes, log: StepLog, step: int) -> dict[str, dict[str, float]] | None:
+def _train_step(
+    s: Setup, procs: Processes, log: StepLog, step: int, watch: Watcher
+) -> dict[str, dict[str, float]] | None:
     """One optimizer step on this rank's rows of batch ``step``; the per-block figures if probed."""
     lr = lr_at(step, s.tc.schedule_steps or s.total, s.tc, s.config.model.depth)
     for g in s.optimizer.param_groups:
@@ -183,6 +186,7 @@ def _train_step(s: Setup, procs: Processes, log: StepLog, step: int) -> dict[str
             loss = s.criterion(logits.float(), yb)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+    watch.after_backward(step)  # this step's gradients, before the optimizer applies them
     s.optimizer.step()
     log.add(step, loss.detach(), (logits.argmax(1) == yb).sum(), lr)
     return probe.results() if probe is not None else None
