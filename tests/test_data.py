@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import time
 from pathlib import Path
 from urllib.error import URLError
 
@@ -63,9 +62,7 @@ def test_cifar_jpeg_folder(cifar_jpeg: ImageData) -> None:
 
 def test_cifar_jpeg_second_load_uses_cache(cifar_jpeg: ImageData, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(imagefiles, "decode_image", _no_decode)
-    start = time.perf_counter()
-    again = sources.load_folder(CIFAR_JPEG, 0.1, 0)
-    assert time.perf_counter() - start < 10  # ~1 s when the machine is idle; generous for busy CI
+    again = sources.load_folder(CIFAR_JPEG, 0.1, 0)  # _no_decode fails it if any image is decoded again
     assert torch.equal(again.test_x, cifar_jpeg.test_x) and torch.equal(again.train_y, cifar_jpeg.train_y)
 
 
