@@ -39,6 +39,7 @@ def model(ref) -> Deferred:
 
 TABS = ["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand", "Sanity check", "Report",
         "Effective paths"]
+TABS += ["Layer responses (Fig. 7)"]
 # Tracked (a switch reruns the page) so the open tab is in the link: ?tab=skip-and-branch.
 tabs = st.tabs(TABS, key=links.seeded("tab", "exp_tab", TABS), on_change="rerun")
 links.keep("tab", st.session_state.get("exp_tab"), default=TABS[0])
@@ -208,3 +209,8 @@ with tabs[TABS.index("Effective paths")]:
     from resnet_viz.app import paths_view
 
     paths_view.show([r for r in refs if fits(r)], model, names, tags, cfgs, dtag)
+
+with tabs[TABS.index("Layer responses (Fig. 7)")]:
+    from resnet_viz.app.responses import responses_view
+
+    responses_view(refs)

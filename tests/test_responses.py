@@ -137,3 +137,39 @@ def test_reading_follows_the_numbers() -> None:
     text = reading([r("plain-20", 20, True, 0.5), r("ResNet-20", 20, False, 0.6), r("ResNet-56", 56, False, 0.7)])
     assert "not closer to zero" in text and "not smaller" in text
     assert reading([]) == ""
+
+
+def _model_file(path, shortcut: str) -> str:
+    """An untrained depth-8 net as an exported model file, trained (it says) on the synthetic set."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from resnet_viz.config import DataConfig, RunConfig, TrainConfig
+
+    cfg = RunConfig(model=ModelConfig(depth=8, shortcut=shortcut), train=TrainConfig(epochs=None, steps=1),
+                    data=DataConfig(source="synthetic", synthetic_train=100, synthetic_test=60))
+    state = {k: v.contiguous() for k, v in _net(shortcut=shortcut).state_dict().items()}
+    save_file(state, str(path), metadata={"config": json.dumps(cfg.to_dict())})
+    return str(path)
+
+
+@pytest.mark.slow
+def test_cli_prints_one_json_object_for_all_nets(tmp_path) -> None:
+    import json
+
+    from test_cli import cli
+
+    files = [_model_file(tmp_path / "plain.safetensors", "none"), _model_file(tmp_path / "res.safetensors", "A")]
+    out = cli("responses", *files, "--images", "40", "--batch-size", "16")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.strip().splitlines()) == 1
+    r = json.loads(out.stdout)
+    assert r["experiment"] == "responses" and r["images"] == 40 and r["data"].startswith("Synthetic")
+    assert [n["plain"] for n in r["nets"]] == [True, False]
+    assert all(len(n["std"]) == 7 and n["sorted_std"][0] == max(n["std"]) for n in r["nets"])
+    assert "Mean response std per layer" in r["reading"]
+    bad = cli("responses", files[0], "--images", "0")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--images" in bad.stderr
+    missing = cli("responses", files[0], "no-such-run", "--out", str(tmp_path))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr

@@ -129,3 +129,8 @@ def paths_seconds(model: ModelConfig, images: int, samples: int, speed: Speed, t
     lengths = [n] if model.shortcut == "none" else range(n + 1)
     paths = sum(min(samples, math.comb(n, k)) * (0.1 + 0.7 * k / n) for k in lengths)
     return (2.2 + paths) * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+def responses_seconds(model: ModelConfig, images: int, speed: Speed, threads: int | None = None) -> float:
+    """Fig. 7's layer responses: one fp32 forward pass of each image (batches of 100) with hooks."""
+    return images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
