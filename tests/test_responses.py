@@ -173,3 +173,30 @@ def test_cli_prints_one_json_object_for_all_nets(tmp_path) -> None:
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--images" in bad.stderr
     missing = cli("responses", files[0], "no-such-run", "--out", str(tmp_path))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+
+
+def test_figure_by_layer_and_sorted_plain_dashed_colour_by_depth() -> None:
+    from resnet_viz.plots.responses import responses_figure
+
+    assert "Measure a net" in responses_figure([]).layout.annotations[-1].text
+    x = _images(4)
+    results = [layer_responses(_net(depth=d, shortcut=s), x, label=f"{s}-{d}").to_dict()
+               for d, s in ((8, "none"), (8, "A"), (14, "A"))]
+    fig = responses_figure(results)
+    by_layer = [t for t in fig.data if t.showlegend is not False]
+    assert [t.line.dash for t in by_layer] == ["dash", "solid", "solid"]
+    assert by_layer[0].line.color == by_layer[1].line.color != by_layer[2].line.color  # one colour per depth
+    assert list(fig.data[1].y) == sorted(fig.data[0].y, reverse=True)  # the right panel: sorted, largest first
+    assert list(by_layer[2].x) == list(range(1, 14))
+
+
+def test_estimate_is_one_fp32_forward_pass_per_image() -> None:
+    from conftest import fake_speed
+
+    from resnet_viz.experiments.estimates import responses_seconds
+
+    s = fake_speed(threads=2)
+    cfg = ModelConfig(depth=20)
+    assert responses_seconds(cfg, 1000, s) == pytest.approx(1000 / 2000.0)  # fp32 at 2000 images/s for depth 20
+    assert responses_seconds(cfg, 1000, s, threads=1) == pytest.approx(2 * responses_seconds(cfg, 1000, s))
+    assert responses_seconds(ModelConfig(depth=56), 1000, s) == pytest.approx(1000 / 800.0)
