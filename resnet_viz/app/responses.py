@@ -36,10 +36,19 @@ def _measure(ref: ModelRef, n: int, dtag: str, data_name: str) -> dict[str, Any]
     w = resources.weights(ref)
     name = _name(ref, w.config.label)
     x, _ = resources.experiment_images("test", n)  # the lesion study's test images
+    left, right = st.columns([2, 3], vertical_alignment="center")
+    left.markdown(widgets.literal(name))  # which net each button, progress bar or "Computed in" is for
+    with right:
+        return _task(ref, w, name, x, n, dtag, data_name)
+
+
+def _task(ref: ModelRef, w: resources.Weights, name: str, x: Any, n: int, dtag: str,
+          data_name: str) -> dict[str, Any] | None:
     return tasks.run_task(experiment_key("responses", model_tag(ref, w.config), dtag, n),
-                          f"Measure layer responses: {widgets.literal(name)}",
+                          "Measure layer responses",
                           Call(responses.layer_responses, Deferred(model_with_weights, w.config, w.state), x,
                                label=name),
+                          help=f"{n} test images through {name}",
                           title=f"Layer responses (Fig. 7): {name} ({n} test images of {data_name})",
                           seconds=lambda s, t: estimates.responses_seconds(w.config, n, s, t))
 
