@@ -118,10 +118,11 @@ def recorded_responses(model: nn.Module) -> Iterator[dict[str, _Moments]]:
     """Forward hooks on ``response_layers(model)`` for the body: each forward pass adds its
     responses to the yielded moments (by layer name). The hooks are removed in ``finally``,
     also when the body raises."""
-    moments = {name: _Moments() for name, _ in response_layers(model)}
+    layers = response_layers(model)
+    moments = {name: _Moments() for name, _ in layers}
     handles = []
     try:
-        for name, bn in response_layers(model):
+        for name, bn in layers:
             handles.append(bn.register_forward_hook(lambda _m, _i, out, name=name: moments[name].add(out)))
         yield moments
     finally:
