@@ -3,7 +3,8 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, links, resources, tasks, visitors, widgets
+from resnet_viz.app import compute, links, paths_view, resources, tasks, trainpath, visitors, widgets
+from resnet_viz.app.sharpness import sharpness_tab
 from resnet_viz.app.state import data_config
 from resnet_viz.background.tasks import Call, Deferred, content_tag, data_tag, experiment_key, model_tag, task_key
 from resnet_viz.data.batches import normalize
@@ -37,9 +38,8 @@ def model(ref) -> Deferred:
     return Deferred(model_with_weights, weights[ref.key].config, weights[ref.key].state)
 
 
-TABS = ["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand", "Sanity check", "Report",
-        "Effective paths"]
-TABS += ["Layer responses (Fig. 7)"]
+TABS = ["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand", "Sanity check",
+        "Effective paths", "Sharpness", "Layer responses (Fig. 7)", "Report"]
 # Tracked (a switch reruns the page) so the open tab is in the link: ?tab=skip-and-branch.
 tabs = st.tabs(TABS, key=links.seeded("tab", "exp_tab", TABS), on_change="rerun")
 links.keep("tab", st.session_state.get("exp_tab"), default=TABS[0])
@@ -111,6 +111,7 @@ with tabs[1]:
             c1, c2 = st.columns(2)
             c1.plotly_chart(compute.chart(plots.surface_figure, surf), width="stretch", key="contour_fig")
             c2.plotly_chart(compute.chart(plots.surface_figure, surf, three_d=True), width="stretch", key="surface_fig")
+    trainpath.section(n, dtag)  # the path training took (app/trainpath.py)
 
 with tabs[2]:
     st.markdown("Untrained plain and residual nets of growing depth: forward activation variance and the "
@@ -186,7 +187,7 @@ with tabs[5]:
             st.info(res.get("reading", ""))
             st.plotly_chart(compute.chart(plots.sanity_figure, res), width="stretch", key="sanity_fig")
 
-with tabs[6]:
+with tabs[TABS.index("Report")]:
     st.markdown("One self-contained HTML file: the runs' curves, table, configurations (seeds included) and "
                 "environment, and the experiments run in the tabs above as figures, numbers and raw results.")
     infos = resources.runs()
@@ -206,9 +207,10 @@ with tabs[6]:
             st.error(str(e))
 
 with tabs[TABS.index("Effective paths")]:
-    from resnet_viz.app import paths_view
-
     paths_view.show([r for r in refs if fits(r)], model, names, tags, cfgs, dtag)
+
+with tabs[TABS.index("Sharpness")]:
+    sharpness_tab(refs, fits, model, tags, dtag, names, cfgs, data.name if data is not None else "")
 
 with tabs[TABS.index("Layer responses (Fig. 7)")]:
     from resnet_viz.app.responses import responses_view

@@ -14,7 +14,7 @@ st.page_link("app_pages/imagenet.py", icon=":material/photo_camera:",
 ref_a, ref_b = widgets.pick_two_models("explain", "Side by side with")
 tasks.published_offer()
 c1, c2 = st.columns([2, 1])
-method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title(),
+method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: attribution.METHODS[m].label,
                       key=links.seeded("method", "explain_method", list(attribution.METHODS)))
 links.keep("method", method, default=next(iter(attribution.METHODS)))
 c1.caption(attribution.METHODS[method])
@@ -26,9 +26,9 @@ models = [(resources.weights(ref_a), ref_a)]  # results below are cached by weig
 if ref_b is not None and ref_b != ref_a:
     models.append((resources.weights(ref_b), ref_b))
 block = None
-if method == "gradcam":
+if attribution.METHODS[method].uses_block:  # Grad-CAM and the grad-cam family
     names = block_names(models[0][0].config)
-    block = c2.selectbox("Grad-CAM at block", names, index=len(names) - 1,
+    block = c2.selectbox(f"{attribution.METHODS[method].label} at block", names, index=len(names) - 1,
                          key=links.seeded("block", "explain_block", names))
     links.keep("block", block, default=names[-1])
 

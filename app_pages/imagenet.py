@@ -5,8 +5,10 @@ import streamlit as st
 from PIL import ImageOps
 
 from resnet_viz import plots
-from resnet_viz.app import compute, links, widgets
-from resnet_viz.experiments import attribution
+from resnet_viz.app import compute, links, tasks, widgets
+from resnet_viz.background.tasks import Call, Deferred, task_key
+from resnet_viz.experiments import attribution, estimates
+from resnet_viz.experiments.attribution.cams import explain_cam
 from resnet_viz.nets import imagenet
 
 st.title("ImageNet ResNets")
@@ -41,14 +43,31 @@ except imagenet.WeightsUnavailable as e:
 if not pretrained:
     st.info("Random weights: the maps show the architecture's sensitivity, not what an ImageNet net learned. "
             "Turn on pretrained weights when this machine is online.")
-method = st.selectbox("Method", list(attribution.METHODS), format_func=lambda m: m.replace("_", " ").title(),
+c1, c2 = st.columns([2, 1])
+method = c1.selectbox("Method", list(attribution.METHODS), format_func=lambda m: attribution.METHODS[m].label,
                       key=links.seeded("method", "imagenet_method", list(attribution.METHODS)))
 links.keep("method", method, default=next(iter(attribution.METHODS)))
+c1.caption(attribution.METHODS[method])
+block = None
+if attribution.METHODS[method].uses_block:  # Grad-CAM and the grad-cam family
+    names = [b["name"] for b in s["blocks"]]
+    block = c2.selectbox(f"{attribution.METHODS[method].label} at block", names, index=len(names) - 1,
+                         key="imagenet_block")
 photos = widgets.upload_images("Photos", key="imagenet_upload",
                                multiple=True)
 for i, (caption, img) in enumerate(photos):
     x = imagenet.imagenet_input(img)  # (1, 3, 224, 224)
-    probs, amap = compute.explain_imagenet(weights, x, method)  # cached by weights and pixels
+    if method == "scorecam":  # one forward pass per channel of the block: a background task with Stop
+        channels = next(b["out_shape"][0] for b in s["blocks"] if b["name"] == block)
+        res = tasks.run_task(task_key("scorecam", weights.fingerprint, compute.input_tag(x), block),
+                             f"Score-CAM of {widgets.literal(caption)} at {block}",
+                             Call(explain_cam, Deferred(weights.model), x, "scorecam", block),
+                             seconds=lambda sp, t, c=channels: estimates.scorecam_seconds(s["flops"], c, sp, t))
+        if res is None:
+            continue
+        probs, amap = res
+    else:
+        probs, amap = compute.explain_imagenet(weights, x, method, block)  # cached by weights and pixels
     shown = np.asarray(ImageOps.fit(img, (224, 224)))  # the centre crop the network saw
     c1, c2 = st.columns([2, 1])
     c1.plotly_chart(compute.chart(plots.attribution_overlay, shown, amap.numpy(), title=widgets.plot_text(caption)),

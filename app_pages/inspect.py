@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, links, resources, tasks, widgets
+from resnet_viz.app import compute, links, resources, tasks, watch, widgets
 from resnet_viz.data.batches import normalize
 from resnet_viz.nets.cifar import block_names
 
@@ -58,3 +58,5 @@ else:
                                  "ratio": "||F(x)|| / ||x||", "cos": "cos(F(x), x)"}.get)
     links.keep("stat", stat, default=stats[0])
     st.plotly_chart(plots.probe_heatmap(resources.run_records(run_ref.key), stat=stat), width="stretch")
+
+watch.watch_view()

@@ -6,7 +6,7 @@ import streamlit as st
 
 from resnet_viz import plots
 from resnet_viz.access import may_control
-from resnet_viz.app import resources, state, visitors, widgets
+from resnet_viz.app import resources, state, visitors, watch, widgets
 from resnet_viz.background.progress import clock
 from resnet_viz.config import (
     BASE_BATCH,
@@ -153,6 +153,7 @@ def live_view(run_id: str) -> None:
     if job is not None and (why := no_learning_so_far(snap.records, job.config.model.num_classes)) is not None:
         st.warning(why, icon=":material/trending_flat:")
     st.plotly_chart(plots.training_curves(snap.records, title=snap.label), width="stretch", key="live_curves")
+    watch.live_maps(resources.runs_root() / run_id, snap.label)  # the net's maps changing as it learns
 
 
 snap = resources.snapshot(watched)

@@ -1,9 +1,8 @@
 """Frozen configurations for models, data and training (stdlib only).
 
-Each config validates itself in ``__post_init__`` and raises ``ValueError`` with a
-message a person can act on; the CLI prints that message and the app shows it.
-Configs round-trip through plain dicts (``to_dict`` / ``from_dict``) so a run folder's
-``config.json`` is the whole truth about a run.
+Each config validates itself in ``__post_init__`` and raises ``ValueError`` with a message a person can act on;
+the CLI prints it and the app shows it. Configs round-trip through plain dicts (``to_dict`` / ``from_dict``):
+a run folder's ``config.json`` is the whole truth about a run.
 """
 
 from __future__ import annotations
@@ -174,6 +173,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # steps between test evaluations; 0 = once per epoch
     probe_every: int = 10  # steps between per-block probes; 0 = never
+    watch_every: int | None = None  # steps between "watch it learn" frames (training.watch); None: ~64 a run; 0: off
     log_every: int = 10  # steps per flushed batch of per-step records
     eval_tta: bool = True  # evaluate with horizontal-flip test-time augmentation
     device: str = "auto"  # one of DEVICES
@@ -182,9 +182,9 @@ class TrainConfig:
     channels_last: bool = True
     sync_bn: bool = False  # several processes: batch-norm statistics over the global batch, not each shard
     compile: bool = False  # torch.compile the model (on CPU this needs a C++ compiler)
-    # A longer schedule than the budget: the first ``steps`` of a ``schedule_steps``-step one (a
-    # long run cut short: the quick degradation replay); None: the schedule spans the budget.
+    # The first ``steps`` of a longer schedule (the quick degradation replay); None: it spans the budget.
     schedule_steps: int | None = None
+    snapshot_every: int | None = None  # steps between weight snapshots (snapshots/); None: each epoch, 0: none
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
@@ -212,9 +212,9 @@ class TrainConfig:
             raise ValueError(f"warmup_fraction must be between 0 and 1, got {self.warmup_fraction}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("eval_every", "probe_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+        for name in ("eval_every", "probe_every", "snapshot_every", "watch_every"):
+            if (getattr(self, name) or 0) < 0 or not _is_int(getattr(self, name) or 0):
+                raise ValueError(f"{name} must be a whole number >= 0, got {getattr(self, name)!r}")
         if self.log_every < 1:
             raise ValueError("log_every must be >= 1")
         if self.device not in DEVICES:

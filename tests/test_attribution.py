@@ -172,7 +172,7 @@ def test_unknown_method_and_block(model: nn.Module, image: torch.Tensor) -> None
 
 def test_every_method_is_one_registry_entry_with_its_own_text() -> None:
     assert list(METHODS) == ["saliency", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam",
-                             "occlusion"]
+                             "occlusion", "gradcam_plusplus", "scorecam", "layercam", "eigencam", "hirescam"]
     for name, m in METHODS.items():
         assert isinstance(m, AttributionMethod) and m.label and m.help, name
         assert str(m) == m.help  # what the Explain page shows as the method's caption

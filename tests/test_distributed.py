@@ -233,6 +233,9 @@ def test_two_processes_in_float64_equal_one_and_stop_and_resume_together(tmp_pat
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [r0["run_id"]]
     run = RunDir.open(tmp_path / "runs", r0["run_id"])
     assert [r["step"] for r in run.read_metrics() if r["kind"] == "step"] == list(range(1, 21))
+    from resnet_viz.store.snapshots import list_snapshots  # rank 0's weight snapshots, in its run alone
+
+    assert [step for step, _ in list_snapshots(run.path)] == [0, 15, 20]  # the init, the stop, the end
     loaded, _ = load_run_model(run)  # the app opens it like any run
     assert type(loaded).__name__ == "CifarResNet" and r0["test_acc"] == r1["test_acc"]
 

@@ -167,13 +167,18 @@ def streamlit_server(script: Path, tmp: Path, env: dict[str, str] | None = None)
             print(f"\n--- streamlit log (has a traceback) ---\n{log[-4000:]}")
 
 
+SERVER_RUNS: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, data_kind: str) -> Iterator[str]:
     """The app on a free port; yields its base URL."""
     env = {"RESNET_VIZ_DEFAULT_DATA": "synthetic"} if data_kind == "synthetic" else {}
     # The server measures this machine itself, as on a first start (the unit tests' made-up figures stay out).
     env["RESNET_VIZ_SPEED_FILE"] = str(tmp_path_factory.mktemp("speed") / "machine-speed.json")
-    with streamlit_server(ROOT / "app.py", tmp_path_factory.mktemp("e2e-server"), env) as base:
+    tmp = tmp_path_factory.mktemp("e2e-server")
+    SERVER_RUNS[data_kind] = tmp / "runs"  # a test may add a run the server lists
+    with streamlit_server(ROOT / "app.py", tmp, env) as base:
         yield base
 
 
@@ -745,6 +750,80 @@ def test_experiments_effective_paths(page, server: str, shots: Path) -> None:
     assert_healthy(page)
     shoot(page, shots, "21-effective-paths.png")
 
+
+def test_explain_a_cam_of_plain_and_residual(page, server: str, shots: Path) -> None:
+    """Grad-CAM++ (from grad-cam) at the last block of the shipped plain-20 and ResNet-20, opened from a link."""
+    page.goto(f"{server}/explain?model=plain20&vs=resnet20&method=gradcam_plusplus&block=stage3.block2")
+    expect(page.locator("h1").first).to_have_text(PAGES["explain"], timeout=RUN_TIMEOUT_MS)
+    expect(charts(page).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    wait_for_app(page)
+    assert_healthy(page)
+    expect(main(page).get_by_text("Grad-CAM++ at block")).to_be_visible()
+    assert charts(page).count() >= 4  # an overlay and a top-5 bar per model
+    shoot(page, shots, "21-explain-cam.png")
+
+
+def test_experiments_training_path_section(page, server: str, shots: Path) -> None:
+    # The run test_train_a_short_run made has 40 steps: snapshots at 0 and 40 only, too few for a
+    # plane, so the section says how to get a path (tests/test_trainpath_page.py computes one).
+    open_page(page, server, "experiments")
+    panel = open_tab(page, "Loss landscape")
+    expect(panel.get_by_role("heading", name="Training path")).to_be_visible()
+    expect(panel.get_by_text(re.compile(r"No run on this data set has 4 or more weight snapshots yet"))).to_be_visible()
+    assert_healthy(page)
+    shoot(page, shots, "20-training-path.png")
+
+
+def test_experiments_sharpness(page, server: str, shots: Path) -> None:
+    # The untrained ResNet-8 on 32 training images: 1 gradient graph, then at most 3 x 10 + 10 products.
+    models_for_experiments(page, server, UNTRAINED, smallest_build=True)
+    panel = open_tab(page, "Sharpness")
+    for name, presses in (("Training images", 2), ("Products per eigenvalue", 1), ("Trace samples", 1)):
+        for _ in range(presses):
+            step_slider(panel, name, "ArrowLeft")  # 128 -> 32 images, 20 -> 10 products, 20 -> 10 samples
+            wait_for_app(page)
+    try:
+        # the time estimate (or, on a server's first start on a busy machine, the measuring that precedes it)
+        expect(panel.get_by_text(re.compile(r"on this machine|Measuring this machine's speed"))).to_be_visible()
+        start_task(page, panel, re.compile(r"Sharpness: Untrained"))
+        expect(panel.get_by_text("Computed in")).to_have_count(1, timeout=EXPERIMENT_TIMEOUT_MS)
+    except AssertionError:
+        shoot(page, shots, "FAILED-sharpness.png")  # what the page showed, for the person reading the log
+        raise
+    wait_for_app(page)
+    expect(panel.locator(".js-plotly-plot")).to_have_count(1)
+    expect(panel.get_by_text("loss on 32 training images", exact=False)).to_be_visible()
+    expect(panel.locator("[data-testid='stAlert']")).to_contain_text(re.compile(r"top eigenvalue -?[\d.]+"))
+    assert_healthy(page)
+    shoot(page, shots, "30-sharpness.png")
+
+
+def test_watch_it_learn_plays_a_run_back(page, server: str, shots: Path, data_kind: str) -> None:
+    """Inspect's "Watch it learn" on a run with frames (made here: 8 steps of a synthetic ResNet-8,
+    so this step also runs alone): the step slider moves and the maps and histograms follow."""
+    from resnet_viz.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from resnet_viz.data.sources import make_synthetic
+    from resnet_viz.store.rundir import RunDir
+    from resnet_viz.training.loop import fit
+
+    cfg = RunConfig(model=ModelConfig(depth=8, shortcut="A"), data=DataConfig(source="synthetic"),
+                    train=TrainConfig(steps=8, epochs=None, batch_size=16, watch_every=2, eval_every=1000))
+    fit(cfg, data=make_synthetic(200, 40, seed=0), run=RunDir.create(SERVER_RUNS[data_kind], cfg, "watch-e2e"))
+    open_page(page, server, "inspect")
+    view = main(page).get_by_text("Watch it learn", exact=True)
+    expect(view).to_be_visible()
+    view.scroll_into_view_if_needed()
+    expect(main(page).locator(".st-key-watch_maps .js-plotly-plot")).to_have_count(1)
+    expect(main(page).locator(".st-key-watch_hist .js-plotly-plot")).to_have_count(1)
+    shoot(page, shots, "30-watch-last-step.png")
+    thumb = main(page).locator("[data-testid='stSlider']").filter(has_text="Step").get_by_role("slider")
+    thumb.focus()
+    for _ in range(4):  # back to the first frame (steps 0, 2, 4, 6, 7): the initial weights
+        thumb.press("ArrowLeft")
+    wait_for_app(page)
+    expect(main(page).locator(".st-key-watch_maps[data-stale='false']")).to_contain_text("step 0")
+    assert_healthy(page)
+    shoot(page, shots, "31-watch-step-0.png")
 
 def test_experiments_layer_responses_fig7(page, server: str, shots: Path) -> None:
     """Fig. 7 of the paper for the shipped ResNet-20 and plain-20: one task each, one figure."""

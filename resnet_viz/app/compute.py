@@ -169,9 +169,9 @@ def imagenet_weights(name: str, pretrained: bool) -> ImageNetWeights:
     return ImageNetWeights(name, state, tensors_fingerprint(state, f"torchvision {name}"))
 
 
-def explain_imagenet(w: ImageNetWeights, x: Tensor, method: str) -> tuple[Tensor, Tensor]:
-    """``explain`` for an ImageNet ResNet and a (1, 3, 224, 224) input."""
-    return _explained(w.fingerprint, input_tag(x), method, None, w.model, x)
+def explain_imagenet(w: ImageNetWeights, x: Tensor, method: str, block: str | None = None) -> tuple[Tensor, Tensor]:
+    """``explain`` for an ImageNet ResNet and a (1, 3, 224, 224) input (at ``block`` for the CAMs)."""
+    return _explained(w.fingerprint, input_tag(x), method, block, w.model, x)
 
 
 @st.cache_data(show_spinner="Measuring the network on a 224x224 image...", max_entries=8)

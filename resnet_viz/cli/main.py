@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     from resnet_viz.cli.experiments import add_parsers
 
     add_parsers(sub)
+    from resnet_viz.cli import sharpness, trainpath
+
+    trainpath.add_parser(sub)
+    sharpness.add_parser(sub)
     from resnet_viz.cli import responses
 
     responses.add_parser(sub)
@@ -63,9 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "looks for it")
     d.add_argument("--root", default=None, help="data folder (default: the app's, ./data or env RESNET_VIZ_DATA)")
 
+    from resnet_viz.cli import cam
+
+    cam.add_parser(sub)
+
     r = sub.add_parser("runs", help="list runs with status and final figures")
     r.add_argument("--out", default=None, help="runs folder")
     r.add_argument("--json", action="store_true")
+    from resnet_viz.cli import watch
+
+    watch.add_parser(sub)
     return p
 
 
@@ -139,12 +150,15 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from resnet_viz.cli import cam, sharpness, trainpath, watch
     from resnet_viz.cli.experiments import EXPERIMENTS
     from resnet_viz.cli.experiments import run as run_experiment
 
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
                 "speed": cmd_speed, "published": cmd_published, "download": cmd_download}
     commands.update({name: run_experiment for name in EXPERIMENTS})
+    commands.update({"cam": cam.cmd_cam, "trainpath": trainpath.cmd_trainpath, sharpness.NAME: sharpness.run,
+                     "watch": watch.cmd_watch})
     from resnet_viz.cli import responses
 
     commands[responses.COMMAND] = responses.cmd

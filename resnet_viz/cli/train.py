@@ -75,6 +75,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (0: each epoch)")
     t.add_argument("--probe-every", type=int, default=10)
+    t.add_argument("--snapshot-every", type=int, default=None,
+                   help="steps between weight snapshots for the training path (default: each epoch; 0: none)")
+    t.add_argument("--watch-every", type=int, default=None,
+                   help="steps between 'watch it learn' frames (default: ~64 a run; 0: off)")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
@@ -107,8 +111,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         given["nesterov"] = False  # plain SGD asked for: Nesterov would need momentum
     return TrainConfig.recipe(
         args.recipe, **given, augment=not args.no_augment, seed=args.seed, eval_every=args.eval_every,
-        probe_every=args.probe_every, device=args.device, precision=args.precision, threads=args.threads,
-        sync_bn=args.sync_bn, compile=args.compile,
+        probe_every=args.probe_every, watch_every=args.watch_every, device=args.device, precision=args.precision,
+        threads=args.threads, sync_bn=args.sync_bn, compile=args.compile, snapshot_every=args.snapshot_every,
     )
 
 

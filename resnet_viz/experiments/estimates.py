@@ -29,7 +29,8 @@ from resnet_viz.training.speed import (  # a run's time, for the pages (which ne
 # forward and backward passes of batch 1. Measured here: about 16 batched fp32 images' time.
 _SINGLE_IMAGE = 16.0
 __all__ = ["brief_epochs", "data_sizes", "lesion_seconds", "quick_config", "quick_steps", "replay_seconds",
-           "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds"]
+           "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds",
+           "scorecam_seconds"]
 SHATTERED_POINTS = 256  # signal.shattered_gradients' default
 SIGNAL_BATCH = 64  # signal.signal_propagation's default
 
@@ -76,6 +77,32 @@ def sanity_seconds(model: ModelConfig, speed: Speed, threads: int | None = None)
     """One map of one image per randomization step: the head, each block, the stem, and the trained net."""
     maps = 3 * model.blocks_per_stage + 3
     return maps * _SINGLE_IMAGE * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+def scorecam_seconds(flops: int, channels: int, speed: Speed, threads: int | None = None) -> float:
+    """Score-CAM of one image at a block of ``channels`` channels, for a net of ``flops``
+    forward FLOPs per image (an ImageNet ResNet at 224 px: not a ``ModelConfig``): the image's
+    forward pass, then one masked image per channel, in fp32 batches of 64, priced per FLOP at
+    the measured ResNet-56 rate (the larger probe, nearer these nets' conv sizes)."""
+    seconds_per_flop = 1.0 / (speed.fp32_ips[1] * speed.flops[1])
+    return (channels + 1) * flops * seconds_per_flop * _slowdown(speed, threads)
+# Sharpness (experiments.sharpness), in fp32 forward passes of the same images. A Hessian-vector
+# product is one backward through the gradient's graph, about 2x a backward (~4 forwards) in
+# FLOPs; measured here (ResNet-20, 128 images, one thread) it took 8 forwards' time, and building
+# the graph (forward + backward with create_graph) 5.
+_HVP_PASSES = 8.0
+_GRAPH_PASSES = 5.0
+
+
+def sharpness_seconds(model: ModelConfig, images: int, speed: Speed, threads: int | None = None, *,
+                      top: int = 3, max_iter: int = 20, trace_samples: int = 20) -> float:
+    """At most: every eigenvalue running to ``max_iter`` products, then the trace's samples
+    (power iteration often converges sooner)."""
+    passes = _GRAPH_PASSES + _HVP_PASSES * (top * max_iter + trace_samples)
+    return passes * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+__all__ += ["sharpness_seconds"]
 
 
 # The quick replay: the full replay cut short, its steps chosen to fit QUICK_SECONDS on the
@@ -129,6 +156,12 @@ def paths_seconds(model: ModelConfig, images: int, samples: int, speed: Speed, t
     lengths = [n] if model.shortcut == "none" else range(n + 1)
     paths = sum(min(samples, math.comb(n, k)) * (0.1 + 0.7 * k / n) for k in lengths)
     return (2.2 + paths) * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+def trainpath_seconds(model: ModelConfig, images: int, steps: int, speed: Speed, threads: int | None = None) -> float:
+    """The training path's contour: a ``steps`` x ``steps`` grid of evaluations, as a surface
+    (reading the snapshots and their PCA take a second or two beside it)."""
+    return surface_seconds(model, images, steps, speed, threads)
 
 
 def responses_seconds(model: ModelConfig, images: int, speed: Speed, threads: int | None = None) -> float:

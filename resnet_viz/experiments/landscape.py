@@ -42,7 +42,7 @@ from resnet_viz.fsutil import as_number  # NaN/inf are not JSON: a diverged poin
 EVAL_BATCH = 128
 
 __all__ = ["EVAL_BATCH", "Slice1D", "Surface2D", "fixed_subset", "interpolation_slice", "random_direction",
-           "preview_strides", "random_slice", "surface_2d"]
+           "preview_strides", "random_slice", "surface_2d", "surface_along"]
 
 
 @dataclass(frozen=True)
@@ -244,19 +244,37 @@ def surface_2d(model: nn.Module, x: Tensor, y: Tensor, *, seed: int = 0, steps: 
                batch_size: int = EVAL_BATCH, precision: str = "auto", progress: ProgressFn | None = None,
                stop: threading.Event | None = None, label: str = "") -> Surface2D:
     """Loss on ``theta + a d1 + b d2`` for a, b in [-span, span] (steps x steps points), with
-    filter-normalized directions d1, d2 from seeds ``seed`` and ``seed + 1``.
-
-    The points are visited coarse to fine (every 4th, then every 2nd, then the rest: see
-    :func:`preview_strides`), and each finished coarse grid goes to ``progress`` as
-    ``partial=`` (a ``Surface2D.to_dict()`` on that grid): a person sees the whole surface
-    at low resolution after a tenth of the work. Each point is evaluated on its own, so the
-    order changes no value.
-    """
+    filter-normalized directions d1, d2 from seeds ``seed`` and ``seed + 1`` (:func:`surface_along`)."""
     grid = _grid(-_span(span), span, steps)
+    dirs = (random_direction(model, seed), random_direction(model, seed + 1))
+    return surface_along(model, x, y, dirs, grid, list(grid), batch_size=batch_size, precision=precision,
+                         progress=progress, stop=stop, label=label, seed=seed)
+
+
+@torch.no_grad()
+def surface_along(model: nn.Module, x: Tensor, y: Tensor, directions: tuple[list[Tensor], list[Tensor]],
+                  alphas: list[float], betas: list[float], *, batch_size: int = EVAL_BATCH, precision: str = "auto",
+                  progress: ProgressFn | None = None, stop: threading.Event | None = None, label: str = "",
+                  seed: int = -1) -> Surface2D:
+    """Loss on ``theta + a d1 + b d2`` at every (a, b) of ``alphas`` x ``betas``, along given directions (a
+    tensor per parameter, in ``parameters()`` order; a zero one leaves its parameter put): random ones
+    (:func:`surface_2d`) or a training path's principal ones (``experiments.trainpath``); ``seed`` is
+    only recorded. The points are visited coarse to fine (:func:`preview_strides`), each finished coarse
+    grid going to ``progress`` as ``partial=`` (a ``Surface2D.to_dict()``): a person sees the whole
+    surface at low resolution after a tenth of the work. Each point is evaluated on its own, so the
+    order changes no value."""
+    params = list(model.parameters())
+    for d in directions:
+        if len(d) != len(params) or any(t.shape != p.shape for t, p in zip(d, params, strict=False)):
+            raise ValueError("a direction must hold one tensor shaped like each parameter of the model, in order")
+    if len(alphas) != len(betas) or len(alphas) < 2:
+        raise ValueError(f"the grid must be square with at least 2 points per axis, got {len(alphas)}x{len(betas)}")
+    steps = len(alphas)
     probe = Probe(model, x, y, batch_size, precision)
-    moving = _moving(probe, [random_direction(model, seed), random_direction(model, seed + 1)])
-    loss = [[0.0] * steps for _ in grid]  # (betas, alphas)
-    acc = [[0.0] * steps for _ in grid]
+    moving = _moving(probe, [[t.to(p.device, p.dtype) for t, p in zip(d, probe.params, strict=True)]
+                             for d in directions])
+    loss = [[0.0] * steps for _ in betas]  # (betas, alphas)
+    acc = [[0.0] * steps for _ in betas]
     total, k = steps * steps, 0
     seen: set[tuple[int, int]] = set()
     for stride in [*preview_strides(steps), 1]:
@@ -266,15 +284,16 @@ def surface_2d(model: nn.Module, x: Tensor, y: Tensor, *, seed: int = 0, steps: 
                     continue
                 seen.add((j, i))
                 check(stop)
-                a, b = grid[i], grid[j]
+                a, b = alphas[i], betas[j]
                 for p, base, (d1, d2) in moving:
                     p.copy_(base).add_(d1, alpha=a).add_(d2, alpha=b)  # in place: no allocation per point
                 loss[j][i], acc[j][i] = probe.evaluate(stop)
                 k += 1
                 report(progress, k / total, f"surface {k}/{total}: a={a:+.2f} b={b:+.2f} loss {loss[j][i]:.3f}")
         if stride > 1:
-            coarse = Surface2D(alphas=grid[::stride], betas=grid[::stride], loss=[r[::stride] for r in loss[::stride]],
-                               acc=[r[::stride] for r in acc[::stride]], label=label, seed=seed)
+            coarse = Surface2D(alphas=alphas[::stride], betas=betas[::stride],
+                               loss=[r[::stride] for r in loss[::stride]], acc=[r[::stride] for r in acc[::stride]],
+                               label=label, seed=seed)
             n = len(coarse.alphas)
             report(progress, k / total, f"surface {k}/{total}: the {n}x{n} preview is ready", partial=coarse.to_dict())
-    return Surface2D(alphas=grid, betas=list(grid), loss=loss, acc=acc, label=label, seed=seed)
+    return Surface2D(alphas=list(alphas), betas=list(betas), loss=loss, acc=acc, label=label, seed=seed)

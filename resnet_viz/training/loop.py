@@ -33,7 +33,9 @@ from resnet_viz.training.distributed import CompileError, DistContext, compile_f
 from resnet_viz.training.probes import probe_blocks
 from resnet_viz.training.records import Records, RecordSink
 from resnet_viz.training.schedule import lr_at
+from resnet_viz.training.snapshots import Snapshots
 from resnet_viz.training.state import Meter, Processes, Setup, StepLog, prepare
+from resnet_viz.training.watch import Watcher
 
 
 class Flag(Protocol):
@@ -123,12 +125,13 @@ def fit(
     if s.writer is not None:
         s.writer.set_status("running", f"step {s.start_step} of {s.total}")
     meter = Meter(s.elapsed_before)
-    log = StepLog(sink, meter, procs, control, s)
+    log, watch = StepLog(sink, meter, procs, control, s), Watcher(s, sink)  # watch: "watch it learn" frames
     step, status, message = s.start_step, "finished", ""
     last_eval: tuple[float, float] | None = None  # (test loss, test accuracy)
 
     s.model.train()
     try:
+        snaps = Snapshots.begin(s)  # the weights along the way (the path training took), on the writing rank
         while step < s.total:
             stop = procs.stop_before_step(control)
             if stop:
@@ -137,8 +140,9 @@ def fit(
             if procs.may_pause(control):
                 _hold_while_paused(s, control, meter, step)
                 continue
-            probe = _train_step(s, procs, log, step)
+            probe = _train_step(s, procs, log, step, watch)
             step += 1
+            snaps.at(s.model, step)
             if probe is not None:
                 log.emit([{"kind": "probe", "step": step, "blocks": probe}])
             if (step % s.tc.log_every == 0 or step == s.total) and not log.flush():
@@ -155,6 +159,7 @@ def fit(
             log.flush()
             if status != "finished":
                 _checkpoint(s, log, step)
+            snaps.at(s.model, step, end=True)  # where a stopped run stopped
     except BaseException as e:
         # KeyboardInterrupt included: keep what was learned, say what happened, re-raise.
         compile_error = _record_failure(e, s, log, step)
@@ -164,7 +169,9 @@ def fit(
     return _finish(s, run, log, step, status, message, last_eval)
 
 
-def _train_step(s: Setup, procs: Processes, log: StepLog, step: int) -> dict[str, dict[str, float]] | None:
+def _train_step(
+    s: Setup, procs: Processes, log: StepLog, step: int, watch: Watcher
+) -> dict[str, dict[str, float]] | None:
     """One optimizer step on this rank's rows of batch ``step``; the per-block figures if probed."""
     lr = lr_at(step, s.tc.schedule_steps or s.total, s.tc, s.config.model.depth)
     for g in s.optimizer.param_groups:
@@ -179,6 +186,7 @@ def _train_step(s: Setup, procs: Processes, log: StepLog, step: int) -> dict[str
             loss = s.criterion(logits.float(), yb)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+    watch.after_backward(step)  # this step's gradients, before the optimizer applies them
     s.optimizer.step()
     log.add(step, loss.detach(), (logits.argmax(1) == yb).sum(), lr)
     return probe.results() if probe is not None else None

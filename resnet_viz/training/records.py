@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from resnet_viz.store import watchfile
 from resnet_viz.store.rundir import RunDir
+from resnet_viz.training.watch import to_tensorboard
 
 Records = list[dict[str, Any]]
 
@@ -41,3 +43,13 @@ class RecordSink:
                         tb.add_scalar("val/accuracy", r["val_acc"], r["step"])
         if self.on_records is not None:
             self.on_records(records)
+
+    def watch(self, records: Records) -> None:
+        """"Watch it learn" records (``training.watch``): to ``watch.jsonl`` and TensorBoard, not to
+        the callback or the metrics file (a frame's maps would swell both)."""
+        if self.run is None:
+            return
+        watchfile.append(self.run.path, records)
+        tb = self.run.tensorboard()
+        for r in records:
+            to_tensorboard(tb, r)

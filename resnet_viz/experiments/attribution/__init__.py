@@ -1,8 +1,9 @@
 """Where a CIFAR (or torchvision ImageNet) ResNet looks: predictions, feature maps, block
 norms and attribution maps.
 
-The only package that imports Captum, so the rest of the library (and its tests) do not
-depend on it. ``methods`` has one entry per attribution method and ``attribute``;
+The only package that imports Captum and grad-cam, so the rest of the library (and its
+tests) do not depend on them. ``methods`` has one entry per attribution method and
+``attribute``, ``cams`` the CAM family from grad-cam (added to ``METHODS`` here);
 ``inspect`` has predictions, feature maps and block norms; ``core`` what they share.
 Every public function:
 
@@ -22,6 +23,7 @@ The model is used as given, so two threads must not run these functions on the *
 model object at once (Guided Backprop's hooks would affect the other thread's passes).
 """
 
+from resnet_viz.experiments.attribution.cams import CAMS
 from resnet_viz.experiments.attribution.core import STEM, AttributionError
 from resnet_viz.experiments.attribution.inspect import (
     block_norms,
@@ -36,6 +38,10 @@ from resnet_viz.experiments.attribution.methods import (
     attribute,
     normalize_map,
 )
+
+# The grad-cam CAMs join the registry here, after Captum's methods (cams.py imports
+# methods.py for the base class, so methods.py cannot import it back).
+METHODS.update(CAMS)
 
 __all__ = [
     "AttributionError", "AttributionMethod", "METHODS", "STEM", "Settings", "attribute", "block_norms",

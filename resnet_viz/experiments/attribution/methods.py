@@ -34,7 +34,7 @@ from resnet_viz.nets.cifar import eval_mode
 class Settings:
     """The knobs of ``attribute``; each method reads the ones it has and ignores the rest."""
 
-    block: str | None = None  # gradcam: the block whose activations are weighted (default: the last)
+    block: str | None = None  # the CAMs (uses_block): the block whose activations are weighted (default: the last)
     steps: int = 50  # integrated_gradients: points on the path from the baseline
     samples: int = 20  # smoothgrad: noisy copies averaged
     noise: float = 0.15  # smoothgrad: std of the Gaussian, in normalized input units
@@ -52,6 +52,7 @@ class AttributionMethod:
     label: ClassVar[str]
     help: ClassVar[str]
     gradients: ClassVar[bool] = True  # False: forward passes only, the input needs no grad
+    uses_block: ClassVar[bool] = False  # True: a CAM at Settings.block (pages show a block menu)
 
     def map(self, model: nn.Module, x: Tensor, target: int, s: Settings) -> Tensor:
         raise NotImplementedError
@@ -114,6 +115,7 @@ class GuidedBackprop(AttributionMethod):
 class GradCam(AttributionMethod):
     label = "Grad-CAM"
     help = "a block's channels weighted by their mean gradient, positive part, upsampled (Selvaraju et al. 2017)"
+    uses_block = True
 
     def map(self, model: nn.Module, x: Tensor, target: int, s: Settings) -> Tensor:
         where = layer(model, s.block if s.block is not None else blocks_of(model)[-1])
@@ -169,9 +171,10 @@ def attribute(
 
     Channel reduction: saliency, smoothgrad and guided_backprop sum |values| over the colour
     channels; integrated_gradients sums signed values (the map adds up to the score change
-    from the mean image); occlusion takes the channel mean; gradcam has one channel already.
+    from the mean image); occlusion takes the channel mean; gradcam has one channel already,
+    and the grad-cam CAMs (``cams``) are one channel scaled to [0, 1].
 
-    ``block`` (gradcam: default the last block; checked for every method), ``steps``
+    ``block`` (gradcam and the grad-cam CAMs: default the last block; checked for every method), ``steps``
     (integrated_gradients), ``samples``, ``noise`` and ``seed`` (smoothgrad) and ``window`` (occlusion)
     are described in ``Settings``; each method ignores the ones it does not have.
     """
