@@ -39,7 +39,7 @@ def model(ref) -> Deferred:
 
 
 TABS = ["Lesion", "Loss landscape", "Signal at init", "Skip & branch", "Convolution by hand", "Sanity check",
-        "Effective paths", "Sharpness", "Report"]
+        "Effective paths", "Sharpness", "Layer responses (Fig. 7)", "Report"]
 # Tracked (a switch reruns the page) so the open tab is in the link: ?tab=skip-and-branch.
 tabs = st.tabs(TABS, key=links.seeded("tab", "exp_tab", TABS), on_change="rerun")
 links.keep("tab", st.session_state.get("exp_tab"), default=TABS[0])
@@ -211,3 +211,8 @@ with tabs[TABS.index("Effective paths")]:
 
 with tabs[TABS.index("Sharpness")]:
     sharpness_tab(refs, fits, model, tags, dtag, names, cfgs, data.name if data is not None else "")
+
+with tabs[TABS.index("Layer responses (Fig. 7)")]:
+    from resnet_viz.app.responses import responses_view
+
+    responses_view(refs)

@@ -824,3 +824,23 @@ def test_watch_it_learn_plays_a_run_back(page, server: str, shots: Path, data_ki
     expect(main(page).locator(".st-key-watch_maps[data-stale='false']")).to_contain_text("step 0")
     assert_healthy(page)
     shoot(page, shots, "31-watch-step-0.png")
+
+def test_experiments_layer_responses_fig7(page, server: str, shots: Path) -> None:
+    """Fig. 7 of the paper for the shipped ResNet-20 and plain-20: one task each, one figure."""
+    open_page(page, server, "experiments")
+    panel = open_tab(page, "Layer responses (Fig. 7)")
+    buttons = panel.get_by_role("button", name="Measure layer responses")
+    # The two picked nets (the shipped ResNet-20 and plain-20) come first; a run trained above follows.
+    expect(buttons.first).to_be_visible()
+    offered = buttons.count()
+    assert offered >= 2, offered
+    for done in (1, 2):
+        wait_for_app(page)
+        buttons.first.click()
+        expect(buttons).to_have_count(offered - done, timeout=20_000)
+        expect(panel.get_by_text("Computed in")).to_have_count(done, timeout=EXPERIMENT_TIMEOUT_MS)
+    expect(panel.get_by_text(re.compile(r"Mean response std per layer: ResNet\(A\)-20"))).to_be_visible()
+    expect(panel.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")).to_have_count(1)
+    wait_for_app(page)
+    assert_healthy(page)
+    shoot(page, shots, "22-layer-responses.png")

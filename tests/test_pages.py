@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import time
 from pathlib import Path
 
@@ -552,3 +553,22 @@ def test_the_app_and_the_cli_run_the_lesion_study_on_the_same_images(monkeypatch
     app_x, app_y = seen[0]
     cli_x, cli_y = lesion_images(monkeypatch, build_model("resnet20"), load_data(data_cfg), 500)
     assert len(app_y) == 500 and torch.equal(app_y, cli_y) and torch.equal(app_x, cli_x)
+
+
+def test_layer_responses_tab_measures_nets_in_the_background() -> None:
+    at = _untrained(page("experiments").run())
+    nets = next(m for m in at.multiselect if m.label == "Nets")
+    assert any("shipped" in o for o in nets.options) and len(nets.value) >= 2, nets.options
+    nets.set_value([o for o in nets.options if "Untrained" in o or "plain" in o.lower()][:2]).run()
+    next(s for s in at.select_slider if s.label == "Test images" and s.key == "resp_n").set_value(100).run()
+    assert [b.label for b in at.button].count("Measure layer responses") == 2, [b.label for b in at.button]
+    assert any("on this machine" in c.value for c in at.caption)
+    for left in (1, 0):  # one after another: a visitor runs one task at a time
+        next(b for b in at.button if b.label == "Measure layer responses").click().run()
+        _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=120)
+        assert [b.label for b in at.button].count("Measure layer responses") == left
+    assert not at.exception, at.exception
+    fig = next(c.proto.spec for c in at.get("plotly_chart") if "Fig. 7" in c.proto.spec)
+    names = [t.get("name", "") for t in json.loads(fig)["data"]]
+    assert any("Untrained ResNet(A)-20" in t for t in names) and any("plain-20" in t for t in names), names
+    assert any("Mean response std per layer" in i.value for i in at.info), [i.value for i in at.info]

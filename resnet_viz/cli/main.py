@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     trainpath.add_parser(sub)
     sharpness.add_parser(sub)
+    from resnet_viz.cli import responses
+
+    responses.add_parser(sub)
 
     m = sub.add_parser("speed", help="this machine's measured training and inference speed (the app's time estimates)")
     m.add_argument("--measure", action="store_true", help="measure again (a few seconds), e.g. after a busy first try")
@@ -156,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.update({name: run_experiment for name in EXPERIMENTS})
     commands.update({"cam": cam.cmd_cam, "trainpath": trainpath.cmd_trainpath, sharpness.NAME: sharpness.run,
                      "watch": watch.cmd_watch})
+    from resnet_viz.cli import responses
+
+    commands[responses.COMMAND] = responses.cmd
     try:
         return commands[args.command](args)
     except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person

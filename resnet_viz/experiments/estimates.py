@@ -162,3 +162,8 @@ def trainpath_seconds(model: ModelConfig, images: int, steps: int, speed: Speed,
     """The training path's contour: a ``steps`` x ``steps`` grid of evaluations, as a surface
     (reading the snapshots and their PCA take a second or two beside it)."""
     return surface_seconds(model, images, steps, speed, threads)
+
+
+def responses_seconds(model: ModelConfig, images: int, speed: Speed, threads: int | None = None) -> float:
+    """Fig. 7's layer responses: one fp32 forward pass of each image (batches of 100) with hooks."""
+    return images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
