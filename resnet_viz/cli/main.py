@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     from resnet_viz.cli.experiments import add_parsers
 
     add_parsers(sub)
+    from resnet_viz.cli import faithfulness
+
+    faithfulness.add_parser(sub)
 
     m = sub.add_parser("speed", help="this machine's measured training and inference speed (the app's time estimates)")
     m.add_argument("--measure", action="store_true", help="measure again (a few seconds), e.g. after a busy first try")
@@ -128,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"summary": cmd_summary, "train": train.cmd_train, "export": cmd_export, "runs": cmd_runs,
                 "speed": cmd_speed, "published": cmd_published}
     commands.update({name: run_experiment for name in EXPERIMENTS})
+    from resnet_viz.cli import faithfulness
+
+    commands[faithfulness.COMMAND] = faithfulness.run
     try:
         return commands[args.command](args)
     except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person
