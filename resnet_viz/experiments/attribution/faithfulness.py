@@ -171,7 +171,8 @@ def reading(methods: dict[str, dict[str, Any]]) -> str:
     real = {m: s for m, s in methods.items() if m != RANDOM}
     by_del = sorted(real, key=lambda m: real[m]["deletion_auc"])
     best_ins = max(real, key=lambda m: real[m]["insertion_auc"])
-    text = (f"Deletion AUC (lower = more faithful): {_name(by_del[0])} is best at {real[by_del[0]]['deletion_auc']:.3f}, "
+    best = by_del[0]
+    text = (f"Deletion AUC (lower = more faithful): {_name(best)} is best at {real[best]['deletion_auc']:.3f}, "
             f"{_name(RANDOM)} scores {rand:.3f}. Insertion AUC (higher = more faithful): {_name(best_ins)} is best at "
             f"{real[best_ins]['insertion_auc']:.3f} ({_name(RANDOM)}: {methods[RANDOM]['insertion_auc']:.3f}).")
     weak = [m for m in by_del if real[m]["deletion_auc"] >= NO_BETTER * rand]

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnet_viz.experiments.attribution.core import check_target, prepare, probabilities
-from resnet_viz.experiments.attribution.road import impute
+from resnet_viz.experiments.attribution.road import impute_many
 from resnet_viz.nets.cifar import eval_mode
 
 __all__ = ["BLUR_SIGMA", "FRACTIONS", "ROAD_FRACTIONS", "auc", "blurred", "curves", "map_scores", "ranking",
@@ -140,14 +141,13 @@ def road_curves(model: nn.Module, x: Tensor, amap: Tensor, target: int | None = 
         order = ranking(amap, seed)
         counts = _counts(fr, hw[0] * hw[1])
         most, least = _masks(order, counts, hw), _masks(order.flip(0), counts, hw)
-        img = xb[0]
-        batch = torch.stack([impute(img, m, noise=noise, generator=gen) for m in torch.cat([most, least])])
+        batch = impute_many(xb[0], torch.cat([most, least]), noise=noise, generator=gen)
         probs = _target_probs(model, batch, target)
     return probs[:len(fr)], probs[len(fr):]
 
 
 def map_scores(model: nn.Module, x: Tensor, amap: Tensor, target: int | None = None, *,
-               fractions: Sequence[float] = FRACTIONS, seed: int = 0) -> dict[str, object]:
+               fractions: Sequence[float] = FRACTIONS, seed: int = 0) -> dict[str, Any]:
     """Deletion and insertion curves of one map with their areas: what the Explain page shows
     beside a map (two batched forward passes' worth of work)."""
     fr = check_fractions(fractions)
