@@ -32,7 +32,7 @@ def test_explain_compares_every_method_in_the_background() -> None:
     start = next(b for b in at.button if b.label.startswith("Score every method"))
     assert any("on this machine" in c.value for c in at.caption)  # the time estimate under the button
     start.click().run()
-    _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=300)
+    _wait(at, lambda a: not any(b.label == "Stop" for b in a.button), timeout=600)
     assert not at.exception, at.exception
     assert not any("failed" in e.value for e in at.error), [e.value for e in at.error]
     figs = [c.proto.spec for c in at.get("plotly_chart")]

@@ -178,7 +178,7 @@ def reading(methods: dict[str, dict[str, Any]]) -> str:
     weak = [m for m in by_del if real[m]["deletion_auc"] >= NO_BETTER * rand]
     if weak:
         text += (f" {', '.join(_name(m) for m in weak)}: hardly better than {_name(RANDOM)} at deletion; "
-                 "a map that looks sharp can still miss what the model uses.")
+                 "a map can look convincing and still miss what the model uses.")
     if all("road_gap" in s for s in methods.values()):
         best_road = max(real, key=lambda m: real[m]["road_gap"])
         text += (f" ROAD (noisy imputation, LeRF - MoRF, higher = more faithful): {_name(best_road)} best at "
