@@ -217,3 +217,13 @@ def test_shipped_nets_road_ranks_real_maps_above_a_random_one() -> None:
                                         f"road {s['road_gap']:.3f}" for m, s in r.methods.items()))
         for m in ("integrated_gradients", "occlusion"):
             assert r.methods[m]["road_gap"] > r.methods[RANDOM]["road_gap"] + 0.1, m
+
+
+def test_figures_draw_empty_input_and_a_result(model: nn.Module, image: torch.Tensor) -> None:
+    from resnet_viz.plots.faithfulness import faithfulness_curves, faithfulness_figure
+
+    assert "Run the comparison" in str(faithfulness_figure([]).layout.annotations)
+    assert "No curves" in str(faithfulness_curves({}).layout.annotations)
+    r = faithfulness_study(model, image, methods=["gradcam"], road_fractions=[0.5]).to_dict()
+    assert len(faithfulness_figure([r, r]).data) == 2 * 3  # per model, a bar trace per score
+    assert len(faithfulness_curves(r).data) == 2 * 2  # per method (and random), deletion and insertion

@@ -43,9 +43,9 @@ def _scores(model_fp: str, input_fp: str, method: str, block: str | None, _w: We
 def score_caption(w: Weights, x: Tensor, method: str, block: str | None) -> str:
     """One line under a map: its deletion and insertion AUC on this image, and a random map's."""
     s = _scores(w.fingerprint, compute.input_tag(x), method, block, w, x)
-    return (f"Faithfulness on this image: deletion AUC **{s['deletion']:.3f}** (lower = more faithful), "
-            f"insertion AUC **{s['insertion']:.3f}** (higher = more faithful); a random map scores "
-            f"{s['random_deletion']:.3f} / {s['random_insertion']:.3f}.")
+    return (f"Faithfulness on this image (predicted class): deletion AUC **{s['deletion']:.3f}** "
+            f"(lower = more faithful), insertion AUC **{s['insertion']:.3f}** (higher = more faithful); "
+            f"a random map scores {s['random_deletion']:.3f} / {s['random_insertion']:.3f}.")
 
 
 # Picked and normalized once per data set and size, shared read-only (as resources.experiment_images).

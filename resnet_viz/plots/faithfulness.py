@@ -11,9 +11,10 @@ from plotly.subplots import make_subplots
 
 from resnet_viz.plots._base import _note, _style, run_color
 
-SCORES = (("deletion_auc", "Deletion AUC (lower = more faithful)"),
-          ("insertion_auc", "Insertion AUC (higher = more faithful)"),
-          ("road_gap", "ROAD gap, LeRF - MoRF (higher = more faithful)"))
+# Short titles: three subplots side by side leave about a third of the page's width each.
+SCORES = (("deletion_auc", "Deletion AUC (lower = better)"),
+          ("insertion_auc", "Insertion AUC (higher = better)"),
+          ("road_gap", "ROAD gap, LeRF - MoRF (higher = better)"))
 
 
 def _method_name(m: str) -> str:
