@@ -3,7 +3,7 @@
 import streamlit as st
 
 from resnet_viz import plots
-from resnet_viz.app import compute, links, resources, tasks, widgets
+from resnet_viz.app import compute, faithful, links, resources, tasks, widgets
 from resnet_viz.data.batches import normalize
 from resnet_viz.experiments import attribution
 from resnet_viz.nets.cifar import block_names
@@ -44,8 +44,12 @@ for i, (caption, image) in enumerate(inputs):
             overlay = compute.chart(plots.attribution_overlay, rgb, amap.numpy(), title=ref.label.split(" · ")[0])
             st.plotly_chart(overlay, width="stretch", key=widgets.item_key("overlay", i, ref.key))
             st.caption(widgets.literal(ref.label))
+            st.caption(faithful.score_caption(w, x, method, block if block in block_names(w.config) else None))
             if not amap.any():
                 st.warning("This attribution is zero everywhere: the model's output does not depend on this "
                            "input (a dead network, e.g. one trained with too high a learning rate).")
             st.plotly_chart(compute.chart(plots.top_k_bar, top, title="Top-5"), width="stretch",
                             key=widgets.item_key("top", i, ref.key))
+
+st.divider()
+faithful.method_comparison([ref for _, ref in models])

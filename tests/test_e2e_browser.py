@@ -844,3 +844,21 @@ def test_experiments_layer_responses_fig7(page, server: str, shots: Path) -> Non
     wait_for_app(page)
     assert_healthy(page)
     shoot(page, shots, "22-layer-responses.png")
+
+
+def test_explain_faithfulness_of_every_method(page, server: str, shots: Path, data_kind: str) -> None:
+    """A score under each map, then every method scored on 5 test images for the shipped ResNet-20
+    (one task: the plain net's button is the same code, and each takes minutes on 2 loaded cores)."""
+    if data_kind == "synthetic":
+        pytest.skip("the shipped models are CIFAR-10 models; on the synthetic set the page says so instead")
+    open_page(page, server, "explain")
+    expect(main(page).get_by_text("Faithfulness on this image").first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    step_slider(main(page), "Test images (the first of each class", "Home")  # 10 -> 5 images
+    wait_for_app(page)
+    start_task(page, main(page), re.compile(r"Score every method: ResNet\(A\)-20"))
+    expect(main(page).get_by_text("Computed in")).to_have_count(1, timeout=2 * EXPERIMENT_TIMEOUT_MS)
+    wait_for_app(page)
+    expect(main(page).get_by_text("How faithful is each map?")).to_be_visible()
+    expect(main(page).get_by_text(re.compile("Deletion AUC \\(lower = more faithful\\)")).first).to_be_visible()
+    assert_healthy(page)
+    shoot(page, shots, "21-faithfulness.png")

@@ -48,13 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     from resnet_viz.cli.experiments import add_parsers
 
     add_parsers(sub)
-    from resnet_viz.cli import sharpness, trainpath
+    from resnet_viz.cli import faithfulness, responses, sharpness, trainpath
 
-    trainpath.add_parser(sub)
-    sharpness.add_parser(sub)
-    from resnet_viz.cli import responses
-
-    responses.add_parser(sub)
+    for module in (trainpath, sharpness, responses, faithfulness):  # the analyses of issue 13
+        module.add_parser(sub)
 
     m = sub.add_parser("speed", help="this machine's measured training and inference speed (the app's time estimates)")
     m.add_argument("--measure", action="store_true", help="measure again (a few seconds), e.g. after a busy first try")
@@ -150,7 +147,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from resnet_viz.cli import cam, sharpness, trainpath, watch
+    from resnet_viz.cli import cam, faithfulness, responses, sharpness, trainpath, watch
     from resnet_viz.cli.experiments import EXPERIMENTS
     from resnet_viz.cli.experiments import run as run_experiment
 
@@ -158,10 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "speed": cmd_speed, "published": cmd_published, "download": cmd_download}
     commands.update({name: run_experiment for name in EXPERIMENTS})
     commands.update({"cam": cam.cmd_cam, "trainpath": trainpath.cmd_trainpath, sharpness.NAME: sharpness.run,
-                     "watch": watch.cmd_watch})
-    from resnet_viz.cli import responses
-
-    commands[responses.COMMAND] = responses.cmd
+                     "watch": watch.cmd_watch, responses.COMMAND: responses.cmd,
+                     faithfulness.COMMAND: faithfulness.run})
     try:
         return commands[args.command](args)
     except ValueError as e:  # config, data and run errors are ValueErrors with a message for a person

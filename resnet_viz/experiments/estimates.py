@@ -167,3 +167,27 @@ def trainpath_seconds(model: ModelConfig, images: int, steps: int, speed: Speed,
 def responses_seconds(model: ModelConfig, images: int, speed: Speed, threads: int | None = None) -> float:
     """Fig. 7's layer responses: one fp32 forward pass of each image (batches of 100) with hooks."""
     return images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+# Faithfulness (experiments.attribution.faithfulness), per image and method: the map (batch-1
+# gradient passes priced like the sanity check's; batched steps, samples and occlusion patches
+# as images, a forward and backward as 3 forwards), then the deletion and insertion curves
+# (2 x 21 images) and ROAD (2 x 5 imputed images) in one forward each; ROAD's imputation
+# (conjugate gradients on 10 masks) costs about 30 images' time. Measured here against the
+# sanity check on ResNet-20, these small batches ran about 1.5x slower per image than the
+# speed test's batches of 64.
+_FAITH_MAP_PASSES = {"saliency": 0.0, "integrated_gradients": 3 * 50, "smoothgrad": 3 * 20, "guided_backprop": 0.0,
+                     "gradcam": 0.0, "occlusion": 15 * 15, "random": 0.0}
+_FAITH_CURVE_PASSES = 2 * 21 + 2 * 5 + 30
+_FAITH_SMALL_BATCH = 1.5
+
+
+def faithfulness_seconds(model: ModelConfig, images: int, methods: Sequence[str], speed: Speed,
+                         threads: int | None = None) -> float:
+    """Each method's map of each image (and the random reference), then its curves."""
+    names = [m for m in methods if m != "random"] + ["random"]
+    passes = sum(_FAITH_MAP_PASSES.get(m, 3.0) + _FAITH_CURVE_PASSES for m in names)
+    single = sum(_SINGLE_IMAGE for m in names if m not in ("random", "occlusion") and not _FAITH_MAP_PASSES.get(m))
+    per_image = _FAITH_SMALL_BATCH * passes + single
+    return images * per_image * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
+
+
+__all__ += ["faithfulness_seconds"]
