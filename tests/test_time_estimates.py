@@ -142,3 +142,15 @@ def replace_time(s: speed.Speed, when: float) -> speed.Speed:
     from dataclasses import replace
 
     return replace(s, measured_at=when)
+
+
+def test_every_attribution_method_has_a_faithfulness_price() -> None:
+    """A method added to METHODS (the CAM family came later) must be priced, not guessed at a default."""
+    from resnet_viz.experiments import estimates
+    from resnet_viz.experiments.attribution import METHODS
+
+    assert set(METHODS) <= set(estimates._FAITH_MAP_PASSES), set(METHODS) - set(estimates._FAITH_MAP_PASSES)
+    speed = fake_speed()
+    cfg = ModelConfig()
+    one = estimates.faithfulness_seconds(cfg, 1, ["saliency"], speed)
+    assert estimates.faithfulness_seconds(cfg, 1, ["scorecam"], speed) > 1.5 * one  # 65 masked images

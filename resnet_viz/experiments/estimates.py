@@ -86,6 +86,8 @@ def scorecam_seconds(flops: int, channels: int, speed: Speed, threads: int | Non
     the measured ResNet-56 rate (the larger probe, nearer these nets' conv sizes)."""
     seconds_per_flop = 1.0 / (speed.fp32_ips[1] * speed.flops[1])
     return (channels + 1) * flops * seconds_per_flop * _slowdown(speed, threads)
+
+
 # Sharpness (experiments.sharpness), in fp32 forward passes of the same images. A Hessian-vector
 # product is one backward through the gradient's graph, about 2x a backward (~4 forwards) in
 # FLOPs; measured here (ResNet-20, 128 images, one thread) it took 8 forwards' time, and building
@@ -175,7 +177,10 @@ def responses_seconds(model: ModelConfig, images: int, speed: Speed, threads: in
 # sanity check on ResNet-20, these small batches ran about 1.5x slower per image than the
 # speed test's batches of 64.
 _FAITH_MAP_PASSES = {"saliency": 0.0, "integrated_gradients": 3 * 50, "smoothgrad": 3 * 20, "guided_backprop": 0.0,
-                     "gradcam": 0.0, "occlusion": 15 * 15, "random": 0.0}
+                     "gradcam": 0.0, "occlusion": 15 * 15, "random": 0.0,
+                     # grad-cam's: one image's forward and backward (priced as a single image below),
+                     # Score-CAM one masked image per channel of the last block (64 at width 1)
+                     "gradcam_plusplus": 0.0, "layercam": 0.0, "hirescam": 0.0, "eigencam": 0.0, "scorecam": 65}
 _FAITH_CURVE_PASSES = 2 * 21 + 2 * 5 + 30
 _FAITH_SMALL_BATCH = 1.5
 
