@@ -153,4 +153,4 @@ def test_every_attribution_method_has_a_faithfulness_price() -> None:
     speed = fake_speed()
     cfg = ModelConfig()
     one = estimates.faithfulness_seconds(cfg, 1, ["saliency"], speed)
-    assert estimates.faithfulness_seconds(cfg, 1, ["scorecam"], speed) > 1.5 * one  # 65 masked images
+    assert estimates.faithfulness_seconds(cfg, 1, ["scorecam"], speed) > 1.2 * one  # 65 masked images more
