@@ -39,12 +39,13 @@ for i, (caption, image) in enumerate(inputs):
     cols = st.columns(len(models))
     for col, (w, ref) in zip(cols, models, strict=True):
         with col:
-            probs, amap = compute.explain(w, x, method, block if block in block_names(w.config) else None)
+            probs, amap, scores = compute.explain_scored(w, x, method,
+                                                         block if block in block_names(w.config) else None)
             top = attribution.top_k(probs, w.classes, k=5)
             overlay = compute.chart(plots.attribution_overlay, rgb, amap.numpy(), title=ref.label.split(" · ")[0])
             st.plotly_chart(overlay, width="stretch", key=widgets.item_key("overlay", i, ref.key))
             st.caption(widgets.literal(ref.label))
-            st.caption(faithful.score_caption(w, x, method, block if block in block_names(w.config) else None))
+            st.caption(faithful.score_caption(scores))
             if not amap.any():
                 st.warning("This attribution is zero everywhere: the model's output does not depend on this "
                            "input (a dead network, e.g. one trained with too high a learning rate).")

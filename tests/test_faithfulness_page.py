@@ -8,6 +8,7 @@ from test_pages import _untrained, _wait, isolated, page  # noqa: F401  (isolate
 
 from resnet_viz.app.state import Keys
 from resnet_viz.config import ModelConfig
+from resnet_viz.experiments.attribution import METHODS  # the CAM family included
 
 
 def _explain_untrained_resnet8():
@@ -39,6 +40,6 @@ def test_explain_compares_every_method_in_the_background() -> None:
     assert any("How faithful is each map?" in f for f in figs)
     assert any("Class probability as pixels are removed" in f for f in figs)
     table = at.dataframe[0].value
-    assert len(table) == 7 and list(table["method"])[-1] == "random map", table
+    assert len(table) == len(METHODS) + 1 and list(table["method"])[-1] == "random map", table
     # The reading goes through widgets.literal, which escapes Markdown (its parentheses and = too).
     assert any("Deletion AUC" in i.value and "more faithful" in i.value for i in at.info), [i.value for i in at.info]

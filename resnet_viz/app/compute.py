@@ -34,6 +34,7 @@ from resnet_viz.app.resources import Weights
 from resnet_viz.config import ModelConfig
 from resnet_viz.data import uploads
 from resnet_viz.experiments import attribution, convolution
+from resnet_viz.experiments.attribution.faithfulness import scores_beside_random
 from resnet_viz.nets import imagenet, summary
 from resnet_viz.store.models import tensors_fingerprint
 
@@ -128,10 +129,24 @@ def _explained(model_fp: str, input_fp: str, method: str, block: str | None,
     return probs, amap
 
 
-def explain(w: Weights, x: Tensor, method: str, block: str | None = None) -> tuple[Tensor, Tensor]:
-    """(class probabilities, the attribution map scaled to [0, 1]) of ``w`` for one image
-    ``x`` by ``method`` (at ``block`` for Grad-CAM), cached by content."""
-    return _explained(w.fingerprint, input_tag(x), method, block, w.model, x)
+@st.cache_data(show_spinner=False, max_entries=MAX_ENTRIES, ttl=TTL)
+def _explained_scored(model_fp: str, input_fp: str, method: str, block: str | None,
+                      _build: Callable[[], nn.Module], _x: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+    model = _build()  # one model and one map for both: the faithfulness scores rank the raw map
+    with resources.inference():
+        probs = attribution.predict(model, _x)[0]
+        raw = attribution.attribute(model, _x, method, block=block)
+        scores = scores_beside_random(model, _x, raw)
+    return probs, attribution.normalize_map(raw), scores
+
+
+def explain_scored(w: Weights, x: Tensor, method: str,
+                   block: str | None = None) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """(class probabilities, the attribution map scaled to [0, 1], its faithfulness) of ``w``
+    for one image ``x`` by ``method`` (at ``block`` for the CAMs), cached by content: the
+    map's deletion and insertion areas on this image beside a random map's
+    (``faithfulness.scores_beside_random``)."""
+    return _explained_scored(w.fingerprint, input_tag(x), method, block, w.model, x)
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=TTL)
@@ -170,7 +185,8 @@ def imagenet_weights(name: str, pretrained: bool) -> ImageNetWeights:
 
 
 def explain_imagenet(w: ImageNetWeights, x: Tensor, method: str, block: str | None = None) -> tuple[Tensor, Tensor]:
-    """``explain`` for an ImageNet ResNet and a (1, 3, 224, 224) input (at ``block`` for the CAMs)."""
+    """(class probabilities, the map scaled to [0, 1]) of an ImageNet ResNet for a (1, 3, 224, 224)
+    input (at ``block`` for the CAMs), cached by content."""
     return _explained(w.fingerprint, input_tag(x), method, block, w.model, x)
 
 

@@ -8,41 +8,26 @@ from collections.abc import Sequence
 from functools import partial
 
 import streamlit as st
-import torch
 from torch import Tensor
 
 from resnet_viz.app import compute, resources, tasks, widgets
-from resnet_viz.app.resources import Weights
 from resnet_viz.app.state import data_config
 from resnet_viz.background.calls import Call, Deferred
 from resnet_viz.background.tasks import data_tag, experiment_key, model_tag
 from resnet_viz.config import DataConfig
 from resnet_viz.data.sources import ImageData
 from resnet_viz.experiments import estimates
-from resnet_viz.experiments.attribution import METHODS, attribute
+from resnet_viz.experiments.attribution import METHODS
 from resnet_viz.experiments.attribution.faithfulness import RANDOM, faithfulness_study, fixed_images
-from resnet_viz.experiments.attribution.removal import map_scores
 from resnet_viz.plots.faithfulness import faithfulness_curves, faithfulness_figure
 from resnet_viz.store.models import ModelRef, model_with_weights
 
 IMAGES = [5, 10, 20, 50, 100]
 
 
-@st.cache_data(show_spinner=False, max_entries=compute.MAX_ENTRIES, ttl=compute.TTL)
-def _scores(model_fp: str, input_fp: str, method: str, block: str | None, _w: Weights, _x: Tensor) -> dict[str, float]:
-    model = _w.model()
-    with resources.inference():
-        amap = attribute(model, _x, method, block=block)  # the raw, signed map: its ranking is the claim
-        s = map_scores(model, _x, amap)
-        rand = torch.rand(amap.shape, generator=torch.Generator().manual_seed(0))
-        ref = map_scores(model, _x, rand)
-    return {"deletion": float(s["deletion_auc"]), "insertion": float(s["insertion_auc"]),
-            "random_deletion": float(ref["deletion_auc"]), "random_insertion": float(ref["insertion_auc"])}
-
-
-def score_caption(w: Weights, x: Tensor, method: str, block: str | None) -> str:
-    """One line under a map: its deletion and insertion AUC on this image, and a random map's."""
-    s = _scores(w.fingerprint, compute.input_tag(x), method, block, w, x)
+def score_caption(s: dict[str, float]) -> str:
+    """One line under a map: its deletion and insertion AUC on this image (``compute.explain_scored``),
+    and a random map's."""
     return (f"Faithfulness on this image (predicted class): deletion AUC **{s['deletion']:.3f}** "
             f"(lower = more faithful), insertion AUC **{s['insertion']:.3f}** (higher = more faithful); "
             f"a random map scores {s['random_deletion']:.3f} / {s['random_insertion']:.3f}.")

@@ -68,6 +68,10 @@ def runs_root() -> Path:
 
 SPEED_TASK = "machine-speed"
 _SERVER_STARTED = time.time()  # this module is imported once per server process
+# The server's thread count, read before any page work: inside ``device.one_cpu_thread`` a
+# script thread drops to one for good (OpenMP keeps a count per thread), and looking the
+# figures up under that count found none, so each later page run showed no times.
+_SERVER_THREADS = torch.get_num_threads()
 
 
 def machine_speed() -> speed.Speed | None:
@@ -75,7 +79,7 @@ def machine_speed() -> speed.Speed | None:
     process measures once (a few seconds, in a worker), when no run is training (it would
     measure the run, not the machine); the kept figures are the fastest seen (``speed.save``),
     so a measurement slowed by other work is made good by the next server's."""
-    found = speed.cached()
+    found = speed.cached(threads=_SERVER_THREADS)
     if found is not None and found.measured_at >= _SERVER_STARTED:
         return found  # measured (or made, in tests) since this server started
     reg = task_registry()
@@ -110,13 +114,14 @@ def _data(cfg: DataConfig) -> ImageData:
 def _images(cfg: DataConfig, kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     ds = _data(cfg)
     if kind == "test":  # the lesion study's: the same images the CLI picks
-        return evaluation_subset(ds.test_x, ds.test_y, n)
-    return fixed_subset(ds.train_x, ds.train_y, n=n, seed=0)  # the loss landscape's
+        return evaluation_subset(ds.test_x, ds.test_y, min(n, len(ds.test_y)))
+    return fixed_subset(ds.train_x, ds.train_y, n=min(n, len(ds.train_y)), seed=0)  # the loss landscape's
 
 
 def experiment_images(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` test images ("test": the lesion study's) or training images ("train": the loss
-    landscape's) of the data set in use, normalized, with their labels."""
+    landscape's) of the data set in use, normalized, with their labels; all of them where the
+    set has fewer (a slider's choice must not fail on a small set)."""
     return _images(data_config(), kind, n)
 
 

@@ -32,12 +32,14 @@ from resnet_viz.experiments.attribution.removal import (
     auc,
     check_fractions,
     curves,
+    map_scores,
     road_curves,
 )
 from resnet_viz.experiments.common import ProgressFn, check, report
 from resnet_viz.nets.cifar import eval_mode
 
-__all__ = ["RANDOM", "FaithfulnessResult", "check_methods", "faithfulness_study", "fixed_images", "reading"]
+__all__ = ["RANDOM", "FaithfulnessResult", "check_methods", "faithfulness_study", "fixed_images", "reading",
+           "scores_beside_random"]
 
 RANDOM = "random"  # a map of uniform noise: the ranking every method must beat
 # A method within this share of the random map's deletion AUC is "no better than random".
@@ -56,6 +58,15 @@ class FaithfulnessResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "reading": reading(self.methods)}
+
+
+def scores_beside_random(model: nn.Module, x: Tensor, amap: Tensor) -> dict[str, float]:
+    """Deletion and insertion areas of ``amap`` (the raw, signed map: its ranking is the claim)
+    for one image ``x``, and a seeded random map's beside them: the yardstick."""
+    s = map_scores(model, x, amap)
+    ref = map_scores(model, x, torch.rand(amap.shape, generator=torch.Generator().manual_seed(0)))
+    return {"deletion": float(s["deletion_auc"]), "insertion": float(s["insertion_auc"]),
+            "random_deletion": float(ref["deletion_auc"]), "random_insertion": float(ref["insertion_auc"])}
 
 
 def fixed_images(x_uint8: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
