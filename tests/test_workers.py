@@ -59,6 +59,21 @@ def ignore_stop(*, progress, stop) -> None:
     time.sleep(60)
 
 
+def tensors(*, progress, stop) -> dict:
+    return {"map": torch.arange(6.0).reshape(2, 3), "more": [torch.ones(2, dtype=torch.bfloat16)]}
+
+
+def test_a_task_returns_tensors_after_its_worker_has_ended() -> None:
+    """Tensors crossed as shared-memory handles the parent fetched from the child, which had
+    already ended: "Connection reset by peer" instead of a Score-CAM map."""
+    task = TaskRegistry(isolate=True).start("tensors", Call(tensors))
+    assert task.wait(60)
+    snap = task.snapshot()
+    assert snap.state == "done", snap.error
+    assert torch.equal(snap.result["map"], torch.arange(6.0).reshape(2, 3))
+    assert snap.result["more"][0].dtype == torch.bfloat16 and snap.result["more"][0].sum().item() == 2
+
+
 def test_a_task_leaves_the_servers_torch_state_alone() -> None:
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
     task = TaskRegistry(isolate=True).start("mess", Call(mess_with_torch))

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 from typing import Any
 
+import torch
+
 # What the fork server imports once, so that a worker starts with them already loaded.
 PRELOAD = [
     "torch",
@@ -84,13 +86,44 @@ def watch_parent(on_parent_exit: Callable[[], None]) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+class _ByValue:
+    """A tensor sent by value. A tensor put on the queue as it is goes by torch's shared-memory
+    file descriptors, which the parent fetches from the child: a child that ends right after
+    its last message ("end" with a Score-CAM map) is gone by then, and the parent read
+    "Connection reset by peer" instead of the result."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        t = t.detach().cpu()
+        self.dtype = t.dtype  # numpy has no bfloat16: such a tensor travels as float32
+        self.array = (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
+
+    def tensor(self) -> torch.Tensor:
+        return torch.from_numpy(self.array).to(self.dtype)
+
+
+def _by_value(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return _ByValue(v)
+    if type(v) in (list, tuple):
+        return type(v)(_by_value(x) for x in v)
+    return {k: _by_value(x) for k, x in v.items()} if type(v) is dict else v
+
+
+def _restored(v: Any) -> Any:
+    if isinstance(v, _ByValue):
+        return v.tensor()
+    if type(v) in (list, tuple):
+        return type(v)(_restored(x) for x in v)
+    return {k: _restored(x) for k, x in v.items()} if type(v) is dict else v
+
+
 def _child_main(target: Target, env: dict[str, str], stop: Any, pause: Any, outbox: Any, args: tuple) -> None:
     _adopt(env)
     # The server's Ctrl-C reaches its whole process group; the parent ends its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def send(kind: str, *values: Any) -> None:
-        outbox.put((kind, *values))
+        outbox.put((kind, *_by_value(values)))
 
     try:
         send("end", target(stop, pause, send, *args))
@@ -151,7 +184,7 @@ class WorkerProcess:
                     self.process.join(5)
                     yield ("died", describe_exit(self.process.exitcode))
                     return
-            yield msg
+            yield _restored(msg)
             if msg[0] in ("end", "error"):
                 self.process.join(10)
                 return
