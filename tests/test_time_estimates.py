@@ -155,21 +155,3 @@ def test_every_attribution_method_has_a_faithfulness_price() -> None:
     one = estimates.faithfulness_seconds(cfg, 1, ["saliency"], speed)
     assert estimates.faithfulness_seconds(cfg, 1, ["scorecam"], speed) > 1.2 * one  # 65 masked images more
 
-
-def test_a_page_finds_the_speed_after_its_thread_dropped_to_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Page inference leaves its script thread at one torch thread (device.one_cpu_thread): the
-    lookup must still use the server's count, not start a measurement and show no times."""
-    import torch
-
-    from resnet_viz.app import resources
-
-    monkeypatch.setattr(resources, "_SERVER_STARTED", 0.0)  # the test's figures count as this server's
-    before = torch.get_num_threads()
-    assert resources.task_registry().get(resources.SPEED_TASK) is None
-    try:
-        torch.set_num_threads(1)
-        found = resources.machine_speed()
-    finally:
-        torch.set_num_threads(before)
-    assert found is not None and found.threads == resources._SERVER_THREADS
-    assert resources.task_registry().get(resources.SPEED_TASK) is None  # nothing measured

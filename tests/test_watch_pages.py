@@ -83,14 +83,12 @@ def test_the_train_pages_live_maps_show_the_latest_frame() -> None:
 
     run = _train("A", "live-w")
 
-    def script(path: str) -> None:
-        from pathlib import Path
-
-        from resnet_viz.app import watch
-
-        watch.live_maps(Path(path), "ResNet(A)-8")
-
-    at = AppTest.from_function(script, args=(str(run.path),), default_timeout=60).run()
+    # from_string, not from_function with args: the latter leaves a script calling
+    # ``script(*__args)`` as the process's __main__, which every later worker process re-runs
+    # on start (multiprocessing's main-module fixup) and fails on (test_workers, after this).
+    script = ("from pathlib import Path\nfrom resnet_viz.app import watch\n"
+              f"watch.live_maps(Path({str(run.path)!r}), 'ResNet(A)-8')\n")
+    at = AppTest.from_string(script, default_timeout=60).run()
     assert not at.exception, at.exception
     assert at.expander[0].label == "Watch it learn: step 5"
     assert any(f["layout"]["title"]["text"] == "ResNet(A)-8 at step 5" for f in _figures(at))

@@ -68,10 +68,6 @@ def runs_root() -> Path:
 
 SPEED_TASK = "machine-speed"
 _SERVER_STARTED = time.time()  # this module is imported once per server process
-# The server's thread count, read before any page work: inside ``device.one_cpu_thread`` a
-# script thread drops to one for good (OpenMP keeps a count per thread), and looking the
-# figures up under that count found none, so each later page run showed no times.
-_SERVER_THREADS = torch.get_num_threads()
 
 
 def machine_speed() -> speed.Speed | None:
@@ -79,7 +75,7 @@ def machine_speed() -> speed.Speed | None:
     process measures once (a few seconds, in a worker), when no run is training (it would
     measure the run, not the machine); the kept figures are the fastest seen (``speed.save``),
     so a measurement slowed by other work is made good by the next server's."""
-    found = speed.cached(threads=_SERVER_THREADS)
+    found = speed.cached()
     if found is not None and found.measured_at >= _SERVER_STARTED:
         return found  # measured (or made, in tests) since this server started
     reg = task_registry()
