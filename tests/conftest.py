@@ -42,7 +42,7 @@ def fake_speed(train: tuple[float, float] = (1000.0, 400.0), evals: tuple[float,
     from resnet_viz.training import speed
 
     flops = (speed.model_flops(ModelConfig(depth=20)), speed.model_flops(ModelConfig(depth=56)))
-    threads = threads or torch.get_num_threads()
+    threads = threads or speed.start_threads()  # the key pages and the CLI look figures up under
     device, precision = "cpu", speed.resolve_precision("auto", torch.device("cpu"))
     return speed.Speed(machine=speed.machine_key(device, precision, threads), device=device, precision=precision,
                        threads=threads, flops=flops, train_ips=train, eval_ips=evals, fp32_ips=(2000.0, 800.0),
