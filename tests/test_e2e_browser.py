@@ -328,6 +328,9 @@ def test_train_a_short_run(page, server: str, shots: Path) -> None:
             expect(main(page).locator(".st-key-live_curves .js-plotly-plot")).to_have_count(1)
             # "Watch it learn": the feature maps of one test image, as recorded a few steps ago.
             expect(main(page).locator(".st-key-live_watch_maps .js-plotly-plot")).to_have_count(1)
+            # The sidebar follows the run too (it said "loading · 0%" to the end, drawn once at Start).
+            expect(page.locator("[data-testid='stSidebar']")).to_contain_text(
+                re.compile(r"Watching: .* · (running|finished) · \d+%"))
             break
         page.wait_for_timeout(250)
     assert_healthy(page)
