@@ -4,14 +4,21 @@
 
 The app shows "About N on this machine" before an experiment starts, priced from the figures
 ``training.speed.measure()`` takes. Here torch is set to ``--threads`` (default 1: the machine
-may be shared), the figures are measured in that same state, then each experiment runs once
+may be shared) and the figures are measured in that same state; then each experiment runs once
 with small but real settings, called as its page calls it (the same ``Call`` and arguments,
-the model built from its weights in the call), and its estimate is priced with those figures
-and ``threads=None``. Models: the shipped ResNet-20 and plain-20, and an untrained ResNet-56
-where an experiment needs depth; images: the synthetic set, normalized as the app does. The
-training path trains a ResNet-20 for 8 steps into a temporary run folder first (not timed).
-Prints ``name  estimate_s  actual_s  actual/estimate``; the last line is
-``ratio actual/estimate: min X.XX, max Y.YY``.
+the model built from its weights in the call), and its estimate is priced with the figures and
+``threads=None``. On a shared machine the figures swing with the other work (2x from one
+minute to the next on 2 busy cores), so by default they are measured again just before each
+experiment (``--measure-once``: the first figures for all). Models: the shipped ResNet-20 and
+plain-20, and an untrained ResNet-56 where an experiment needs depth; images: the synthetic
+set, normalized as the app does. The training path trains a ResNet-20 for 8 steps into a
+temporary run folder first (not timed).
+
+Prints ``name  estimate_s  actual_s  actual/estimate``, then the run's CPU seconds and a "CPU
+ratio" that counts the figures' and the run's time both in this process's CPU time per thread
+(time slices taken by other work drop out; a shared core's slower caches do not). At one
+thread on a quiet machine the two ratios agree. The last line is
+``ratio actual/estimate: min X.XX, max Y.YY; cpu ratio: min ..., max ...``.
 """
 
 from __future__ import annotations
@@ -110,10 +117,10 @@ def cifar_cases(data: ImageData, r20: Net, p20: Net, r56: Net) -> list[Case]:
     for net, label in ((r20, "ResNet-20"), (r56, "ResNet-56 untrained")):
         cases.append(Case(f"sanity check {label}", Call(sanity.sanity_check, net.deferred(), one),
                           partial(_sanity, net.config)))
-    x, y = train_images(data, 64)
-    cases.append(Case("sharpness ResNet-20 n=64 top2 x10 tr10", Call(
+    x, y = train_images(data, 32)
+    cases.append(Case("sharpness ResNet-20 n=32 top2 x10 tr10", Call(
         sharpness, r20.deferred(), x, y, top=2, max_iter=10, trace_samples=10, recalibrate=False, label="r20"),
-        lambda s, t: estimates.sharpness_seconds(r20.config, 64, s, t, top=2, max_iter=10, trace_samples=10)))
+        lambda s, t: estimates.sharpness_seconds(r20.config, 32, s, t, top=2, max_iter=10, trace_samples=10)))
     for net, label, n, samples in ((r20, "ResNet-20", 64, 8), (r56, "ResNet-56 untrained", 32, 4)):
         x, y = train_images(data, n)
         cases.append(Case(f"effective paths {label} n={n} s={samples}", Call(
@@ -170,34 +177,59 @@ def explain_cases(data: ImageData, r20: Net) -> list[Case]:
     return [faith, faith_cam, cam]
 
 
-def timed(case: Case) -> float:
-    t0 = time.perf_counter()
-    case.call(lambda fraction, message: None, threading.Event())
-    return time.perf_counter() - t0
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of ``fn()``."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def reference(threads: int) -> tuple[Speed, float]:
+    """``speed.measure()`` now, and its wall time over its CPU time per thread (> 1: other work
+    on the machine took our cores meanwhile)."""
+    measured: list[Speed] = []
+    wall, cpu = timed(lambda: measured.append(speed_mod.measure()))
+    return measured[0], wall / cpu * threads
+
+
+def describe(sp: Speed, busy: float) -> str:
+    return (f"fp32 img/s {sp.fp32_ips[0]:.0f}/{sp.fp32_ips[1]:.0f}, eval {sp.eval_ips[0]:.0f}/{sp.eval_ips[1]:.0f}, "
+            f"train {sp.train_ips[0]:.0f}/{sp.train_ips[1]:.0f} (ResNet-20/56); wall/CPU time {busy:.2f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--only", nargs="*", default=None, help="run only the cases whose name starts with one of these")
+    ap.add_argument("--measure-once", action="store_true",
+                    help="price every case with the first figures (default: measure again just before each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sp = speed_mod.measure()  # the reference: in the same process and thread state as the runs
-    print(f"{sp.machine}; fp32 img/s {sp.fp32_ips[0]:.0f}/{sp.fp32_ips[1]:.0f}, eval {sp.eval_ips[0]:.0f}/"
-          f"{sp.eval_ips[1]:.0f}, train {sp.train_ips[0]:.0f}/{sp.train_ips[1]:.0f} (ResNet-20/56)")
+    sp, busy = reference(args.threads)  # in the same process and thread state as the runs
+    print(f"{sp.machine}: {describe(sp, busy)}")
     data = make_synthetic(2000, 2000, 0)
     r20, p20, r56 = shipped("resnet20"), shipped("plain20"), untrained(56)
-    ratios = []
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cases = cifar_cases(data, r20, p20, r56) + [trainpath_case(data, Path(tmp))] + explain_cases(data, r20)
         cases = [c for c in cases if args.only is None or any(c.name.startswith(o) for o in args.only)]
-        print(f"{'experiment':46s} {'estimate_s':>10s} {'actual_s':>9s} {'actual/estimate':>15s}")
         for case in cases:
+            if not args.measure_once:
+                sp, busy = reference(args.threads)
+                print(f"  figures: {describe(sp, busy)}", flush=True)
             estimate = case.seconds(sp, None)
-            actual = timed(case)
-            ratios.append(actual / estimate)
-            print(f"{case.name:46s} {estimate:10.1f} {actual:9.1f} {actual / estimate:15.2f}", flush=True)
-    print(f"ratio actual/estimate: min {min(ratios):.2f}, max {max(ratios):.2f}")
+            actual, cpu = timed(partial(case.call, lambda *_, **__: None, threading.Event()))  # partial results too
+            # The CPU ratio takes most of the machine's other work out of both sides: the run's
+            # CPU seconds per thread over the estimate with the figures' time counted the same way.
+            rows.append((case.name, estimate, actual, cpu, cpu / args.threads / (estimate / busy)))
+            print(f"  {case.name}: estimate {estimate:.1f} s, took {actual:.1f} s", flush=True)
+    print(f"{'experiment':46s} {'estimate_s':>10s} {'actual_s':>9s} {'actual/estimate':>15s} {'cpu_s':>7s} "
+          f"{'cpu ratio':>9s}")
+    for name, estimate, actual, cpu, cpu_ratio in rows:
+        print(f"{name:46s} {estimate:10.1f} {actual:9.1f} {actual / estimate:15.2f} {cpu:7.1f} {cpu_ratio:9.2f}")
+    ratios, cpu_ratios = [r[2] / r[1] for r in rows], [r[4] for r in rows]
+    print(f"ratio actual/estimate: min {min(ratios):.2f}, max {max(ratios):.2f}; "
+          f"cpu ratio: min {min(cpu_ratios):.2f}, max {max(cpu_ratios):.2f}")
 
 
 if __name__ == "__main__":
