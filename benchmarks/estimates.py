@@ -8,8 +8,9 @@ may be shared) and the figures are measured in that same state; then each experi
 with small but real settings, called as its page calls it (the same ``Call`` and arguments,
 the model built from its weights in the call), and its estimate is priced with the figures and
 ``threads=None``. On a shared machine the figures swing with the other work (2x from one
-minute to the next on 2 busy cores), so by default they are measured again just before each
-experiment (``--measure-once``: the first figures for all). Models: the shipped ResNet-20 and
+measurement to the next on 2 busy cores), so by default they are measured again before each
+experiment and every estimate is priced with each figure's median over all the measurements
+(``--measure-once``: the first figures only). Models: the shipped ResNet-20 and
 plain-20, and an untrained ResNet-56 where an experiment needs depth; images: the synthetic
 set, normalized as the app does. The training path trains a ResNet-20 for 8 steps into a
 temporary run folder first (not timed).
@@ -24,11 +25,13 @@ thread on a quiet machine the two ratios agree. The last line is
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -197,37 +200,54 @@ def describe(sp: Speed, busy: float) -> str:
             f"train {sp.train_ips[0]:.0f}/{sp.train_ips[1]:.0f} (ResNet-20/56); wall/CPU time {busy:.2f}")
 
 
+def median_speed(measured: list[tuple[Speed, float]]) -> tuple[Speed, float]:
+    """Each figure's median over the measurements, and the median wall/CPU time."""
+    def mid(values: list[float]) -> float:
+        return statistics.median(values)
+
+    def pair(field: str) -> tuple[float, float]:
+        return mid([getattr(s, field)[0] for s, _ in measured]), mid([getattr(s, field)[1] for s, _ in measured])
+
+    first = measured[0][0]
+    return (replace(first, fp32_ips=pair("fp32_ips"), eval_ips=pair("eval_ips"), train_ips=pair("train_ips")),
+            mid([b for _, b in measured]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--only", nargs="*", default=None, help="run only the cases whose name starts with one of these")
     ap.add_argument("--measure-once", action="store_true",
-                    help="price every case with the first figures (default: measure again just before each)")
+                    help="price every case with the first figures (default: the median of a measurement before each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sp, busy = reference(args.threads)  # in the same process and thread state as the runs
-    print(f"{sp.machine}: {describe(sp, busy)}")
+    measured = [reference(args.threads)]  # in the same process and thread state as the runs
+    print(f"{measured[0][0].machine}: {describe(*measured[0])}")
     data = make_synthetic(2000, 2000, 0)
     r20, p20, r56 = shipped("resnet20"), shipped("plain20"), untrained(56)
-    rows = []
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         cases = cifar_cases(data, r20, p20, r56) + [trainpath_case(data, Path(tmp))] + explain_cases(data, r20)
         cases = [c for c in cases if args.only is None or any(c.name.startswith(o) for o in args.only)]
         for case in cases:
             if not args.measure_once:
-                sp, busy = reference(args.threads)
-                print(f"  figures: {describe(sp, busy)}", flush=True)
-            estimate = case.seconds(sp, None)
+                measured.append(reference(args.threads))
+                print(f"  figures: {describe(*measured[-1])}", flush=True)
             actual, cpu = timed(partial(case.call, lambda *_, **__: None, threading.Event()))  # partial results too
-            # The CPU ratio takes most of the machine's other work out of both sides: the run's
-            # CPU seconds per thread over the estimate with the figures' time counted the same way.
-            rows.append((case.name, estimate, actual, cpu, cpu / args.threads / (estimate / busy)))
-            print(f"  {case.name}: estimate {estimate:.1f} s, took {actual:.1f} s", flush=True)
+            runs.append((case, actual, cpu))
+            print(f"  {case.name}: took {actual:.1f} s ({cpu:.1f} s CPU)", flush=True)
+    sp, busy = median_speed(measured)
+    print(f"priced with the median figures of {len(measured)} measurements: {describe(sp, busy)}")
     print(f"{'experiment':46s} {'estimate_s':>10s} {'actual_s':>9s} {'actual/estimate':>15s} {'cpu_s':>7s} "
           f"{'cpu ratio':>9s}")
-    for name, estimate, actual, cpu, cpu_ratio in rows:
-        print(f"{name:46s} {estimate:10.1f} {actual:9.1f} {actual / estimate:15.2f} {cpu:7.1f} {cpu_ratio:9.2f}")
-    ratios, cpu_ratios = [r[2] / r[1] for r in rows], [r[4] for r in rows]
+    ratios, cpu_ratios = [], []
+    for case, actual, cpu in runs:
+        estimate = case.seconds(sp, None)
+        # The CPU ratio counts both sides in CPU time per thread: the run's CPU seconds over the
+        # estimate with the figures' time counted the same way (time slices of other work drop out).
+        ratios.append(actual / estimate)
+        cpu_ratios.append(cpu / args.threads / (estimate / busy))
+        print(f"{case.name:46s} {estimate:10.1f} {actual:9.1f} {ratios[-1]:15.2f} {cpu:7.1f} {cpu_ratios[-1]:9.2f}")
     print(f"ratio actual/estimate: min {min(ratios):.2f}, max {max(ratios):.2f}; "
           f"cpu ratio: min {min(cpu_ratios):.2f}, max {max(cpu_ratios):.2f}")
 
