@@ -25,9 +25,12 @@ from resnet_viz.training.speed import (  # a run's time, for the pages (which ne
     training_seconds,
 )
 
-# One image at a time costs far more per image than a batch: the sanity check's maps are
-# forward and backward passes of batch 1. Measured here: about 16 batched fp32 images' time.
-_SINGLE_IMAGE = 16.0
+# One image at a time costs more per image than a batch: the sanity check's maps are forward
+# and backward passes of batch 1. Measured here (one thread, benchmarks/estimates.py and CPU
+# time): a saliency map 4-7 batched fp32 images' time, a whole step of the sanity check (the
+# group's new weights, the map, its rank correlation and SSIM) 5.2 at depths 20, 56 and 110.
+# Priced at 16 before, the ResNet-56 check took 0.44-0.63 of its estimate.
+_SINGLE_IMAGE = 6.0
 __all__ = ["brief_epochs", "data_sizes", "lesion_seconds", "quick_config", "quick_steps", "replay_seconds",
            "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds",
            "scorecam_seconds"]
