@@ -110,9 +110,10 @@ def test_experiment_estimates_grow_with_their_work_and_with_one_thread() -> None
     s, r20, r56 = fake_speed(), ModelConfig(depth=20), ModelConfig(depth=56)
     assert estimates.surface_seconds(r20, 1000, 21, s) == pytest.approx(21 * estimates.slice_seconds(r20, 1000, 21, s))
     assert estimates.lesion_seconds(r56, 1000, s) > estimates.lesion_seconds(r20, 1000, s)
-    # ResNet-8 has 3 blocks: k stops there, as lesion.max_k_for does
+    # ResNet-8 has 3 blocks: k stops there, as lesion.max_k_for does; a pass with k blocks
+    # deleted costs 0.1 (stem, head, shortcuts) + 0.9 (3 - k) / 3 of the intact net's
     assert estimates.lesion_seconds(ModelConfig(depth=8), 1000, s) == pytest.approx(
-        (1 + 3 + 3 + 1) * 1000 * s.fp32_seconds_per_image(ModelConfig(depth=8)))
+        (1 + 3 * 0.7 + 3 * 0.4 + 1 * 0.1) * 1000 * s.fp32_seconds_per_image(ModelConfig(depth=8)))
     assert estimates.signal_seconds([20, 56], s, threads=1) == pytest.approx(
         estimates.signal_seconds([20, 56], s) * s.threads)
     assert estimates.shattered_seconds(56, s) > estimates.shattered_seconds(20, s) > 0

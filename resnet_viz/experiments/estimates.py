@@ -3,8 +3,8 @@
 Each experiment's work is counted in the passes it makes (images through a net, forward or
 forward and backward) and priced with the machine's measured speed (``training.speed``):
 the loss landscape runs like an evaluation (bf16 where the CPU has it, large batches), the
-lesion study and the attribution maps in fp32 at small batches, the signal measurements
-forward and backward like a training step. A task that runs beside a training run gets one
+lesion study, the attribution maps and the signal measurements in fp32 at small batches.
+``benchmarks/estimates.py`` times each against a real run (README). A task that runs beside a training run gets one
 thread of the machine's cores (``app.tasks``), hence ``threads``.
 """
 
@@ -25,9 +25,12 @@ from resnet_viz.training.speed import (  # a run's time, for the pages (which ne
     training_seconds,
 )
 
-# One image at a time costs far more per image than a batch: the sanity check's maps are
-# forward and backward passes of batch 1. Measured here: about 16 batched fp32 images' time.
-_SINGLE_IMAGE = 16.0
+# One image at a time costs more per image than a batch: the sanity check's maps are forward
+# and backward passes of batch 1. Measured here (one thread, benchmarks/estimates.py and CPU
+# time): a saliency map 4-7 batched fp32 images' time, a whole step of the sanity check (the
+# group's new weights, the map, its rank correlation and SSIM) 5.2 at depths 20, 56 and 110.
+# Priced at 16 before, the ResNet-56 check took 0.44-0.63 of its estimate.
+_SINGLE_IMAGE = 6.0
 __all__ = ["brief_epochs", "data_sizes", "lesion_seconds", "quick_config", "quick_steps", "replay_seconds",
            "run_seconds", "sanity_seconds", "shattered_seconds", "signal_seconds", "slice_seconds", "surface_seconds",
            "scorecam_seconds"]
@@ -40,13 +43,22 @@ def _slowdown(speed: Speed, threads: int | None) -> float:
     return 1.0 if threads is None or threads >= speed.threads else speed.threads / max(1, threads)
 
 
+# A lesioned net skips its deleted blocks (a deleted block is its shortcut): measured here
+# (ResNet-20, 500 images, one thread) the stem, the head and the shortcuts left with every
+# block deleted cost 0.10 of the intact net, half the blocks 0.45-0.55. Priced by the intact
+# net's passes alone, the study took 0.5-0.67 of its estimate (benchmarks/estimates.py).
+_LESION_FIXED = 0.1
+
+
 def lesion_seconds(model: ModelConfig, images: int, speed: Speed, threads: int | None = None, *,
                    max_k: int = MAX_K, trials: int = 5) -> float:
     """The intact net, each block deleted alone, then up to ``trials`` subsets per k <= ``max_k``
-    (no more than the net's blocks, as ``lesion.max_k_for``)."""
+    (no more than the net's blocks, as ``lesion.max_k_for``); a pass with k of the n blocks
+    deleted costs the fixed part and the (n - k) / n of the blocks left."""
     n = 3 * model.blocks_per_stage
     max_k = min(max_k, n)
-    passes = 1 + n + sum(min(trials, math.comb(n, k)) for k in range(2, max_k + 1))
+    counts = [(0, 1), (1, n)] + [(k, min(trials, math.comb(n, k))) for k in range(2, max_k + 1)]
+    passes = sum(c * (_LESION_FIXED + (1 - _LESION_FIXED) * (n - k) / n) for k, c in counts)
     return passes * images * speed.fp32_seconds_per_image(model) * _slowdown(speed, threads)
 
 
@@ -60,17 +72,26 @@ def surface_seconds(model: ModelConfig, images: int, steps: int, speed: Speed, t
     return steps * steps * images * speed.eval_seconds_per_image(model) * _slowdown(speed, threads)
 
 
+# The signal measurements run in fp32 (no autocast) with the weights frozen: a forward and a
+# backward to the input, with the probe's statistics at every block. Measured here (one
+# thread, batch 64, CPU time): 2.1-3 fp32 forwards' time per image for the signal
+# propagation (depths 20-110, probe included), 2.1 for the shattered gradients' points.
+# Priced as a bf16 training step before, both took 1.6-1.9x their estimates (benchmarks/estimates.py).
+_INPUT_GRAD_PASSES = 2.5
+
+
 def signal_seconds(depths: Sequence[int], speed: Speed, threads: int | None = None) -> float:
     """One forward and backward batch through a plain net and a ResNet of each depth."""
-    per_image = sum(speed.train_seconds_per_image(ModelConfig(depth=d, shortcut=s))
+    per_image = sum(speed.fp32_seconds_per_image(ModelConfig(depth=d, shortcut=s))
                     for d in depths for s in ("none", "A"))
-    return SIGNAL_BATCH * per_image * _slowdown(speed, threads)
+    return SIGNAL_BATCH * _INPUT_GRAD_PASSES * per_image * _slowdown(speed, threads)
 
 
 def shattered_seconds(depth: int, speed: Speed, threads: int | None = None) -> float:
-    """The input gradient at every point of a line, for a plain net and a ResNet of ``depth``."""
-    per_image = sum(speed.train_seconds_per_image(ModelConfig(depth=depth, shortcut=s)) for s in ("none", "A"))
-    return SHATTERED_POINTS * per_image * _slowdown(speed, threads)
+    """The input gradient at every point of a line, for a plain net and a ResNet of ``depth``
+    (after one forward batch that sets an untrained net's BN statistics)."""
+    per_image = sum(speed.fp32_seconds_per_image(ModelConfig(depth=depth, shortcut=s)) for s in ("none", "A"))
+    return (SHATTERED_POINTS * _INPUT_GRAD_PASSES + SIGNAL_BATCH) * per_image * _slowdown(speed, threads)
 
 
 def sanity_seconds(model: ModelConfig, speed: Speed, threads: int | None = None) -> float:
