@@ -29,7 +29,7 @@ import torch
 from resnet_viz.access import OPERATOR, Visitor, check_control
 from resnet_viz.background.calls import Call, Deferred
 from resnet_viz.background.progress import eta
-from resnet_viz.background.workers import Send, WorkerProcess, watch_parent
+from resnet_viz.background.workers import Send, Worker, new_worker, watch_parent
 from resnet_viz.config import DataConfig, ModelConfig
 from resnet_viz.data.download import DownloadStopped
 from resnet_viz.experiments.common import Cancelled, ProgressFn
@@ -118,7 +118,7 @@ class Task:
         self.key, self._fn, self.title, self._threads = key, fn, title or key, threads
         self.owner = owner  # who started it (None: the operator); only they or an admin stop it
         self.askers = {owner}  # everyone who asked for this computation: it is in their report
-        self._worker = WorkerProcess(_task_in_worker, name=f"resnet-viz-task-{key[:40]}") if isolate else None
+        self._worker = new_worker(_task_in_worker, f"resnet-viz-task-{key[:40]}", threads) if isolate else None
         self._stop: Any = threading.Event() if self._worker is None else self._worker.stop
         self._lock = threading.Lock()
         self._state, self._fraction, self._message = "running", 0.0, "starting"
@@ -148,7 +148,7 @@ class Task:
             self._state, self._result, self._error, self._fraction, self._message = outcome
             self._t1 = time.monotonic()
 
-    def _run_in(self, worker: WorkerProcess) -> Any:
+    def _run_in(self, worker: Worker) -> Any:
         try:
             worker.start(self._fn, self._threads)
         except (pickle.PicklingError, AttributeError, TypeError) as e:  # what pickle raises for a lambda
