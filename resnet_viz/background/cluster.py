@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,15 +163,17 @@ class RayWorker:
     def messages(self, poll: float = 0.2) -> Iterator[tuple[Any, ...]]:
         """The task's messages in order, until its last (``end``/``error``) or ``("died", why)``;
         its folder's changes are written into the run folder on the way, not yielded."""
-        ray = self._ray
         try:
-            finished = False
+            seen, finished = 0, False
             while True:
                 try:
-                    box = ray.get(self._channel.take.remote(), timeout=_TAKE_TIMEOUT_S)
+                    box = self._take(seen)
                 except Exception as e:  # noqa: BLE001 - the channel is lost: so is the task's word
-                    yield ("died", _why_died(e))
+                    why = self._task_error(e)
+                    self.kill()  # it would stop by itself, having no channel: sooner this way
+                    yield ("died", why)
                     return
+                seen += len(box)
                 for msg in box:
                     if msg[0] == "file":
                         self._write(*msg[1:])
@@ -179,24 +182,40 @@ class RayWorker:
                     if msg[0] in ("end", "error"):
                         return
                 if finished:  # the task ended, its channel is empty, and no last word came
-                    yield ("died", self._task_error())
+                    yield ("died", self._task_error(None))
                     return
                 if not box:
-                    finished = bool(ray.wait([self._ref], timeout=poll)[0])
+                    finished = bool(self._ray.wait([self._ref], timeout=poll)[0])
         finally:
             self._close()
+
+    def _take(self, seen: int) -> list[tuple[Any, ...]]:
+        """The channel's messages after ``seen``, asked again while Ray calls the channel
+        unavailable for a moment (a node of the cluster going away can cause that)."""
+        deadline = time.monotonic() + _TAKE_TIMEOUT_S
+        while True:
+            try:
+                return list(self._ray.get(self._channel.take.remote(seen), timeout=_TAKE_TIMEOUT_S))
+            except Exception as e:
+                if type(e).__name__ != "ActorUnavailableError" or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def _write(self, rel: str, offset: int | None, data: bytes) -> None:
         if self.run_folder is None:
             raise RuntimeError(f"the Ray task {self.name} sent a file, but it has no run folder")
         apply_change(self.run_folder, rel, offset, data)
 
-    def _task_error(self) -> str:
+    def _task_error(self, lost: BaseException | None) -> str:
+        """Why the task ended without a last word: its own error where Ray has one (a dead
+        node says so there), else what broke the channel (``lost``)."""
         try:
-            self._ray.get(self._ref, timeout=10)
+            ready = self._ray.wait([self._ref], timeout=10)[0]
+            if ready:
+                self._ray.get(self._ref, timeout=10)
         except Exception as e:  # noqa: BLE001 - what Ray raised is the cause
             return _why_died(e)
-        return "the Ray task ended without a word"
+        return _why_died(lost) if lost is not None else "the Ray task ended without a word"
 
     def _close(self) -> None:
         with self._lock:

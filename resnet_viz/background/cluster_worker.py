@@ -38,7 +38,8 @@ class Channel:
 
     def __init__(self, stop: bool, pause: bool) -> None:
         self._flags = (stop, pause)
-        self._box: list[tuple[Any, ...]] = []
+        self._box: list[tuple[Any, ...]] = []  # messages the app has not yet taken for good
+        self._base = 0  # how many came before the first in _box
 
     def set_flags(self, stop: bool, pause: bool) -> None:
         self._flags = (stop, pause)
@@ -49,9 +50,13 @@ class Channel:
     def put(self, msg: tuple[Any, ...]) -> None:
         self._box.append(msg)
 
-    def take(self) -> list[tuple[Any, ...]]:
-        box, self._box = self._box, []
-        return box
+    def take(self, seen: int) -> list[tuple[Any, ...]]:
+        """The messages after the first ``seen`` (those the app has read are dropped). A call
+        whose answer was lost on the way (Ray's "actor unavailable") can be made again: the
+        same ``seen`` gets the same messages, and more."""
+        del self._box[: max(0, seen - self._base)]
+        self._base = max(self._base, seen)
+        return list(self._box)
 
 
 def _mirror(channel: Any, stop: threading.Event, pause: threading.Event, done: threading.Event) -> None:
