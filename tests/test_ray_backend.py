@@ -168,3 +168,15 @@ def test_a_task_on_ray_reports_progress_and_stops(on_ray: None) -> None:
     assert task.wait(10)
     snap = task.snapshot()
     assert snap.state == "done" and 0 < snap.result < 10_000, snap  # it saw the stop and returned
+
+
+def test_a_task_that_fills_this_machines_folders_stays_here(on_ray: None) -> None:
+    """The CIFAR-10 download fills the app's data folder: on a Ray worker it would fill that one's."""
+    from resnet_viz.background.workers import WorkerProcess
+
+    task = TaskRegistry(isolate=True, here=True).start("here", Call(slow_steps), threads=1)
+    try:
+        assert isinstance(task._worker, WorkerProcess)
+    finally:
+        task.stop()
+        assert task.wait(30)

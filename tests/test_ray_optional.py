@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent("""
         job = reg.submit(cfg)
         assert job.wait(120) and job.snapshot().state == "finished", job.snapshot().message
         reg.shutdown()
-        print("ray imported:", "ray" in sys.modules, "cluster imported:", "resnet_viz.background.cluster" in sys.modules)
+        cluster = "resnet_viz.background.cluster" in sys.modules
+        print("ray imported:", "ray" in sys.modules, "cluster imported:", cluster)
 """)
 
 

@@ -114,11 +114,12 @@ class TaskSnapshot:
 
 class Task:
     def __init__(self, key: str, fn: TaskFn, title: str = "", isolate: bool = True,
-                 threads: int | None = None, owner: str | None = None) -> None:
+                 threads: int | None = None, owner: str | None = None, here: bool = False) -> None:
         self.key, self._fn, self.title, self._threads = key, fn, title or key, threads
         self.owner = owner  # who started it (None: the operator); only they or an admin stop it
         self.askers = {owner}  # everyone who asked for this computation: it is in their report
-        self._worker = new_worker(_task_in_worker, f"resnet-viz-task-{key[:40]}", threads) if isolate else None
+        name = f"resnet-viz-task-{key[:40]}"
+        self._worker = new_worker(_task_in_worker, name, threads, here=here) if isolate else None
         self._stop: Any = threading.Event() if self._worker is None else self._worker.stop
         self._lock = threading.Lock()
         self._state, self._fraction, self._message = "running", 0.0, "starting"
@@ -221,11 +222,12 @@ class TaskRegistry:
 
     limits: ServerLimits | None = None  # None: the environment's, read at each start
     isolate: bool = True  # each task in a worker process; False: in a thread (for lambdas in tests)
+    here: bool = False  # True: on this machine even with a Ray cluster set (tasks that fill its folders)
 
-    def __init__(self, keep: int = 50, isolate: bool | None = None) -> None:
+    def __init__(self, keep: int = 50, isolate: bool | None = None, here: bool = False) -> None:
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
-        self.keep = keep
+        self.keep, self.here = keep, here
         if isolate is not None:
             self.isolate = isolate
 
@@ -243,7 +245,7 @@ class TaskRegistry:
                 task.askers.add(owner)
                 return task
             self._check_room(owner)
-            task = Task(key, fn, title, isolate=self.isolate, threads=threads, owner=owner)
+            task = Task(key, fn, title, isolate=self.isolate, threads=threads, owner=owner, here=self.here)
             self._tasks[key] = task
             done = [k for k, t in self._tasks.items() if t.snapshot().done]
             for k in done[: max(0, len(self._tasks) - self.keep)]:

@@ -211,13 +211,16 @@ class WorkerProcess:
             self.process.kill()
 
 
-def new_worker(target: Target, name: str, threads: int | None = None, run_folder: Path | None = None) -> Worker:
+def new_worker(target: Target, name: str, threads: int | None = None, run_folder: Path | None = None,
+               here: bool = False) -> Worker:
     """A worker for ``target``, not started: a ``WorkerProcess``, or with ``RESNET_VIZ_RAY_ADDRESS``
     set a ``cluster.RayWorker`` with the same interface (``threads``: the torch threads it will
     use, what it asks the cluster for; ``run_folder``: the run it trains, copied to and from the
-    worker's machine). Ray is imported only then: it is an optional extra, and heavy."""
+    worker's machine; ``here``: a local process whatever the setting, for work that fills this
+    machine's folders, such as a data set download). Ray is imported only with a cluster named:
+    it is an optional extra, and heavy."""
     address = os.environ.get(RAY_ADDRESS_ENV, "").strip()
-    if not address:
+    if not address or here:
         return WorkerProcess(target, name)
     from resnet_viz.background.cluster import RayWorker  # only with a cluster named
 
