@@ -232,12 +232,13 @@ class TaskRegistry:
             self.isolate = isolate
 
     def start(self, key: str, fn: TaskFn, title: str = "", threads: int | None = None,
-              by: Visitor = OPERATOR) -> Task:
+              by: Visitor = OPERATOR, here: bool = False) -> Task:
         """The task for ``key``: the existing one if it runs or succeeded (the same computation
         asked by two visitors is done once), else a new one started by ``by`` (``title`` says
         what it computes, in words; the key by default) on ``threads`` torch threads in its
         worker (None: torch's default). A new one past the server's limits of running tasks
-        raises a ``ValueError`` before anything starts."""
+        raises a ``ValueError`` before anything starts. ``here``: on this machine even with a
+        Ray cluster set (work that reads or fills this machine's folders)."""
         owner = None if by is OPERATOR else by.id
         with self._lock:
             task = self._tasks.get(key)
@@ -245,7 +246,7 @@ class TaskRegistry:
                 task.askers.add(owner)
                 return task
             self._check_room(owner)
-            task = Task(key, fn, title, isolate=self.isolate, threads=threads, owner=owner, here=self.here)
+            task = Task(key, fn, title, isolate=self.isolate, threads=threads, owner=owner, here=here or self.here)
             self._tasks[key] = task
             done = [k for k, t in self._tasks.items() if t.snapshot().done]
             for k in done[: max(0, len(self._tasks) - self.keep)]:
