@@ -64,6 +64,13 @@ def test_an_append_sent_twice_is_written_once(tmp_path: Path) -> None:
     assert (tmp_path / METRICS_FILE).read_text() == "a\nb\n"
 
 
+def test_an_append_after_a_lost_one_is_refused_not_padded(tmp_path: Path) -> None:
+    (tmp_path / METRICS_FILE).write_text("a\n")
+    with pytest.raises(ValueError, match="bytes from 5 on"):
+        apply_change(tmp_path, METRICS_FILE, 5, b"c\n")
+    assert (tmp_path / METRICS_FILE).read_text() == "a\n"
+
+
 @pytest.mark.parametrize("rel", ["../outside", "/etc/passwd", "a/../../b", ""])
 def test_a_worker_cannot_write_outside_its_run_folder(tmp_path: Path, rel: str) -> None:
     with pytest.raises(ValueError, match="inside its run folder"):

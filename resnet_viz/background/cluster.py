@@ -176,7 +176,12 @@ class RayWorker:
                 seen += len(box)
                 for msg in box:
                     if msg[0] == "file":
-                        self._write(*msg[1:])
+                        try:
+                            self._write(*msg[1:])
+                        except (ValueError, OSError) as e:  # the app's copy of the folder is not the worker's
+                            self.kill()
+                            yield ("died", f"the run folder could not be kept in step with the Ray worker ({e})")
+                            return
                         continue
                     yield msg
                     if msg[0] in ("end", "error"):

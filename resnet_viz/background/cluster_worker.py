@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -62,15 +63,23 @@ class Channel:
 def _mirror(channel: Any, stop: threading.Event, pause: threading.Event, done: threading.Event) -> None:
     """Keep the worker's events equal to the channel's flags until ``done``. Stop is only ever
     set (a worker's own stop, or a stop already read, is never taken back); a channel that stops
-    answering means the app is gone, and a worker must not train on for nobody."""
+    answering for ``_LOST_AFTER_S`` means the app is gone, and a worker must not train on for
+    nobody. Ray's "actor unavailable" (a moment's network trouble, another node going away) is
+    asked again until then."""
     import ray
 
+    lost_since: float | None = None
     while not done.is_set():
         try:
             want_stop, want_pause = ray.get(channel.flags.remote(), timeout=_LOST_AFTER_S)
-        except Exception:  # noqa: BLE001 - whatever Ray raised, the app cannot be reached
-            stop.set()
-            return
+        except Exception as e:  # noqa: BLE001 - whatever Ray raised, the app cannot be reached now
+            lost_since = lost_since if lost_since is not None else time.monotonic()
+            if type(e).__name__ != "ActorUnavailableError" or time.monotonic() - lost_since > _LOST_AFTER_S:
+                stop.set()
+                return
+            done.wait(0.5)
+            continue
+        lost_since = None
         if want_stop:
             stop.set()
         if want_pause:

@@ -115,6 +115,9 @@ def apply_change(folder: Path, rel: str, offset: int | None, data: bytes) -> Non
         return
     if offset < 0:
         raise ValueError(f"an append offset must be >= 0, got {offset} for {rel!r}")
+    have = path.stat().st_size if path.exists() else 0
+    if offset > have:  # a change before this one never arrived: a hole of zeros would be worse
+        raise ValueError(f"{rel!r} has {have} bytes here, and the worker sent bytes from {offset} on")
     with open(path, "ab") as f:  # creates it; append mode cannot seek for writing, so cut first
         f.truncate(offset)
         f.write(data)
