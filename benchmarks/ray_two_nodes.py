@@ -76,8 +76,22 @@ def _raylet(folder: Path) -> int:
     raise RuntimeError(f"no raylet runs for {folder}")
 
 
+def _children(pids: set[int]) -> set[int]:
+    """``pids`` and their descendants (Ray's workers are its raylet's children, and rename themselves)."""
+    out, grew = set(pids), True
+    while grew:
+        grew = False
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) not in out:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    if _parent(int(proc.name)) in out:
+                        out.add(int(proc.name))
+                        grew = True
+    return out
+
+
 def _kill_node(folder: Path) -> list[int]:
-    pids = _pids_under(folder)
+    pids = sorted(_children(set(_pids_under(folder))))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -150,6 +164,10 @@ def check(tmp: Path, say: Callable[[str], None]) -> bool:
         say(f"after {time.monotonic() - t0:.1f} s the job reads {snap.state!r}: {snap.message}")
         say(f"the run folder reads {st['status']!r}; the app still serves (this process goes on)")
         step = int(run.load_checkpoint().meta["step"])
+        # Until Ray has marked node 2 dead it may still place work there, which would fail again.
+        _wait(lambda: not any(n.get("Alive") and n["Resources"].get("node2") for n in ray.nodes()),
+              "Ray to mark node 2 dead", 120)
+        say(f"Ray marked node 2 dead {time.monotonic() - t0:.1f} s after the kill")
         del os.environ["RESNET_VIZ_RAY_RESOURCES"]  # anywhere the cluster has room: the head is left
         again = reg.resume(job.run_id)
         try:
