@@ -80,11 +80,6 @@ def machine_speed() -> speed.Speed | None:
         return found  # measured (or made, in tests) since this server started
     reg = task_registry()
     task = reg.get(SPEED_TASK)
-    done = task.snapshot() if task is not None else None
-    if done is not None and done.state == "done" and isinstance(done.result, dict):
-        # The task's own figures: a worker on a Ray cluster kept its file on its own machine.
-        with suppress(ValueError, TypeError, KeyError):
-            return speed.Speed.from_dict(done.result)
     # A failed measurement is not retried on every page run: the pages go on without times.
     if task is not None and task.snapshot().state != "stopped" or job_registry().active() is not None:
         return found
@@ -93,7 +88,9 @@ def machine_speed() -> speed.Speed | None:
     # The server's own work: no visitor's task limit applies, the server-wide one does; when the
     # server runs as many tasks as it allows, a later visit measures.
     with suppress(ValueError):
-        reg.start(SPEED_TASK, Call(speed.measure_and_save), title="Measure this machine's speed")
+        # This machine's, as the pages say (here=True: not a Ray worker's, which would also keep
+        # the figures on its own disk), without a cluster's start-up in the first visit's wait.
+        reg.start(SPEED_TASK, Call(speed.measure_and_save), title="Measure this machine's speed", here=True)
     return found
 
 
