@@ -326,6 +326,11 @@ def test_train_a_short_run(page, server: str, shots: Path) -> None:
         m = re.search(r"step (\d+) of 40", " ".join(texts))
         if m and int(m.group(1)) >= 10:
             expect(main(page).locator(".st-key-live_curves .js-plotly-plot")).to_have_count(1)
+            # "Watch it learn": the feature maps of one test image, as recorded a few steps ago.
+            expect(main(page).locator(".st-key-live_watch_maps .js-plotly-plot")).to_have_count(1)
+            # The sidebar follows the run too (it said "loading · 0%" to the end, drawn once at Start).
+            expect(page.locator("[data-testid='stSidebar']")).to_contain_text(
+                re.compile(r"Watching: .* · (running|finished) · \d+%"))
             break
         page.wait_for_timeout(250)
     assert_healthy(page)
@@ -763,13 +768,50 @@ def test_explain_a_cam_of_plain_and_residual(page, server: str, shots: Path) -> 
     shoot(page, shots, "21-explain-cam.png")
 
 
-def test_experiments_training_path_section(page, server: str, shots: Path) -> None:
-    # The run test_train_a_short_run made has 40 steps: snapshots at 0 and 40 only, too few for a
-    # plane, so the section says how to get a path (tests/test_trainpath_page.py computes one).
+def _server_data(data_kind: str):
+    """The data config the ``data_kind`` server uses, for a run made here that must match its
+    classes (the app reads a run's class names from its config: store.models.class_names)."""
+    from resnet_viz.config import DataConfig
+    from resnet_viz.data.sources import default_source
+
+    return DataConfig(source="synthetic") if data_kind == "synthetic" else default_source()
+
+
+def test_experiments_training_path_section(page, server: str, shots: Path, data_kind: str) -> None:
+    """The Loss landscape tab's "Training path": first without a run that has enough snapshots
+    (test_train_a_short_run's 40 steps keep two), then on a run made here with five (8 steps of
+    a ResNet-8 on synthetic images, snapshots every 2 steps, its config naming the server's data
+    set: the path's loss is then taken on the server's own images), computed as a task and drawn."""
+    from resnet_viz.config import ModelConfig, RunConfig, TrainConfig
+    from resnet_viz.data.sources import make_synthetic
+    from resnet_viz.store.rundir import RunDir
+    from resnet_viz.training.loop import fit
+
     open_page(page, server, "experiments")
     panel = open_tab(page, "Loss landscape")
     expect(panel.get_by_role("heading", name="Training path")).to_be_visible()
     expect(panel.get_by_text(re.compile(r"No run on this data set has 4 or more weight snapshots yet"))).to_be_visible()
+    shoot(page, shots, "20-training-path-none.png")
+
+    cfg = RunConfig(model=ModelConfig(depth=8, shortcut="A"), data=_server_data(data_kind),
+                    train=TrainConfig(steps=8, epochs=None, batch_size=16, snapshot_every=2, eval_every=1000))
+    data = make_synthetic(200, 40, seed=0)  # ten classes, as the server's set has (the run's config names them)
+    fit(cfg, data=data, run=RunDir.create(SERVER_RUNS[data_kind], cfg, "path-e2e"))
+    open_page(page, server, "experiments")
+    panel = open_tab(page, "Loss landscape")
+    try:
+        step_slider(panel, "Training images", "ArrowLeft")  # 1,000 -> 500
+        wait_for_app(page)
+        step_slider(panel, "Contour grid points per axis", "ArrowLeft")  # 11 -> 7
+        wait_for_app(page)
+        start_task(page, panel, re.compile(r"Training path: .*path-e2e.* \(5 snapshots\)"))
+        expect(panel.locator(".st-key-tp_fig .js-plotly-plot")).to_have_count(1, timeout=EXPERIMENT_TIMEOUT_MS)
+    except Exception:  # a timed-out locator too
+        shoot(page, shots, "FAILED-training-path.png")
+        raise
+    wait_for_app(page)
+    expect(panel.get_by_text(re.compile(r"The two directions hold [\d.]+% \+ [\d.]+% = [\d.]+% of the path"))
+           ).to_be_visible()
     assert_healthy(page)
     shoot(page, shots, "20-training-path.png")
 

@@ -252,7 +252,7 @@ def test_experiments_page_runs_tasks_in_the_background() -> None:
     assert not at.exception, at.exception
     titles = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("Signal propagation at initialization" in t for t in titles)
-    assert any("Lesion study" in t and "stage1.block0" in t for t in titles)
+    assert any("Lesion study" in t and "stage1.block0" in t for t in titles), [e.value for e in at.error]
     # Convolution by hand on the default test image: the sum equals the layer's output.
     assert any("the same number" in s.value for s in at.success), [s.value for s in at.success]
     # The Report tab offers both finished experiments, named by what they computed.

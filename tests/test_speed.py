@@ -170,3 +170,28 @@ def test_a_run_cut_short_trains_on_the_longer_schedules_learning_rates(tmp_path:
     assert result.status == "finished" and result.steps == 12
     lrs = [r["lr"] for r in records if r["kind"] == "step"]
     assert lrs == pytest.approx([lr_at(s, 100, tc) for s in range(12)])
+
+
+def test_figures_are_found_from_a_thread_left_at_one_torch_thread(tmp_path: Path) -> None:
+    """A server's script thread can stay at one torch thread after ``device.one_cpu_thread``
+    (OpenMP keeps a count per thread); the figures a worker measured under the count the
+    process started with must still be found there, or every page shows no times and measures
+    again (it took a task slot from a visitor's experiment)."""
+    import threading
+
+    import torch
+
+    file = tmp_path / "speed.json"
+    started = torch.get_num_threads()
+    measured = speed.save(fake_speed(threads=started), file)  # as a worker without a thread setting keys it
+    found: list[speed.Speed | None] = []
+
+    def script_run() -> None:
+        torch.set_num_threads(1)  # this thread only
+        found.append(speed.cached(path=file))
+
+    t = threading.Thread(target=script_run)
+    t.start()
+    t.join()
+    assert found == [measured]
+    assert speed.cached(path=file) == measured

@@ -10,9 +10,10 @@ from typing import Any
 
 import streamlit as st
 
-from resnet_viz.access import access_settings, may_see
+from resnet_viz.access import Visitor, access_settings, may_see
 from resnet_viz.app import links, resources, visitors
 from resnet_viz.app.state import Keys, data_config, flash
+from resnet_viz.background.job import JobSnapshot
 from resnet_viz.config import DataConfig
 from resnet_viz.data.sources import default_source, describe_default_source
 from resnet_viz.limits import server_limits
@@ -226,15 +227,36 @@ def sidebar() -> None:
         me = visitors.visitor()
         st.caption(f"**You:** {literal(me.name)}" + (" · admin: you may steer every run" if me.admin else ""))
         watched = st.session_state.get(Keys.WATCHED_RUN)
-        snap = resources.snapshot(watched) if watched else None
-        if snap is not None:
-            st.caption(f"**Watching:** {snap.label} · {snap.state} · {snap.progress:.0%}")
-        elif watched:
-            st.caption(f"**Watching:** run {literal(watched)}")
-        active = resources.job_registry().active()
-        if active is not None and active.run_id != watched and may_see(me, active.owner, access_settings()):
-            s = active.snapshot()
-            st.caption(f"**Training now:** {s.label} · {s.state} · {s.progress:.0%}")
+        # While a run shown here trains, its lines poll (drawn once, they said "loading 0%" to the
+        # run's end); when the runs end, one full rerun draws them without polling.
+        live = any(s is not None and not s.done for s in _shown_runs(watched, me))
+        (st.fragment(run_every=2.0)(_live_run_lines) if live else _run_lines)(watched, me)
+
+
+def _shown_runs(watched: str | None, me: Visitor) -> tuple[JobSnapshot | None, JobSnapshot | None]:
+    """The watched run's state, and the training run's when it is another this visitor may see."""
+    active = resources.job_registry().active()
+    other = None
+    if active is not None and active.run_id != watched and may_see(me, active.owner, access_settings()):
+        other = active.snapshot()
+    return (resources.snapshot(watched) if watched else None), other
+
+
+def _run_lines(watched: str | None, me: Visitor) -> bool:
+    """The sidebar's run lines; True while a run they show is not done."""
+    snap, other = _shown_runs(watched, me)
+    if snap is not None:
+        st.caption(f"**Watching:** {snap.label} · {snap.state} · {snap.progress:.0%}")
+    elif watched:
+        st.caption(f"**Watching:** run {literal(watched)}")
+    if other is not None:
+        st.caption(f"**Training now:** {other.label} · {other.state} · {other.progress:.0%}")
+    return any(s is not None and not s.done for s in (snap, other))
+
+
+def _live_run_lines(watched: str | None, me: Visitor) -> None:
+    if not _run_lines(watched, me):
+        st.rerun()  # the runs ended
 
 
 def time_estimate(seconds: float | None, measured: Speed | None, what: str = "") -> None:

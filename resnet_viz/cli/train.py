@@ -155,7 +155,7 @@ def _estimate(config: RunConfig, data: Any) -> str:
     tc = config.train
     if tc.threads:
         torch.set_num_threads(tc.threads)  # as fit() will: the figures depend on it
-    found = speed.cached(tc.device, tc.precision)
+    found = speed.cached(tc.device, tc.precision, tc.threads)
     if found is None:
         print("measuring this machine's speed once (a few seconds; kept for next time)...", file=sys.stderr)
         found = speed.measure(tc.device, tc.precision)

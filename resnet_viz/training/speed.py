@@ -199,11 +199,24 @@ def speed_file(path: Path | None = None) -> Path:
     return Path(env).expanduser() if env else default_cache_dir() / SPEED_FILE
 
 
+# torch's thread count when this process began, read at import (before any page work). A worker
+# started without a thread setting measures with this count; inside ``device.one_cpu_thread`` a
+# server's script thread can stay at one (OpenMP keeps a count per thread), and looking the
+# figures up under that count found none: pages showed no times and measured again.
+_START_THREADS = torch.get_num_threads()
+
+
+def start_threads() -> int:
+    """The thread count figures are kept under unless a caller names one (see ``_START_THREADS``)."""
+    return _START_THREADS
+
+
 def cached(device: str = "auto", precision: str = "auto", threads: int | None = None,
            path: Path | None = None) -> Speed | None:
-    """The figures measured before on this machine in these settings, or None."""
+    """The figures measured before on this machine in these settings (``threads``: torch's
+    thread count when the process began, unless given), or None."""
     dev = pick_device(device)
-    key = machine_key(dev.type, resolve_precision(precision, dev), threads or torch.get_num_threads())
+    key = machine_key(dev.type, resolve_precision(precision, dev), threads or start_threads())
     try:
         entry = json.loads(speed_file(path).read_text(encoding="utf-8")).get(key)
         return Speed.from_dict(entry) if isinstance(entry, dict) else None
