@@ -38,6 +38,8 @@ def test_requirements_files_list_exactly_the_pyproject_dependencies() -> None:
     # scripts/env.sh installs from the requirements files; `pip install .` from pyproject.toml.
     assert sorted(_requirements("requirements.txt")) == sorted(PYPROJECT["project"]["dependencies"])
     assert sorted(_requirements("requirements-dev.txt")) == sorted(PYPROJECT["project"]["optional-dependencies"]["dev"])
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert sorted(_requirements("requirements-cluster.txt")) == sorted(extras["cluster"])
 
 
 def test_torch_and_torchvision_are_pinned_together() -> None:

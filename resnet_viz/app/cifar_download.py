@@ -32,7 +32,7 @@ def registry() -> TaskRegistry:
     global _registry
     with _lock:
         if _registry is None:
-            _registry = TaskRegistry(keep=4)
+            _registry = TaskRegistry(keep=4, here=True)  # the app's data folder: never on a Ray worker
         return _registry
 
 

@@ -88,7 +88,9 @@ def machine_speed() -> speed.Speed | None:
     # The server's own work: no visitor's task limit applies, the server-wide one does; when the
     # server runs as many tasks as it allows, a later visit measures.
     with suppress(ValueError):
-        reg.start(SPEED_TASK, Call(speed.measure_and_save), title="Measure this machine's speed")
+        # This machine's, as the pages say (here=True: not a Ray worker's, which would also keep
+        # the figures on its own disk), without a cluster's start-up in the first visit's wait.
+        reg.start(SPEED_TASK, Call(speed.measure_and_save), title="Measure this machine's speed", here=True)
     return found
 
 

@@ -22,14 +22,15 @@ from resnet_viz.training.speed import Speed
 
 def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title: str = "",
              preview: Callable[[Any], None] | None = None,
-             seconds: Callable[[Speed, int | None], float] | None = None) -> Any:
+             seconds: Callable[[Speed, int | None], float] | None = None, here: bool = False) -> Any:
     """A Run button for a long computation, its progress bar and Stop while it runs, and
     its result (or None) once it is done. ``key`` names what is computed (``background.tasks.task_key``), so
     a reload or another tab finds the same task and its result; ``title`` says it in words
     for the report (the button's label by default). While it runs, ``preview`` (if given)
     draws the latest partial result the task published, e.g. a loss surface on a coarse
     grid. ``label`` is Markdown: pass user text through ``widgets.literal``. ``seconds(speed,
-    threads)`` estimates the work's time on this machine, shown under the button."""
+    threads)`` estimates the work's time on this machine, shown under the button. ``here``:
+    the work reads or fills this machine's folders, so it never goes to a Ray cluster's worker."""
     reg = task_registry()
     task = reg.get(key)
     if task is None or task.snapshot().state in ("stopped", "failed"):
@@ -44,7 +45,7 @@ def run_task(key: str, label: str, fn: Callable[..., Any], help: str = "", title
         # A refusal (the server runs as many tasks as it allows) is a ValueError in the
         # callback: ``clicked`` keeps it and ``show_error`` shows it under the button.
         st.button(label, key=f"start_{key}", help=help, icon=":material/play_arrow:",
-                  on_click=clicked(_start, key, fn, title or label))
+                  on_click=clicked(_start, key, fn, title or label, here))
         if seconds is not None:
             measured = machine_speed()
             time_estimate(seconds(measured, _threads()) if measured else None, measured)
@@ -64,8 +65,8 @@ def _threads() -> int | None:
     return 1 if job_registry().active() is not None else None
 
 
-def _start(key: str, fn: Callable[..., Any], title: str) -> None:
-    task_registry().start(key, fn, title=title, threads=_threads(), by=visitor())
+def _start(key: str, fn: Callable[..., Any], title: str, here: bool = False) -> None:
+    task_registry().start(key, fn, title=title, threads=_threads(), by=visitor(), here=here)
 
 
 @st.fragment(run_every=1.0)
@@ -102,4 +103,5 @@ def published_offer() -> None:
         for n in missing:
             run_task(f"published|{n.name}", f"Download ResNet-{n.depth} ({n.size / 1e6:.1f} MB)",
                      Call(published.download, n.name), title=f"Download of the published {n.config.label}",
-                     help=f"{n.url}, {100 - n.error:.1f}% reported on the official test set")
+                     help=f"{n.url}, {100 - n.error:.1f}% reported on the official test set",
+                     here=True)  # into this machine's models folder

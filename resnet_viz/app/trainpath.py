@@ -46,7 +46,7 @@ def section(n: int, dtag: str) -> None:
                          title=f"Training path: {run.label} ({len(snaps)} snapshots, {n} training images, "
                                f"{steps}x{steps})",
                          seconds=lambda s, t: estimates.trainpath_seconds(cfg, n, steps, s, t),
-                         preview=_preview)
+                         preview=_preview, here=True)  # it reads the run's snapshots from this machine's disk
     if res:
         res = widgets.plot_labels([res])[0]
         st.plotly_chart(compute.chart(trainpath_figure, res), width="stretch", key="tp_fig")

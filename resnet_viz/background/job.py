@@ -53,7 +53,7 @@ class TrainingJob:
     def __init__(self, config: RunConfig, run: RunDir, resume: bool = False, isolate: bool = True,
                  owner: str | None = None) -> None:
         self.config, self.run, self.resume, self.owner = config, run, resume, owner
-        self._worker = new_worker(run) if isolate else None
+        self._worker = new_worker(run, config.train.threads) if isolate else None
         # In a worker, stop and pause are the worker's events: setting them here reaches it.
         self.control = Control() if self._worker is None else Control(self._worker.stop, self._worker.pause)
         self._lock = threading.Lock()

@@ -29,7 +29,7 @@ import torch
 from resnet_viz.access import OPERATOR, Visitor, check_control
 from resnet_viz.background.calls import Call, Deferred
 from resnet_viz.background.progress import eta
-from resnet_viz.background.workers import Send, WorkerProcess, watch_parent
+from resnet_viz.background.workers import Send, Worker, new_worker, watch_parent
 from resnet_viz.config import DataConfig, ModelConfig
 from resnet_viz.data.download import DownloadStopped
 from resnet_viz.experiments.common import Cancelled, ProgressFn
@@ -114,11 +114,12 @@ class TaskSnapshot:
 
 class Task:
     def __init__(self, key: str, fn: TaskFn, title: str = "", isolate: bool = True,
-                 threads: int | None = None, owner: str | None = None) -> None:
+                 threads: int | None = None, owner: str | None = None, here: bool = False) -> None:
         self.key, self._fn, self.title, self._threads = key, fn, title or key, threads
         self.owner = owner  # who started it (None: the operator); only they or an admin stop it
         self.askers = {owner}  # everyone who asked for this computation: it is in their report
-        self._worker = WorkerProcess(_task_in_worker, name=f"resnet-viz-task-{key[:40]}") if isolate else None
+        name = f"resnet-viz-task-{key[:40]}"
+        self._worker = new_worker(_task_in_worker, name, threads, here=here) if isolate else None
         self._stop: Any = threading.Event() if self._worker is None else self._worker.stop
         self._lock = threading.Lock()
         self._state, self._fraction, self._message = "running", 0.0, "starting"
@@ -148,7 +149,7 @@ class Task:
             self._state, self._result, self._error, self._fraction, self._message = outcome
             self._t1 = time.monotonic()
 
-    def _run_in(self, worker: WorkerProcess) -> Any:
+    def _run_in(self, worker: Worker) -> Any:
         try:
             worker.start(self._fn, self._threads)
         except (pickle.PicklingError, AttributeError, TypeError) as e:  # what pickle raises for a lambda
@@ -221,21 +222,23 @@ class TaskRegistry:
 
     limits: ServerLimits | None = None  # None: the environment's, read at each start
     isolate: bool = True  # each task in a worker process; False: in a thread (for lambdas in tests)
+    here: bool = False  # True: on this machine even with a Ray cluster set (tasks that fill its folders)
 
-    def __init__(self, keep: int = 50, isolate: bool | None = None) -> None:
+    def __init__(self, keep: int = 50, isolate: bool | None = None, here: bool = False) -> None:
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
-        self.keep = keep
+        self.keep, self.here = keep, here
         if isolate is not None:
             self.isolate = isolate
 
     def start(self, key: str, fn: TaskFn, title: str = "", threads: int | None = None,
-              by: Visitor = OPERATOR) -> Task:
+              by: Visitor = OPERATOR, here: bool = False) -> Task:
         """The task for ``key``: the existing one if it runs or succeeded (the same computation
         asked by two visitors is done once), else a new one started by ``by`` (``title`` says
         what it computes, in words; the key by default) on ``threads`` torch threads in its
         worker (None: torch's default). A new one past the server's limits of running tasks
-        raises a ``ValueError`` before anything starts."""
+        raises a ``ValueError`` before anything starts. ``here``: on this machine even with a
+        Ray cluster set (work that reads or fills this machine's folders)."""
         owner = None if by is OPERATOR else by.id
         with self._lock:
             task = self._tasks.get(key)
@@ -243,7 +246,7 @@ class TaskRegistry:
                 task.askers.add(owner)
                 return task
             self._check_room(owner)
-            task = Task(key, fn, title, isolate=self.isolate, threads=threads, owner=owner)
+            task = Task(key, fn, title, isolate=self.isolate, threads=threads, owner=owner, here=here or self.here)
             self._tasks[key] = task
             done = [k for k, t in self._tasks.items() if t.snapshot().done]
             for k in done[: max(0, len(self._tasks) - self.keep)]:

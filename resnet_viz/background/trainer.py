@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnet_viz.background.workers import Send, WorkerProcess, watch_parent
+from resnet_viz.background import workers
+from resnet_viz.background.workers import Send, Worker, watch_parent
 from resnet_viz.config import RunConfig
 from resnet_viz.data.sources import load_data
 from resnet_viz.store.rundir import RunDir
@@ -41,12 +42,13 @@ def train_in_worker(stop: Any, pause: Any, send: Send, config: RunConfig, runs_r
                on_records=lambda records: send("records", records), resume=resume)
 
 
-def new_worker(run: RunDir) -> WorkerProcess:
-    """A worker for ``run``, not started: its events are the job's stop and pause from now on."""
-    return WorkerProcess(train_in_worker, name=f"resnet-viz-train-{run.id}")
+def new_worker(run: RunDir, threads: int | None = None) -> Worker:
+    """A worker for ``run`` (a local process, or a Ray task: ``workers.new_worker``) on
+    ``threads`` torch threads, not started: its events are the job's stop and pause from now on."""
+    return workers.new_worker(train_in_worker, f"resnet-viz-train-{run.id}", threads=threads, run_folder=run.path)
 
 
-def fit_in_worker(worker: WorkerProcess, config: RunConfig, run: RunDir, resume: bool,
+def fit_in_worker(worker: Worker, config: RunConfig, run: RunDir, resume: bool,
                   on_records: Callable[[list[dict[str, Any]]], None],
                   on_loaded: Callable[[int], None]) -> FitResult:
     """Start ``worker`` training ``run`` and relay its records until it ends; its result, or

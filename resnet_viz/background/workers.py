@@ -26,7 +26,8 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -40,6 +41,7 @@ PRELOAD = [
     "resnet_viz.experiments.signal",
 ]
 SETTINGS_PREFIX = "RESNET_VIZ_"
+RAY_ADDRESS_ENV = "RESNET_VIZ_RAY_ADDRESS"  # set: workers run on that Ray cluster (``cluster``)
 
 _context: BaseContext | None = None
 _context_lock = threading.Lock()
@@ -65,7 +67,8 @@ def settings() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(SETTINGS_PREFIX)}
 
 
-def _adopt(env: dict[str, str]) -> None:
+def adopt_settings(env: dict[str, str]) -> None:
+    """In a worker: take the server's settings ``env`` (``settings()``) as this process's."""
     for k in [k for k in os.environ if k.startswith(SETTINGS_PREFIX) and k not in env]:
         del os.environ[k]
     os.environ.update(env)
@@ -118,7 +121,7 @@ def _restored(v: Any) -> Any:
 
 
 def _child_main(target: Target, env: dict[str, str], stop: Any, pause: Any, outbox: Any, args: tuple) -> None:
-    _adopt(env)
+    adopt_settings(env)
     # The server's Ctrl-C reaches its whole process group; the parent ends its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -144,6 +147,19 @@ def describe_exit(code: int | None) -> str:
         hint = " (the system may have run out of memory)" if -code == signal.SIGKILL else ""
         return f"the worker process was killed by {name}{hint}"
     return f"the worker process ended with exit code {code} before it reported a result"
+
+
+class Worker(Protocol):
+    """What jobs and tasks need of a worker: a ``WorkerProcess``, or a ``cluster.RayWorker``."""
+
+    stop: Any  # an event: is_set, set, clear, wait
+    pause: Any
+
+    def start(self, *args: Any) -> None: ...
+
+    def messages(self, poll: float = 0.2) -> Iterator[tuple[Any, ...]]: ...
+
+    def kill(self) -> None: ...
 
 
 class WorkerProcess:
@@ -193,3 +209,19 @@ class WorkerProcess:
         """End the worker now (a stop it did not answer in time)."""
         if self.process is not None and self.process.is_alive():
             self.process.kill()
+
+
+def new_worker(target: Target, name: str, threads: int | None = None, run_folder: Path | None = None,
+               here: bool = False) -> Worker:
+    """A worker for ``target``, not started: a ``WorkerProcess``, or with ``RESNET_VIZ_RAY_ADDRESS``
+    set a ``cluster.RayWorker`` with the same interface (``threads``: the torch threads it will
+    use, what it asks the cluster for; ``run_folder``: the run it trains, copied to and from the
+    worker's machine; ``here``: a local process whatever the setting, for work that fills this
+    machine's folders, such as a data set download). Ray is imported only with a cluster named:
+    it is an optional extra, and heavy."""
+    address = os.environ.get(RAY_ADDRESS_ENV, "").strip()
+    if not address or here:
+        return WorkerProcess(target, name)
+    from resnet_viz.background.cluster import RayWorker  # only with a cluster named
+
+    return RayWorker(target, name, address, threads=threads, run_folder=run_folder)
