@@ -183,8 +183,9 @@ def test_figures_are_found_from_a_thread_left_at_one_torch_thread(tmp_path: Path
     import torch
 
     file = tmp_path / "speed.json"
-    started = torch.get_num_threads()
-    measured = speed.save(fake_speed(threads=started), file)  # as a worker without a thread setting keys it
+    # As a worker without a thread setting keys them: under the count the process started with
+    # (torch.get_num_threads() here may already be lower: earlier tests in this process lower it).
+    measured = speed.save(fake_speed(threads=speed.start_threads()), file)
     found: list[speed.Speed | None] = []
 
     def script_run() -> None:
