@@ -1,8 +1,9 @@
 """The degradation experiment from the command line, as the Compare page runs it.
 
-    python benchmarks/degradation.py [--steps 1000] [--quick] [--synthetic] [--out runs] [--export FILE]
+    python benchmarks/degradation.py [--steps 1000] [--quick] [--synthetic] [--depths 20 56] [--out DIR] [--export F]
 
-Trains plain-20, plain-56, ResNet-20 and ResNet-56 (shortcut A) one after another with
+Trains plain-20, plain-56, ResNet-20 and ResNet-56 (shortcut A; other depths with ``--depths``)
+one after another with
 the same seed, data order and budget on the default data set (CIFAR-10 when it is here),
 writes them to the runs folder under the names the Compare page groups, and prints each
 run's time and final errors, then the verdict in words and the total time. The reference
@@ -45,7 +46,11 @@ def main() -> None:
     ap.add_argument("--export", default=None, help="write the result for the Compare page (assets/degradation.json)")
     ap.add_argument("--quick", action="store_true", help="the quick replay: the full schedule cut short after --steps")
     ap.add_argument("--synthetic", action="store_true", help="the embedded synthetic set, not the default data")
+    ap.add_argument("--depths", type=int, nargs=2, default=list(degradation.DEGRADATION_DEPTHS),
+                    metavar=("SHALLOW", "DEEP"), help="the two depths, e.g. 20 110 for the paper's Fig. 7 depth")
     args = ap.parse_args()
+    if args.export and tuple(args.depths) != degradation.DEGRADATION_DEPTHS:
+        ap.error("--export is the Compare page's 20/56 experiment; leave --depths out")
     src = DataConfig() if args.synthetic else default_source()
     data = load_data(src, trusted=True)  # the operator's own folder
     train = estimates.quick_config(args.steps) if args.quick else degradation.train_config(args.steps)
@@ -56,7 +61,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     print(f"data: {data.name}; {args.steps} steps of batch {train.batch_size} per run; runs in {root}")
     results, seconds, t_all = {}, {}, time.perf_counter()
-    for cfg in degradation.degradation_configs(base):
+    for cfg in degradation.degradation_configs(base, args.depths):
         cfg = dataclasses.replace(cfg, name=f"{cfg.name} #{stamp}")
         key = degradation.run_key(cfg.model.depth, cfg.model.shortcut)
         guess = speed.run_seconds(cfg, data, measured)
@@ -68,9 +73,9 @@ def main() -> None:
         err = degradation.final_errors(records)
         print(f"{key:>10}: {time.perf_counter() - t0:6.0f} s, {res.images_per_second:5.0f} img/s, "
               f"train error {err['train_error']:.3f}, test error {err['test_error']:.3f}, "
-              f"train loss {err['train_loss']:.3f}  (reference train error {REFERENCE[key]:.2f}); "
+              f"train loss {err['train_loss']:.3f}  (reference train error {_ref(key)}); "
               f"estimated {guess:.0f} s: ratio took/estimate {(time.perf_counter() - t0) / guess:.2f}", flush=True)
-    print(degradation.degradation_verdict(results).text)
+    print(degradation.degradation_verdict(results, args.depths).text)
     print(f"total: {time.perf_counter() - t_all:.0f} s")
     if args.export:
         about = {"data": data.name, "steps": args.steps, "batch_size": train.batch_size, "seed": train.seed,
@@ -80,6 +85,10 @@ def main() -> None:
         exported = degradation.export_result(results, about)
         Path(args.export).write_text(json.dumps(exported, separators=(",", ":")) + "\n")
         print(f"wrote {args.export}")
+
+
+def _ref(key: str) -> str:
+    return f"{REFERENCE[key]:.2f}" if key in REFERENCE else "none measured"
 
 
 def _machine() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -150,14 +151,14 @@ def test_an_experiment_on_ray_gives_the_local_result(on_ray: None, monkeypatch: 
     assert json.dumps(snap.result, sort_keys=True) == json.dumps(here.snapshot().result, sort_keys=True)
 
 
-def slow_steps(*, progress, stop) -> int:
-    """Steps of 0.05 s until stopped: how many it took."""
-    for i in range(10_000):
-        if stop.is_set():
-            return i
-        progress(i / 10_000, f"step {i}")
+def slow_steps(*, progress, stop) -> list[float]:
+    """Steps of 0.05 s until stopped: when each began (``time.monotonic``, one clock on this machine)."""
+    began: list[float] = []
+    while len(began) < 10_000 and not stop.is_set():
+        began.append(time.monotonic())
+        progress(len(began) / 10_000, f"step {len(began)}")
         time.sleep(0.05)
-    return -1
+    return began
 
 
 def test_a_task_on_ray_reports_progress_and_stops(on_ray: None) -> None:
@@ -167,7 +168,54 @@ def test_a_task_on_ray_reports_progress_and_stops(on_ray: None) -> None:
     task.stop()
     assert task.wait(10)
     snap = task.snapshot()
-    assert snap.state == "done" and 0 < snap.result < 10_000, snap  # it saw the stop and returned
+    assert snap.state == "done" and 0 < len(snap.result) < 10_000, snap  # it saw the stop and returned
+
+
+def _started_slow_steps():
+    task = TaskRegistry(isolate=True).start("timed", Call(slow_steps), threads=1)
+    wait_until(lambda: task.snapshot().fraction > 0 or task.snapshot().done, "progress from Ray", timeout=60)
+    assert not task.snapshot().done, task.snapshot().error
+    return task
+
+
+def test_stop_reaches_a_ray_task_within_one_step(on_ray: None) -> None:
+    """The worker waits on its channel for a change of the flags (a long poll), so Stop is there
+    in the time of one actor call: at most one more 0.05 s step begins after it (the one that
+    may have begun as it was sent). Read every 0.1 s, as before, two or more often began."""
+    for _ in range(5):  # five stops, each in a fresh task, would show a poll's delay
+        task = _started_slow_steps()
+        time.sleep(0.3)
+        sent = time.monotonic()
+        task.stop()
+        assert task.wait(10)
+        began = task.snapshot().result
+        assert len([t for t in began if t > sent]) <= 1, [round(t - sent, 3) for t in began[-4:]]
+
+
+def test_a_cluster_that_does_not_answer_fails_a_task_in_bounded_time(tmp_path: Path) -> None:
+    """``ray.init`` retries an address that does not answer for minutes (and a cluster that
+    refuses the token likewise): a task gives up after RESNET_VIZ_RAY_CONNECT_S with a message
+    naming the setting, and the next one does too, instead of waiting on Ray. In a process of its
+    own: the hanging ``ray.init`` goes on in its thread, and would spoil this one's Ray."""
+    script = (
+        "import os, sys\n"
+        "from resnet_viz.background.tasks import Call, TaskRegistry\n"
+        "from resnet_viz.experiments import signal as signal_exp\n"
+        "for n in range(2):\n"
+        "    call = Call(signal_exp.signal_sweep, depths=(8,), batch=n + 8)\n"
+        "    task = TaskRegistry(isolate=True).start(f'lost {n}', call, threads=1)\n"
+        "    done = task.wait(60)\n"
+        "    print(done, task.snapshot().state, task.snapshot().error, flush=True)\n"
+        "os._exit(0)  # not the interpreter's exit: Ray's threads would wait for the cluster\n")
+    env = {**os.environ, workers.RAY_ADDRESS_ENV: "127.0.0.1:9", "RESNET_VIZ_RAY_CONNECT_S": "3",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240,
+                         cwd=tmp_path)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("True", "False"))]
+    assert len(lines) == 2, out.stdout + out.stderr[-3000:]
+    for line in lines:
+        assert line.startswith("True failed") and "did not answer within 3 s" in line, line
+        assert "RESNET_VIZ_RAY_ADDRESS" in line and "token" in line, line
 
 
 def test_a_task_that_fills_this_machines_folders_stays_here(on_ray: None) -> None:

@@ -34,21 +34,67 @@ from resnet_viz.background.workers import Target, settings
 
 RESOURCES_ENV = "RESNET_VIZ_RAY_RESOURCES"
 _TAKE_TIMEOUT_S = 60.0  # a channel on the app's own node that does not answer this long is lost
+CONNECT_ENV = "RESNET_VIZ_RAY_CONNECT_S"
+_CONNECT_S = 30.0  # a cluster that has not answered this long is not there, or refuses the token
 _connect_lock = threading.Lock()
+_attempt: _Attempt | None = None  # this process's connection to the cluster, made or being made
 
 
 def connect(address: str) -> Any:
     """The ``ray`` module, connected to the cluster at ``address`` (once per process; a process
-    that is already connected, such as a test's local instance, keeps its connection)."""
+    that is already connected, such as a test's local instance, keeps its connection).
+
+    ``ray.init`` retries an address that does not answer, or refuses the token, for minutes and
+    cannot be interrupted; it runs in a thread of its own, and a caller waits ``connect_seconds()``
+    at most, then gets a RuntimeError that says what to check (one attempt at a time: callers
+    meanwhile wait on it; a failed one is tried afresh by the next caller)."""
     import ray
 
+    global _attempt
     with _connect_lock:
-        if not ray.is_initialized():
-            try:
-                ray.init(address=address, log_to_driver=False)
-            except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the setting is what to fix
-                raise RuntimeError(f"cannot reach the Ray cluster at {address!r} (RESNET_VIZ_RAY_ADDRESS): {e}") from e
+        if ray.is_initialized() and (_attempt is None or _attempt.done.is_set()):
+            return ray
+        if _attempt is None or _attempt.done.is_set():  # none yet, or the last failed or was shut down
+            _attempt = _Attempt(ray, address)
+        attempt = _attempt
+    wait_s = connect_seconds()
+    if not attempt.done.wait(wait_s):
+        raise RuntimeError(f"the Ray cluster at {address!r} (RESNET_VIZ_RAY_ADDRESS) did not answer within "
+                           f"{wait_s:g} s ({CONNECT_ENV}): is it running there, and does this machine have its "
+                           "token (ray get-auth-token)? On a node of the cluster, 'auto' finds both.")
+    if attempt.error is not None:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address!r} (RESNET_VIZ_RAY_ADDRESS): "
+                           f"{attempt.error}") from attempt.error
     return ray
+
+
+def connect_seconds() -> float:
+    """``RESNET_VIZ_RAY_CONNECT_S``: how long a task waits for the cluster's first answer."""
+    text = os.environ.get(CONNECT_ENV, "").strip()
+    try:
+        value = float(text) if text else _CONNECT_S
+    except ValueError:
+        raise ValueError(f"{CONNECT_ENV} must be a number of seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise ValueError(f"{CONNECT_ENV} must be between 0 and 3600 seconds, got {text!r}")
+    return value
+
+
+class _Attempt:
+    """One ``ray.init`` in a thread of its own: ``done`` once it returned or raised ``error``."""
+
+    def __init__(self, ray: Any, address: str) -> None:
+        self.done = threading.Event()
+        self.error: Exception | None = None
+        threading.Thread(target=self._run, args=(ray, address), name="ray-connect", daemon=True).start()
+
+    def _run(self, ray: Any, address: str) -> None:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the setting is what to fix
+            self.error = e
+        finally:
+            self.done.set()
 
 
 def extra_resources() -> dict[str, float]:
@@ -151,7 +197,8 @@ class RayWorker:
             root = self.run_folder.parent
             args = tuple(cluster_worker.RUNS_ROOT if isinstance(a, Path) and a == root else a for a in args)
         options = task_options(ray, self.threads)
-        channel_cls = ray.remote(num_cpus=0, max_restarts=0)(cluster_worker.Channel)
+        channel_cls = ray.remote(num_cpus=0, max_restarts=0,
+                                 concurrency_groups={cluster_worker.FLAGS_GROUP: 1})(cluster_worker.Channel)
         # One process per task (max_calls=1), as a local worker is: torch's process-wide state
         # (threads, RNG, autocast, a GPU's memory) is not handed from one task to the next.
         task = ray.remote(max_retries=0, max_calls=1)(cluster_worker.ray_main)
