@@ -3,8 +3,7 @@
     python benchmarks/degradation.py [--steps 1000] [--quick] [--synthetic] [--depths 20 56] [--out DIR] [--export F]
 
 Trains plain-20, plain-56, ResNet-20 and ResNet-56 (shortcut A; other depths with ``--depths``)
-one after another with
-the same seed, data order and budget on the default data set (CIFAR-10 when it is here),
+one after another with the same seed, data order and budget on the default data set (CIFAR-10 when it is here),
 writes them to the runs folder under the names the Compare page groups, and prints each
 run's time and final errors, then the verdict in words and the total time. The reference
 it prints beside them is the bare-loop measurement quoted in the issue (600 steps).
